@@ -1,0 +1,79 @@
+#include "models/architectures/model_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+#include <stdexcept>
+
+namespace dino::models {
+namespace {
+
+void FsyncPath(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) {
+    throw std::runtime_error("cannot open " + path + " to fsync: " + std::strerror(errno));
+  }
+  const int rc = ::fsync(fd);
+  const int saved_errno = errno;
+  ::close(fd);
+  if (rc != 0) {
+    throw std::runtime_error("fsync of " + path + " failed: " + std::strerror(saved_errno));
+  }
+}
+
+}  // namespace
+
+void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metadata,
+                   const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path folder = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  fs::create_directories(folder);
+  // A name no loader picks up (the repository only loads "model.pt"), unique per process.
+  const fs::path temporary =
+      folder / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()));
+  torch::jit::ExtraFilesMap extra_files{{kMetadataFile, metadata.dump(2)}};
+  try {
+    module.save(temporary.string(), extra_files);
+    FsyncPath(temporary.string(), false);
+    fs::rename(temporary, target);
+    FsyncPath(folder.string(), true);
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    fs::remove(temporary, ignored);
+    throw std::runtime_error("cannot write model file " + path + ": " + e.what());
+  }
+}
+
+LoadedModelFile LoadModelFile(const std::string& path) {
+  torch::jit::ExtraFilesMap extra_files{{kMetadataFile, ""}};
+  LoadedModelFile loaded;
+  try {
+    loaded.module = torch::jit::load(path, torch::kCPU, extra_files);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    // TorchScript errors carry a C++ stack trace after the first line; keep the message.
+    what = what.substr(0, what.find('\n'));
+    throw std::runtime_error("cannot load model file " + path + ": " + what);
+  }
+  const std::string& text = extra_files[kMetadataFile];
+  loaded.metadata = nlohmann::json::object();
+  if (!text.empty()) {
+    try {
+      loaded.metadata = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("model file " + path + ": metadata.json is not valid JSON: " +
+                               e.what());
+    }
+    if (!loaded.metadata.is_object()) {
+      throw std::runtime_error("model file " + path + ": metadata.json is not a JSON object");
+    }
+  }
+  return loaded;
+}
+
+}  // namespace dino::models

@@ -1,0 +1,56 @@
+#include "server/core/model_repository.h"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <tuple>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace dino::serving {
+
+bool IsValidModelName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name.front() == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-' || c == '.';
+  });
+}
+
+absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::string& root) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (!fs::is_directory(root, error)) {
+    return absl::NotFoundError(absl::StrCat("model repository ", root, " is not a folder"));
+  }
+  std::vector<ModelVersionPath> found;
+  for (const auto& model_dir : fs::directory_iterator(root, error)) {
+    const std::string name = model_dir.path().filename().string();
+    if (!model_dir.is_directory() || !IsValidModelName(name)) continue;
+    std::error_code inner;
+    for (const auto& version_dir : fs::directory_iterator(model_dir.path(), inner)) {
+      int64_t version = 0;
+      const std::string text = version_dir.path().filename().string();
+      if (!version_dir.is_directory() || text.empty() ||
+          !std::all_of(text.begin(), text.end(), ::isdigit) ||
+          !absl::SimpleAtoi(text, &version) || version <= 0) {
+        continue;
+      }
+      const fs::path file = version_dir.path() / kModelFileName;
+      if (fs::is_regular_file(file, inner)) {
+        found.push_back({name, version, file.string()});
+      }
+    }
+  }
+  if (error) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read model repository ", root, ": ", error.message()));
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.name, a.version) < std::tie(b.name, b.version);
+  });
+  return found;
+}
+
+}  // namespace dino::serving

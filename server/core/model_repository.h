@@ -1,0 +1,31 @@
+// The model repository on disk (the "source" in TF Serving's terms):
+//   <root>/<model name>/<version>/model.pt
+// where <version> is a positive decimal integer. Other entries are ignored, so that
+// temporary files and notes can live beside the models.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace dino::serving {
+
+inline constexpr char kModelFileName[] = "model.pt";
+
+struct ModelVersionPath {
+  std::string name;
+  int64_t version = 0;
+  std::string path;  // <root>/<name>/<version>/model.pt
+};
+
+// Lists every model version in the repository, sorted by name then version.
+// NOT_FOUND if the root is not a readable folder.
+absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::string& root);
+
+// True for names a model folder may have: letters, digits, '_', '-', '.', not starting with
+// '.', at most 128 characters. Keeps request names from reaching outside the repository.
+bool IsValidModelName(const std::string& name);
+
+}  // namespace dino::serving

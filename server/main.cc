@@ -1,0 +1,143 @@
+// dino-server: serves the models of a model repository over gRPC (service dino.v1.Surrogate,
+// plus grpc.health.v1 and server reflection) and Prometheus metrics over HTTP.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "server/core/compute_threads.h"
+#include "server/core/log.h"
+#include "server/core/model_manager.h"
+#include "server/frontend/surrogate_service.h"
+#include "server/metrics/metrics_http_server.h"
+#include "server/metrics/server_metrics.h"
+
+ABSL_FLAG(std::string, model_repository, "models/repository",
+          "Folder holding <model>/<version>/model.pt.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
+ABSL_FLAG(int32_t, metrics_port, 9090,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(int32_t, threads, 0,
+          "Worker threads per model executor; 0 means one per CPU core.");
+ABSL_FLAG(int32_t, torch_threads, 1,
+          "LibTorch intra-op threads per computation. Requests already run in parallel on "
+          "the executors, so more threads per computation oversubscribe the cores.");
+ABSL_FLAG(int32_t, blas_threads, 1,
+          "OpenBLAS threads per matrix product (they multiply with --torch_threads).");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response accepted.");
+ABSL_FLAG(int64_t, max_batch_size, 4096, "Most rows in m, directions or cotangents.");
+ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
+          "Largest full Jacobian (d_Q·d_M elements) that the Jacobian method returns.");
+ABSL_FLAG(double, shutdown_grace_seconds, 30.0,
+          "On SIGTERM/SIGINT, how long in-flight calls may run before being cancelled.");
+
+namespace {
+
+using dino::serving::LogError;
+using dino::serving::LogInfo;
+
+constexpr char kServiceName[] = "dino.v1.Surrogate";
+
+int Run() {
+  // Signals are taken synchronously by this thread; every thread created afterwards
+  // inherits the blocked mask, so SIGTERM cannot interrupt LibTorch or gRPC mid-call.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto metrics = std::make_unique<dino::metrics::ServerMetrics>();
+  dino::metrics::MetricsHttpServer metrics_endpoint(metrics->registry());
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto port = metrics_endpoint.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+    if (!port.ok()) {
+      LogError(port.status().message());
+      return 1;
+    }
+    std::printf("dino-server: metrics on http://%s:%d/metrics\n",
+                absl::GetFlag(FLAGS_host).c_str(), *port);
+  }
+
+  int executor_threads = absl::GetFlag(FLAGS_threads);
+  if (executor_threads <= 0) {
+    executor_threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  dino::serving::ConfigureComputeThreads(absl::GetFlag(FLAGS_torch_threads),
+                                         absl::GetFlag(FLAGS_blas_threads));
+
+  dino::serving::ModelManager::Options options;
+  options.repository = absl::GetFlag(FLAGS_model_repository);
+  options.executor_threads = executor_threads;
+  options.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.limits.max_jacobian_elements = absl::GetFlag(FLAGS_max_jacobian_elements);
+  dino::serving::ModelManager manager(options);
+  auto report = manager.LoadRepository();
+  if (!report.ok()) {
+    LogError(report.status().message());
+    return 1;
+  }
+  LogInfo("model repository ", options.repository, ": ", report->loaded.size(),
+          " version(s) loaded, ", report->failed.size(), " failed");
+  metrics->SetModelsLoaded(manager.loaded_versions());
+
+  const int64_t max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  dino::frontend::SurrogateService service(manager, metrics.get(), max_message_bytes);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  const std::string address =
+      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || selected_port == 0) {
+    LogError("cannot listen on ", address);
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  std::printf("dino-server: listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
+              selected_port);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  LogInfo("received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+          "; draining in-flight calls");
+  // Load balancers see NOT_SERVING first, then in-flight calls finish (or are cancelled
+  // after the grace period) while new ones are refused.
+  health->SetServingStatus(false);
+  const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  server->Shutdown(std::chrono::system_clock::now() + grace);
+  manager.Shutdown();
+  server->Wait();
+  LogInfo("shut down cleanly");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves DINO surrogates and their derivatives over gRPC.\n"
+      "  dino-server --model_repository=models/repository --port=50051");
+  absl::ParseCommandLine(argc, argv);
+  return Run();
+}
