@@ -39,6 +39,9 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response acc
 ABSL_FLAG(int64_t, max_batch_size, 4096, "Most rows in m, directions or cotangents.");
 ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
           "Largest full Jacobian (d_Q·d_M elements) that the Jacobian method returns.");
+ABSL_FLAG(double, drain_seconds, 0.0,
+          "On SIGTERM/SIGINT, keep answering this long with health NOT_SERVING before "
+          "refusing new calls, so that load balancers stop routing here first.");
 ABSL_FLAG(double, shutdown_grace_seconds, 30.0,
           "On SIGTERM/SIGINT, how long in-flight calls may run before being cancelled.");
 
@@ -123,6 +126,8 @@ int Run() {
   // Load balancers see NOT_SERVING first, then in-flight calls finish (or are cancelled
   // after the grace period) while new ones are refused.
   health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   server->Shutdown(std::chrono::system_clock::now() + grace);

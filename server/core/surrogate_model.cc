@@ -136,11 +136,17 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       if (info.input_dim <= 0) return fail("metadata input_dim must be positive");
       info.dtype = torch::kFloat32;
       bool found = false;
+      // The dtype of the first floating-point parameter, else buffer, else the metadata's.
       for (const auto& p : module.parameters()) {
-        if (torch::isFloatingType(p.scalar_type())) {
+        if (!found && torch::isFloatingType(p.scalar_type())) {
           info.dtype = p.scalar_type();
           found = true;
-          break;
+        }
+      }
+      for (const auto& b : module.buffers()) {
+        if (!found && torch::isFloatingType(b.scalar_type())) {
+          info.dtype = b.scalar_type();
+          found = true;
         }
       }
       if (!found && info.metadata.value("dtype", "") == "fp64") info.dtype = torch::kFloat64;

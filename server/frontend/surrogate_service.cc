@@ -61,13 +61,14 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
   }
   const bool queued = handle->executor->Submit(
       [this, context, request, response, work, finish, handle = *std::move(handle)] {
-        if (context->IsCancelled()) {
-          finish(handle.name, absl::CancelledError("the call was cancelled before it ran"));
-          return;
-        }
+        // An expired call also counts as cancelled, so the deadline is checked first.
         if (context->deadline() <= std::chrono::system_clock::now()) {
           finish(handle.name,
                  absl::DeadlineExceededError("the deadline passed before the call ran"));
+          return;
+        }
+        if (context->IsCancelled()) {
+          finish(handle.name, absl::CancelledError("the call was cancelled before it ran"));
           return;
         }
         absl::Status status = Guarded([&] { return work(*handle.model, *request, response); });
@@ -90,6 +91,7 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
 grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerContext* context,
                                                        const dino::v1::ListModelsRequest*,
                                                        dino::v1::ListModelsResponse* response) {
+  const Clock::time_point start = Clock::now();
   for (const auto& listing : manager_.List()) {
     auto* model = response->add_models();
     model->set_name(listing.name);
@@ -100,7 +102,7 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
     }
   }
   auto* reactor = context->DefaultReactor();
-  if (metrics_ != nullptr) metrics_->RecordRequest("ListModels", "", absl::StatusCode::kOk, 0);
+  if (metrics_ != nullptr) metrics_->RecordRequest("ListModels", "", absl::StatusCode::kOk, SecondsSince(start));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -108,10 +110,11 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
     grpc::CallbackServerContext* context, const dino::v1::GetModelInfoRequest* request,
     dino::v1::GetModelInfoResponse* response) {
+  const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
   auto handle = manager_.Get(request->model().name(), request->model().version());
   if (!handle.ok()) {
-    if (metrics_ != nullptr) metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), 0);
+    if (metrics_ != nullptr) metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), SecondsSince(start));
     reactor->Finish(ToGrpcStatus(handle.status()));
     return reactor;
   }
@@ -131,7 +134,8 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   response->set_dtype(WireDtype(info.dtype));
   response->set_metadata_json(info.metadata.dump());
   if (metrics_ != nullptr) {
-    metrics_->RecordRequest("GetModelInfo", handle->name, absl::StatusCode::kOk, 0);
+    metrics_->RecordRequest("GetModelInfo", handle->name, absl::StatusCode::kOk,
+                            SecondsSince(start));
   }
   reactor->Finish(grpc::Status::OK);
   return reactor;
