@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""Python interoperability, end to end.
+
+A model written in Python and scripted with torch.jit.script (Debian's python3-torch) is
+saved into a model repository following the model contract; dino-server loads and serves it;
+a Python client generated from the proto with grpc_python_plugin calls every RPC; the answers
+are compared with torch.autograd evaluated on the same Python model in this process.
+
+usage: interop_test.py <dino-server binary> <folder of generated Python code>
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+SERVER, GENERATED = sys.argv[1], sys.argv[2]
+sys.path.insert(0, GENERATED)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "client", "python"))
+
+import grpc  # noqa: E402
+from dino.v1 import surrogate_pb2, surrogate_pb2_grpc  # noqa: E402
+
+# The generated grpc/health/v1 package would be shadowed by grpcio's own `grpc` package, so
+# the health messages are loaded from their file and called through a generic stub.
+def _load_health_messages():
+    import importlib.util
+    path = os.path.join(GENERATED, "grpc", "health", "v1", "health_pb2.py")
+    spec = importlib.util.spec_from_file_location("dino_health_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+health_pb2 = _load_health_messages()
+
+D_M, D_Q, R_M, R_Q = 30, 8, 6, 5
+
+
+class PythonDipnet(torch.nn.Module):
+    """A reduced-basis model written directly in PyTorch, following the model contract."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        v, _ = torch.linalg.qr(torch.randn(D_M, R_M, generator=g, dtype=torch.float64))
+        u, _ = torch.linalg.qr(torch.randn(D_Q, R_Q, generator=g, dtype=torch.float64))
+        self.register_buffer("input_basis", v)
+        self.register_buffer("output_basis", u)
+        self.register_buffer("output_shift", torch.linspace(-1, 1, D_Q, dtype=torch.float64))
+        self.hidden = torch.nn.Linear(R_M, 20).double()
+        self.out = torch.nn.Linear(20, R_Q).double()
+
+    @torch.jit.export
+    def reduced_forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nn.functional.softplus(self.hidden(z)))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        z = m @ self.input_basis
+        return self.reduced_forward(z) @ self.output_basis.T + self.output_shift
+
+
+class PythonGeneric(torch.nn.Module):
+    """A generic model: forward only; its input dimension is declared in the metadata."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = torch.nn.Sequential(torch.nn.Linear(D_M, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, D_Q)).double()
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        return self.net(m)
+
+
+def wire(array, dtype=surrogate_pb2.FP64):
+    array = np.ascontiguousarray(array, dtype="<f8" if dtype == surrogate_pb2.FP64 else "<f4")
+    return surrogate_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())
+
+
+def unwire(tensor):
+    dtype = "<f8" if tensor.dtype == surrogate_pb2.FP64 else "<f4"
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+
+
+class InteropTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="dino-python-")
+        cls.models = {"pydipnet": PythonDipnet(), "pygeneric": PythonGeneric()}
+        for name, module in cls.models.items():
+            folder = os.path.join(cls.tmp.name, name, "1")
+            os.makedirs(folder)
+            metadata = {"architecture": "python-" + name, "input_dim": D_M,
+                        "provenance": {"created_by": "tests/python/interop_test.py"}}
+            torch.jit.save(torch.jit.script(module), os.path.join(folder, "model.pt"),
+                           _extra_files={"metadata.json": json.dumps(metadata)})
+        cls.server = subprocess.Popen(
+            [SERVER, "--model_repository=" + cls.tmp.name, "--port=0", "--metrics_port=-1",
+             "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
+        port = None
+        for line in cls.server.stdout:
+            match = re.search(r"listening on \S*:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        if port is None:
+            raise RuntimeError("dino-server did not start")
+        cls.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        cls.stub = surrogate_pb2_grpc.SurrogateStub(cls.channel)
+        cls.target = f"127.0.0.1:{port}"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.send_signal(signal.SIGTERM)
+        assert cls.server.wait(timeout=60) == 0
+        cls.tmp.cleanup()
+
+    def reference(self, name, m):
+        module = self.models[name]
+        with torch.no_grad():
+            q = module(torch.from_numpy(m)[None])[0].numpy()
+        jac = torch.autograd.functional.jacobian(lambda x: module(x[None])[0],
+                                                 torch.from_numpy(m)).detach().numpy()
+        return q, jac
+
+    def test_both_models_are_served(self):
+        listing = self.stub.ListModels(surrogate_pb2.ListModelsRequest())
+        self.assertEqual([m.name for m in listing.models], ["pydipnet", "pygeneric"])
+        info = self.stub.GetModelInfo(surrogate_pb2.GetModelInfoRequest(
+            model=surrogate_pb2.ModelRef(name="pydipnet")))
+        self.assertTrue(info.has_reduced_bases)
+        self.assertEqual((info.input_dim, info.output_dim, info.input_rank, info.output_rank),
+                         (D_M, D_Q, R_M, R_Q))
+        self.assertEqual(json.loads(info.metadata_json)["architecture"], "python-pydipnet")
+
+    def test_every_rpc_matches_torch_autograd(self):
+        rng = np.random.default_rng(0)
+        for name in self.models:
+            ref = surrogate_pb2.ModelRef(name=name)
+            m = rng.standard_normal(D_M)
+            v = rng.standard_normal((3, D_M))
+            w = rng.standard_normal((2, D_Q))
+            q, jac = self.reference(name, m)
+
+            out = self.stub.Evaluate(surrogate_pb2.EvaluateRequest(model=ref, m=wire(m[None])))
+            np.testing.assert_allclose(unwire(out.q)[0], q, rtol=0, atol=1e-12)
+
+            out = self.stub.Jvp(surrogate_pb2.JvpRequest(model=ref, m=wire(m), directions=wire(v),
+                                                         return_q=True))
+            np.testing.assert_allclose(unwire(out.jvp), v @ jac.T, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(unwire(out.q), q, rtol=0, atol=1e-12)
+
+            out = self.stub.Vjp(surrogate_pb2.VjpRequest(model=ref, m=wire(m), cotangents=wire(w)))
+            np.testing.assert_allclose(unwire(out.vjp), w @ jac, rtol=0, atol=1e-12)
+
+            out = self.stub.Jacobian(surrogate_pb2.JacobianRequest(model=ref, m=wire(m)))
+            np.testing.assert_allclose(unwire(out.jacobian), jac, rtol=0, atol=1e-12)
+
+            u_c, _ = np.linalg.qr(rng.standard_normal((D_Q, 3)))
+            v_c, _ = np.linalg.qr(rng.standard_normal((D_M, 4)))
+            out = self.stub.ReducedJacobian(surrogate_pb2.ReducedJacobianRequest(
+                model=ref, m=wire(m), output_basis=wire(u_c), input_basis=wire(v_c),
+                output_dtype=surrogate_pb2.FP32))
+            self.assertEqual(out.reduced_jacobian.dtype, surrogate_pb2.FP32)
+            np.testing.assert_allclose(unwire(out.reduced_jacobian)[0], u_c.T @ jac @ v_c,
+                                       rtol=0, atol=1e-5)
+
+        module = self.models["pydipnet"]
+        m = rng.standard_normal(D_M)
+        out = self.stub.ReducedJacobian(surrogate_pb2.ReducedJacobianRequest(
+            model=surrogate_pb2.ModelRef(name="pydipnet"), m=wire(m)))
+        _, jac = self.reference("pydipnet", m)
+        u = module.output_basis.numpy()
+        v = module.input_basis.numpy()
+        np.testing.assert_allclose(unwire(out.reduced_jacobian)[0], u.T @ jac @ v, rtol=0,
+                                   atol=1e-12)
+
+    def test_errors_carry_code_and_field(self):
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.stub.Evaluate(surrogate_pb2.EvaluateRequest(
+                model=surrogate_pb2.ModelRef(name="pydipnet"), m=wire(np.zeros((1, D_M + 1)))))
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("m must have shape", caught.exception.details())
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.stub.ReducedJacobian(surrogate_pb2.ReducedJacobianRequest(
+                model=surrogate_pb2.ModelRef(name="pygeneric"), m=wire(np.zeros(D_M))))
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+
+    def test_health(self):
+        check = self.channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        reply = check(health_pb2.HealthCheckRequest(service="dino.v1.Surrogate"))
+        self.assertEqual(reply.status, health_pb2.HealthCheckResponse.SERVING)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)
