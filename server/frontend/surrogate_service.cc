@@ -59,8 +59,14 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
     finish("", handle.status());
     return reactor;
   }
+  if (metrics_ != nullptr) metrics_->AddInFlight(handle->name, 1);
+  auto finish_in_flight = [this, finish](const std::string& model, const absl::Status& status) {
+    if (metrics_ != nullptr) metrics_->AddInFlight(model, -1);
+    finish(model, status);
+  };
   const bool queued = handle->executor->Submit(
-      [this, context, request, response, work, finish, handle = *std::move(handle)] {
+      [context, request, response, work, finish = finish_in_flight,
+       max_response_bytes = max_response_bytes_, handle = *handle] {
         // An expired call also counts as cancelled, so the deadline is checked first.
         if (context->deadline() <= std::chrono::system_clock::now()) {
           finish(handle.name,
@@ -75,16 +81,18 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
         if (status.ok()) {
           response->set_version(handle.version);
           const size_t bytes = response->ByteSizeLong();
-          if (static_cast<int64_t>(bytes) > max_response_bytes_) {
+          if (static_cast<int64_t>(bytes) > max_response_bytes) {
             response->Clear();
             status = absl::ResourceExhaustedError(absl::StrCat(
                 "the response would be ", bytes, " bytes, above the server's limit of ",
-                max_response_bytes_, " (--max_message_bytes); ask for fewer rows at a time"));
+                max_response_bytes, " (--max_message_bytes); ask for fewer rows at a time"));
           }
         }
         finish(handle.name, status);
       });
-  if (!queued) finish(handle->name, absl::UnavailableError("the server is shutting down"));
+  if (!queued) {
+    finish_in_flight(handle->name, absl::UnavailableError("the server is shutting down"));
+  }
   return reactor;
 }
 

@@ -26,7 +26,11 @@ ServerMetrics::ServerMetrics()
                          .Name("dino_models_loaded")
                          .Help("Model versions loaded and servable.")
                          .Register(*registry_)
-                         .Add({})) {}
+                         .Add({})),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("dino_requests_in_flight")
+                     .Help("Calls accepted and not yet answered (queued or running), by model.")
+                     .Register(*registry_)) {}
 
 void ServerMetrics::RecordRequest(const std::string& method, const std::string& model,
                                   absl::StatusCode code, double seconds) {
@@ -34,6 +38,10 @@ void ServerMetrics::RecordRequest(const std::string& method, const std::string& 
       .Increment();
   static const auto buckets = LatencyBuckets();
   latency_.Add({{"method", method}}, buckets).Observe(seconds);
+}
+
+void ServerMetrics::AddInFlight(const std::string& model, double delta) {
+  in_flight_.Add({{"model", model}}).Increment(delta);
 }
 
 void ServerMetrics::SetModelsLoaded(size_t versions) {

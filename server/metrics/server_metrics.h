@@ -25,6 +25,9 @@ class ServerMetrics {
   void RecordRequest(const std::string& method, const std::string& model,
                      absl::StatusCode code, double seconds);
   void SetModelsLoaded(size_t versions);
+  // Calls accepted for a model and not yet answered (queued or running): the saturation
+  // signal of its executor.
+  void AddInFlight(const std::string& model, double delta);
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -33,6 +36,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& latency_;
   prometheus::Gauge& models_loaded_;
+  prometheus::Family<prometheus::Gauge>& in_flight_;
 };
 
 }  // namespace dino::metrics

@@ -28,7 +28,9 @@ using dino::testing::SmallDims;
 using serving::SurrogateModel;
 
 constexpr SmallDims kDims{};
-constexpr int64_t kSlowIterations = 60000;
+// About a second per call on one core: long enough that the test's short deadlines and
+// cancellations certainly happen while a call waits in the queue.
+constexpr int64_t kSlowIterations = 200000;
 
 std::string ServerBinary() { return DINO_SERVER_BINARY; }
 
@@ -423,8 +425,17 @@ v1::EvaluateRequest SlowRequest() {
   return request;
 }
 
-// Fills both executor threads of the slow model, so that further calls wait in its queue.
-std::vector<std::thread> OccupySlowModel(const std::string& target, int calls) {
+int MetricValue(int port, const std::string& series) {
+  const std::string text = dino::testing::HttpGet(port, "/metrics");
+  const size_t at = text.find(series);
+  return at == std::string::npos ? 0 : std::stoi(text.substr(at + series.size() + 1));
+}
+
+// Starts `calls` slow calls and returns once the server has accepted them all. With
+// --threads=2, the first two occupy the slow model's executor for a second or more, so
+// further calls wait in its queue.
+std::vector<std::thread> OccupySlowModel(const dino::testing::ServerProcess& server, int calls) {
+  const std::string target = server.target();
   std::vector<std::thread> busy;
   for (int i = 0; i < calls; ++i) {
     busy.emplace_back([target] {
@@ -435,14 +446,12 @@ std::vector<std::thread> OccupySlowModel(const std::string& target, int calls) {
       EXPECT_TRUE(stub->Evaluate(&context, SlowRequest(), &response).ok());
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (MetricValue(server.metrics_port(), "dino_requests_in_flight{model=\"slow\"}") < calls &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   return busy;
-}
-
-int MetricValue(int port, const std::string& series) {
-  const std::string text = dino::testing::HttpGet(port, "/metrics");
-  const size_t at = text.find(series);
-  return at == std::string::npos ? 0 : std::stoi(text.substr(at + series.size() + 1));
 }
 
 TEST_F(ServerTest, ExpiredAndCancelledCallsAreNotComputed) {
@@ -453,7 +462,7 @@ TEST_F(ServerTest, ExpiredAndCancelledCallsAreNotComputed) {
   const int expired_before = MetricValue(server_->metrics_port(), expired);
   const int cancelled_before = MetricValue(server_->metrics_port(), cancelled);
 
-  auto busy = OccupySlowModel(server_->target(), 2);
+  auto busy = OccupySlowModel(*server_, 2);
   {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
@@ -487,10 +496,23 @@ TEST_F(ServerTest, ExpiredAndCancelledCallsAreNotComputed) {
 }
 
 TEST_F(ServerTest, MetricsCountRequestsByMethodModelAndCode) {
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(Context().get(), v1::ListModelsRequest(), &models).ok());
+  v1::EvaluateRequest request;
+  SetModel(request.mutable_model(), "generic");
+  *request.mutable_m() = Wire(Gaussian({1, kDims.d_m}, 1));
+  v1::EvaluateResponse response;
+  ASSERT_TRUE(stub_->Evaluate(Context().get(), request, &response).ok());
+  SetModel(request.mutable_model(), "missing");
+  EXPECT_FALSE(stub_->Evaluate(Context().get(), request, &response).ok());
   const std::string text = dino::testing::HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_THAT(text, HasSubstr("dino_models_loaded 6"));
   EXPECT_THAT(text, HasSubstr("dino_request_latency_seconds_bucket{method=\"Evaluate\""));
-  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"OK\",method=\"ListModels\",model=\"\"}"));
+  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"OK\",method=\"ListModels\",model=\"\"} 1"));
+  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"OK\",method=\"Evaluate\",model=\"generic\"} 1"));
+  // Unknown names do not become label values.
+  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"NOT_FOUND\",method=\"Evaluate\",model=\"\"} 1"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("missing")));
 }
 
 TEST(ShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
@@ -500,7 +522,7 @@ TEST(ShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   dino::testing::ServerProcess server(
       ServerBinary(), {"--model_repository=" + root, "--threads=2", "--drain_seconds=1"});
   auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
-  auto busy = OccupySlowModel(server.target(), 4);  // Two run, two wait in the queue.
+  auto busy = OccupySlowModel(server, 4);  // Two run, two wait in the queue.
   server.Signal(SIGTERM);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto health = grpc::health::v1::Health::NewStub(channel);

@@ -1,0 +1,30 @@
+// Runs the fake surrogate service (see fake_surrogate.h) for the CLI / bench / Python client
+// tests: `dino_fake_surrogate_server [--port N]` prints "PORT <n>" once listening (N = 0,
+// the default, picks a free port) and serves until killed.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "tests/client/fake_surrogate.h"
+
+int main(int argc, char** argv) {
+  int port = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
+      port = std::atoi(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--port N]\n", argv[0]);
+      return 2;
+    }
+  }
+  dino::testing::FakeServer fake = dino::testing::StartFakeServer(port);
+  if (fake.server == nullptr) {
+    std::fprintf(stderr, "cannot listen on 127.0.0.1:%d\n", port);
+    return 1;
+  }
+  std::printf("PORT %d\n", fake.port);
+  std::fflush(stdout);
+  fake.server->Wait();
+  return 0;
+}

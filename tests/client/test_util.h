@@ -1,0 +1,60 @@
+// Helpers for the client unit tests: private scratch directories and running NumPy scripts
+// with the interpreter the build was configured with (DINO_PYTHON, /usr/bin/python3).
+#ifndef DINO_TESTS_CLIENT_TEST_UTIL_H_
+#define DINO_TESTS_CLIENT_TEST_UTIL_H_
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef DINO_PYTHON
+#define DINO_PYTHON "/usr/bin/python3"
+#endif
+
+namespace dino::testing {
+
+// A fresh directory under the test temp dir, unique per call (tests may run in parallel).
+inline std::string MakeTempDir() {
+  std::string pattern = ::testing::TempDir() + "dino_client_test_XXXXXX";
+  std::vector<char> buffer(pattern.begin(), pattern.end());
+  buffer.push_back('\0');
+  const char* dir = mkdtemp(buffer.data());
+  EXPECT_NE(dir, nullptr) << "mkdtemp " << pattern;
+  return dir != nullptr ? std::string(dir) : std::string();
+}
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline void WriteFile(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+}
+
+// Runs `code` with NumPy imported as np, in `dir` (the script's working directory). Returns
+// true on exit status 0; otherwise records a test failure with the script's output.
+inline bool RunPython(const std::string& dir, const std::string& code) {
+  const std::string script = dir + "/script.py";
+  const std::string log = dir + "/script.log";
+  WriteFile(script, "import os, sys\nimport numpy as np\nos.chdir(" + std::string("'") + dir +
+                        "')\n" + code + "\n");
+  const std::string command = std::string(DINO_PYTHON) + " '" + script + "' > '" + log + "' 2>&1";
+  const int rc = std::system(command.c_str());
+  if (rc != 0) {
+    ADD_FAILURE() << "python failed (" << rc << "): " << command << "\n" << ReadFile(log);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace dino::testing
+
+#endif  // DINO_TESTS_CLIENT_TEST_UTIL_H_
