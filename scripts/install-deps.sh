@@ -9,7 +9,7 @@ BUILD_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev
+  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev libcli11-dev
   libgtest-dev libgmock-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf
 )

@@ -18,7 +18,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::MakeTempDir;
+using testing::ScopedTempDir;
 using testing::WriteFile;
 
 TEST(JsonArrayTest, ParsesVectorsMatricesAndScalars) {
@@ -92,7 +92,8 @@ TEST(LoadArrayArgumentTest, InlineJson) {
 }
 
 TEST(LoadArrayArgumentTest, Files) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   NpyArray f32 = *NpyArray::FromValues<float>({2}, std::vector<float>{1, 2});
   NpyArray i64 = *NpyArray::FromValues<int64_t>({3}, std::vector<int64_t>{1, 2, 3});
   ASSERT_TRUE(WriteNpy(dir + "/m.npy", f32).ok());
@@ -151,7 +152,8 @@ TEST(ArrayJsonTest, PrintsDataOrSummary) {
 }
 
 TEST(SaveArraysTest, NpyKeepsPrimaryNpzKeepsAll) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   NpyArray a = *NpyArray::FromValues<double>({1}, std::vector<double>{1});
   NpyArray b = *NpyArray::FromValues<double>({2}, std::vector<double>{2, 3});
   ASSERT_TRUE(SaveArrays(dir + "/r.npy", {{"jvp", &a}, {"q", &b}}).ok());

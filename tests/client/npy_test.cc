@@ -16,9 +16,9 @@ namespace dino {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::MakeTempDir;
 using testing::ReadFile;
 using testing::RunPython;
+using testing::ScopedTempDir;
 using testing::WriteFile;
 
 // Elements 0.5·i - 1 (or i for integers) in the given dtype.
@@ -99,7 +99,8 @@ TEST(NpyArrayDeathTest, ViewWithWrongTypeAborts) {
 }
 
 TEST(NpyTest, RoundTripsEveryDtypeAndShape) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   const std::vector<std::vector<int64_t>> shapes = {{}, {0}, {5}, {2, 3}, {2, 0, 3}, {2, 3, 4}};
   for (NpyDType dtype :
        {NpyDType::kFloat32, NpyDType::kFloat64, NpyDType::kInt32, NpyDType::kInt64}) {
@@ -121,7 +122,8 @@ TEST(NpyTest, RoundTripsEveryDtypeAndShape) {
 }
 
 TEST(NpyTest, OutputIsByteIdenticalToNumpySave) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   ASSERT_TRUE(WriteNpy(dir + "/ours_f8.npy", Ramp({2, 3}, NpyDType::kFloat64)).ok());
   ASSERT_TRUE(WriteNpy(dir + "/ours_f4.npy", Ramp({7}, NpyDType::kFloat32)).ok());
   ASSERT_TRUE(WriteNpy(dir + "/ours_i8.npy", Ramp({}, NpyDType::kInt64)).ok());
@@ -136,7 +138,8 @@ np.save('np_i8.npy', np.array(0, dtype='<i8'))
 }
 
 TEST(NpyTest, ReadsWhatNumpyWrites) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   ASSERT_TRUE(RunPython(dir, R"(
 from numpy.lib import format as fmt
 r = lambda n, dt: (0.5 * np.arange(n) - 1).astype(dt)
@@ -184,7 +187,8 @@ with open('v3.npy', 'wb') as f: fmt.write_array(f, r(12, '<f4').reshape(3, 4), v
 }
 
 TEST(NpyTest, NumpyReadsWhatWeWrite) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   ASSERT_TRUE(WriteNpy(dir + "/f4.npy", Ramp({3, 4}, NpyDType::kFloat32)).ok());
   ASSERT_TRUE(WriteNpy(dir + "/f8.npy", Ramp({2, 3, 4}, NpyDType::kFloat64)).ok());
   ASSERT_TRUE(WriteNpy(dir + "/i4.npy", Ramp({5}, NpyDType::kInt32)).ok());
@@ -218,7 +222,8 @@ TEST(NpyTest, LongHeaderUsesVersion2) {
 }
 
 TEST(NpyTest, PreciseErrors) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   absl::StatusOr<NpyArray> missing = ReadNpy(dir + "/nope.npy");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(missing.status().message(), HasSubstr(dir + "/nope.npy"));
@@ -280,7 +285,8 @@ np.save('f2.npy', np.zeros(3, dtype=np.float16))
 
 TEST(NpyTest, LargeArrayRoundTrip) {
   // ~100 MB, the size of a real training set: checks the bulk path has no per-element cost.
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   NpyArray big = *NpyArray::Zeros({12'500'000}, NpyDType::kFloat64);
   absl::Span<double> values = big.MutableView<double>();
   for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<double>(i % 1000) * 0.25;
@@ -293,7 +299,6 @@ TEST(NpyTest, LargeArrayRoundTrip) {
   EXPECT_TRUE(*back == big);
   RecordProperty("write_read_seconds", std::to_string(seconds));
   EXPECT_LT(seconds, 20.0);
-  std::remove((dir + "/big.npy").c_str());
 }
 
 }  // namespace

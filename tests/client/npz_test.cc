@@ -17,9 +17,9 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::MakeTempDir;
 using testing::ReadFile;
 using testing::RunPython;
+using testing::ScopedTempDir;
 using testing::WriteFile;
 
 NpyArray Ramp(std::vector<int64_t> shape, NpyDType dtype) {
@@ -60,7 +60,8 @@ def check(path):
 )";
 
 TEST(NpzTest, RoundTripsWithEveryWriterOption) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   const std::map<std::string, NpyArray> arrays = SampleArrays();
   struct Variant {
     std::string file;
@@ -89,7 +90,8 @@ TEST(NpzTest, RoundTripsWithEveryWriterOption) {
 }
 
 TEST(NpzTest, ReadsNumpySavezAndSavezCompressed) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   ASSERT_TRUE(RunPython(dir, R"(
 r = lambda n, dt: (0.5 * np.arange(n) - 1).astype(dt)
 arrays = dict(m_data=r(15, '<f8').reshape(5, 3), q_data=r(10, '<f4').reshape(5, 2),
@@ -135,7 +137,8 @@ np.savez('positional.npz', r(3, '<f8'), r(2, '<f4'))
 TEST(NpzTest, ReadsZip64EndRecordsAndComments) {
   // 70000 members force Python's zipfile to write zip64 end-of-central-directory records
   // (the 16-bit entry count overflows); a trailing comment moves the end record.
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   ASSERT_TRUE(RunPython(dir, R"(
 import io, zipfile
 def npy(a):
@@ -160,7 +163,8 @@ with zipfile.ZipFile('comment.npz', 'w', zipfile.ZIP_DEFLATED) as z:
 }
 
 TEST(NpzTest, WritesZip64EndRecordsForManyMembers) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   absl::StatusOr<NpzWriter> writer = NpzWriter::Create(dir + "/many.npz");
   ASSERT_TRUE(writer.ok());
   const NpyArray small = Ramp({2}, NpyDType::kInt64);
@@ -177,7 +181,8 @@ with np.load('many.npz') as f:
 }
 
 TEST(NpzTest, PreciseErrors) {
-  const std::string dir = MakeTempDir();
+  const ScopedTempDir temp_dir;
+  const std::string& dir = temp_dir.path();
   const std::string path = dir + "/a.npz";
   ASSERT_TRUE(WriteNpz(path, SampleArrays()).ok());
 

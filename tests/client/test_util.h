@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -17,15 +18,29 @@
 
 namespace dino::testing {
 
-// A fresh directory under the test temp dir, unique per call (tests may run in parallel).
-inline std::string MakeTempDir() {
-  std::string pattern = ::testing::TempDir() + "dino_client_test_XXXXXX";
-  std::vector<char> buffer(pattern.begin(), pattern.end());
-  buffer.push_back('\0');
-  const char* dir = mkdtemp(buffer.data());
-  EXPECT_NE(dir, nullptr) << "mkdtemp " << pattern;
-  return dir != nullptr ? std::string(dir) : std::string();
-}
+// A fresh directory under the test temp dir, unique per instance (tests may run in
+// parallel), removed with its contents on destruction.
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    std::string pattern = ::testing::TempDir() + "dino_client_test_XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    const char* dir = mkdtemp(buffer.data());
+    EXPECT_NE(dir, nullptr) << "mkdtemp " << pattern;
+    if (dir != nullptr) path_ = dir;
+  }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  ~ScopedTempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 inline std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

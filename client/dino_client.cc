@@ -1,0 +1,389 @@
+#include "client/dino_client.h"
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/tensor_codec.h"
+
+namespace dino::client {
+namespace {
+
+// Timeouts from here up (including absl::InfiniteDuration()) mean "no deadline": now + the
+// timeout in nanoseconds would overflow std::chrono::system_clock's int64 representation.
+constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365 * 100);
+
+void SetModelRef(const ModelRef& model, v1::ModelRef* ref) {
+  ref->set_name(model.name);
+  ref->set_version(model.version);
+}
+
+absl::StatusOr<v1::DType> OutputDType(const CallOptions& call) {
+  if (!call.output_dtype.has_value()) return v1::DTYPE_UNSPECIFIED;
+  absl::StatusOr<v1::DType> dtype = ToProtoDType(*call.output_dtype);
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("output_dtype: ", dtype.status().message()));
+  }
+  return dtype;
+}
+
+// A response tensor that breaks the protocol is the server's fault, not the caller's: report
+// it as INTERNAL naming the RPC, rather than the codec's INVALID_ARGUMENT.
+absl::StatusOr<NpyArray> DecodeResponseTensor(const v1::Tensor& tensor, absl::string_view rpc,
+                                              absl::string_view field) {
+  absl::StatusOr<NpyArray> array = DecodeTensor(tensor, field);
+  if (!array.ok()) {
+    return absl::InternalError(
+        absl::StrCat("malformed ", rpc, " response: ", array.status().message()));
+  }
+  return array;
+}
+
+}  // namespace
+
+absl::string_view HealthStatusName(HealthStatus status) {
+  switch (status) {
+    case HealthStatus::kUnknown:
+      return "UNKNOWN";
+    case HealthStatus::kServing:
+      return "SERVING";
+    case HealthStatus::kNotServing:
+      return "NOT_SERVING";
+    case HealthStatus::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+  }
+  return "UNKNOWN";
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  // grpc::StatusCode and absl::StatusCode share the canonical numbering 0..16.
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+absl::StatusOr<DinoClient> DinoClient::Connect(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("empty server target");
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("timeout must be positive, got ", absl::FormatDuration(options.timeout)));
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes must be positive, got ", options.max_message_bytes));
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, credentials, args);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot create a channel to ", options.target));
+  }
+  return DinoClient(std::move(channel), options);
+}
+
+DinoClient::DinoClient(std::shared_ptr<grpc::ChannelInterface> channel,
+                       const ClientOptions& options)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::Surrogate::NewStub(channel_)),
+      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+void DinoClient::Prepare(grpc::ClientContext* context, const CallOptions& call) const {
+  const absl::Duration timeout = call.timeout.value_or(options_.timeout);
+  if (timeout < kNoDeadline) {
+    context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
+  }
+  context->set_wait_for_ready(options_.wait_for_ready);
+}
+
+absl::Status DinoClient::WaitForReady(absl::Duration timeout) const {
+  const auto deadline = timeout < kNoDeadline
+                            ? std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout)
+                            : std::chrono::system_clock::time_point::max();
+  if (!channel_->WaitForConnected(deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat("could not connect to ", options_.target,
+                                                    " within ", absl::FormatDuration(timeout)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HealthStatus> DinoClient::CheckHealth(absl::string_view service,
+                                                     const CallOptions& call) const {
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(std::string(service));
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = health_stub_->Check(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  switch (response.status()) {
+    case grpc::health::v1::HealthCheckResponse::SERVING:
+      return HealthStatus::kServing;
+    case grpc::health::v1::HealthCheckResponse::NOT_SERVING:
+      return HealthStatus::kNotServing;
+    case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN:
+      return HealthStatus::kServiceUnknown;
+    default:
+      return HealthStatus::kUnknown;
+  }
+}
+
+absl::StatusOr<std::vector<ModelSummary>> DinoClient::ListModels(const CallOptions& call) const {
+  v1::ListModelsRequest request;
+  v1::ListModelsResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->ListModels(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  std::vector<ModelSummary> out;
+  out.reserve(response.models_size());
+  for (const v1::ModelSummary& m : response.models()) {
+    ModelSummary summary;
+    summary.name = m.name();
+    for (const v1::ModelVersionSummary& v : m.versions()) {
+      summary.versions.push_back(v.version());
+      if (v.is_default()) summary.default_version = v.version();
+    }
+    out.push_back(std::move(summary));
+  }
+  return out;
+}
+
+absl::StatusOr<ModelInfo> DinoClient::GetModelInfo(const ModelRef& model,
+                                                   const CallOptions& call) const {
+  v1::GetModelInfoRequest request;
+  SetModelRef(model, request.mutable_model());
+  v1::GetModelInfoResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->GetModelInfo(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  absl::StatusOr<NpyDType> dtype = FromProtoDType(response.dtype());
+  if (!dtype.ok()) {
+    return absl::InternalError(
+        absl::StrCat("malformed GetModelInfo response: dtype: ", dtype.status().message()));
+  }
+  ModelInfo info;
+  info.name = response.name();
+  info.version = response.version();
+  info.versions.assign(response.versions().begin(), response.versions().end());
+  info.input_dim = response.input_dim();
+  info.output_dim = response.output_dim();
+  info.has_reduced_bases = response.has_reduced_bases();
+  info.input_rank = response.input_rank();
+  info.output_rank = response.output_rank();
+  info.architecture = response.architecture();
+  info.dtype = *dtype;
+  info.metadata_json = response.metadata_json();
+  return info;
+}
+
+absl::StatusOr<Bases> DinoClient::GetBases(const ModelRef& model, const CallOptions& call) const {
+  v1::GetBasesRequest request;
+  SetModelRef(model, request.mutable_model());
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::GetBasesResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->GetBases(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  Bases bases;
+  bases.version = response.version();
+  absl::StatusOr<NpyArray> v =
+      DecodeResponseTensor(response.input_basis(), "GetBases", "input_basis");
+  if (!v.ok()) return v.status();
+  absl::StatusOr<NpyArray> u =
+      DecodeResponseTensor(response.output_basis(), "GetBases", "output_basis");
+  if (!u.ok()) return u.status();
+  absl::StatusOr<NpyArray> b =
+      DecodeResponseTensor(response.output_shift(), "GetBases", "output_shift");
+  if (!b.ok()) return b.status();
+  bases.input_basis = *std::move(v);
+  bases.output_basis = *std::move(u);
+  bases.output_shift = *std::move(b);
+  return bases;
+}
+
+absl::StatusOr<EvaluateResult> DinoClient::Evaluate(const ModelRef& model, const NpyArray& m,
+                                                    const CallOptions& call) const {
+  v1::EvaluateRequest request;
+  SetModelRef(model, request.mutable_model());
+  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::EvaluateResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->Evaluate(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Evaluate", "q");
+  if (!q.ok()) return q.status();
+  return EvaluateResult{response.version(), *std::move(q)};
+}
+
+absl::StatusOr<JvpResult> DinoClient::Jvp(const ModelRef& model, const NpyArray& m,
+                                          const NpyArray& directions, bool return_q,
+                                          const CallOptions& call) const {
+  v1::JvpRequest request;
+  SetModelRef(model, request.mutable_model());
+  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
+  if (absl::Status s = EncodeTensor(directions, request.mutable_directions(), "directions");
+      !s.ok()) {
+    return s;
+  }
+  request.set_return_q(return_q);
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::JvpResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->Jvp(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  JvpResult result;
+  result.version = response.version();
+  absl::StatusOr<NpyArray> jvp = DecodeResponseTensor(response.jvp(), "Jvp", "jvp");
+  if (!jvp.ok()) return jvp.status();
+  result.jvp = *std::move(jvp);
+  if (return_q) {
+    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Jvp", "q");
+    if (!q.ok()) return q.status();
+    result.q = *std::move(q);
+  }
+  return result;
+}
+
+absl::StatusOr<VjpResult> DinoClient::Vjp(const ModelRef& model, const NpyArray& m,
+                                          const NpyArray& cotangents, bool return_q,
+                                          const CallOptions& call) const {
+  v1::VjpRequest request;
+  SetModelRef(model, request.mutable_model());
+  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
+  if (absl::Status s = EncodeTensor(cotangents, request.mutable_cotangents(), "cotangents");
+      !s.ok()) {
+    return s;
+  }
+  request.set_return_q(return_q);
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::VjpResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->Vjp(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  VjpResult result;
+  result.version = response.version();
+  absl::StatusOr<NpyArray> vjp = DecodeResponseTensor(response.vjp(), "Vjp", "vjp");
+  if (!vjp.ok()) return vjp.status();
+  result.vjp = *std::move(vjp);
+  if (return_q) {
+    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Vjp", "q");
+    if (!q.ok()) return q.status();
+    result.q = *std::move(q);
+  }
+  return result;
+}
+
+absl::StatusOr<ReducedJacobianResult> DinoClient::ReducedJacobian(const ModelRef& model,
+                                                                  const NpyArray& m,
+                                                                  const CallOptions& call) const {
+  return ReducedJacobianImpl(model, m, nullptr, nullptr, call);
+}
+
+absl::StatusOr<ReducedJacobianResult> DinoClient::ReducedJacobian(const ModelRef& model,
+                                                                  const NpyArray& m,
+                                                                  const NpyArray& output_basis,
+                                                                  const NpyArray& input_basis,
+                                                                  const CallOptions& call) const {
+  return ReducedJacobianImpl(model, m, &output_basis, &input_basis, call);
+}
+
+absl::StatusOr<ReducedJacobianResult> DinoClient::ReducedJacobianImpl(
+    const ModelRef& model, const NpyArray& m, const NpyArray* output_basis,
+    const NpyArray* input_basis, const CallOptions& call) const {
+  v1::ReducedJacobianRequest request;
+  SetModelRef(model, request.mutable_model());
+  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
+  if (output_basis != nullptr) {
+    if (absl::Status s =
+            EncodeTensor(*output_basis, request.mutable_output_basis(), "output_basis");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (input_basis != nullptr) {
+    if (absl::Status s = EncodeTensor(*input_basis, request.mutable_input_basis(), "input_basis");
+        !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::ReducedJacobianResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->ReducedJacobian(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  ReducedJacobianResult result;
+  result.version = response.version();
+  absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "ReducedJacobian", "q");
+  if (!q.ok()) return q.status();
+  absl::StatusOr<NpyArray> jr =
+      DecodeResponseTensor(response.reduced_jacobian(), "ReducedJacobian", "reduced_jacobian");
+  if (!jr.ok()) return jr.status();
+  result.q = *std::move(q);
+  result.reduced_jacobian = *std::move(jr);
+  return result;
+}
+
+absl::StatusOr<JacobianResult> DinoClient::Jacobian(const ModelRef& model, const NpyArray& m,
+                                                    bool return_q, const CallOptions& call) const {
+  v1::JacobianRequest request;
+  SetModelRef(model, request.mutable_model());
+  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
+  request.set_return_q(return_q);
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  v1::JacobianResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  if (grpc::Status s = stub_->Jacobian(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  JacobianResult result;
+  result.version = response.version();
+  absl::StatusOr<NpyArray> jacobian =
+      DecodeResponseTensor(response.jacobian(), "Jacobian", "jacobian");
+  if (!jacobian.ok()) return jacobian.status();
+  result.jacobian = *std::move(jacobian);
+  if (return_q) {
+    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Jacobian", "q");
+    if (!q.ok()) return q.status();
+    result.q = *std::move(q);
+  }
+  return result;
+}
+
+}  // namespace dino::client
