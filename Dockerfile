@@ -12,7 +12,7 @@ FROM debian:bookworm AS runtime
 COPY scripts/install-deps.sh /tmp/install-deps.sh
 RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin dino
-COPY --from=build /build/server/dino-server /build/client/dino /usr/local/bin/
+COPY --from=build /build/bin/dino-server /build/bin/dino /usr/local/bin/
 COPY --chown=dino models/repository /models
 USER dino
 EXPOSE 50051 9090

@@ -21,7 +21,7 @@ build: configure
 	cmake --build $(BUILD_DIR)
 
 serve: build
-	$(BUILD_DIR)/server/dino-server --model_repository=$(MODEL_REPOSITORY) \
+	$(BUILD_DIR)/bin/dino-server --model_repository=$(MODEL_REPOSITORY) \
 	  --port=$(PORT) --metrics_port=$(METRICS_PORT)
 
 test: build
