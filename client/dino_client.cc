@@ -6,6 +6,9 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include <chrono>
+#include <initializer_list>
+#include <optional>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -44,7 +47,39 @@ absl::StatusOr<NpyArray> DecodeResponseTensor(const v1::Tensor& tensor, absl::st
   return array;
 }
 
+// Encodes the request's input arrays, each into its field (named in errors).
+absl::Status EncodeInputs(
+    std::initializer_list<std::tuple<const NpyArray*, v1::Tensor*, const char*>> inputs) {
+  for (const auto& [array, field, name] : inputs) {
+    if (absl::Status s = EncodeTensor(*array, field, name); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// Decodes the q of a Jvp, Vjp or Jacobian response when the caller asked for it.
+absl::Status DecodeRequestedQ(bool requested, const v1::Tensor& tensor, absl::string_view rpc,
+                              std::optional<NpyArray>* q) {
+  if (!requested) return absl::OkStatus();
+  absl::StatusOr<NpyArray> decoded = DecodeResponseTensor(tensor, rpc, "q");
+  if (!decoded.ok()) return decoded.status();
+  *q = *std::move(decoded);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+template <typename Request, typename Response>
+absl::Status DinoClient::Invoke(grpc::Status (v1::Surrogate::StubInterface::*rpc)(
+                                    grpc::ClientContext*, const Request&, Response*),
+                                Request& request, Response* response,
+                                const CallOptions& call) const {
+  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
+  if (!out_dtype.ok()) return out_dtype.status();
+  request.set_output_dtype(*out_dtype);
+  grpc::ClientContext context;
+  Prepare(&context, call);
+  return FromGrpcStatus((stub_.get()->*rpc)(&context, request, response));
+}
 
 absl::string_view HealthStatusName(HealthStatus status) {
   switch (status) {
@@ -192,14 +227,10 @@ absl::StatusOr<ModelInfo> DinoClient::GetModelInfo(const ModelRef& model,
 absl::StatusOr<Bases> DinoClient::GetBases(const ModelRef& model, const CallOptions& call) const {
   v1::GetBasesRequest request;
   SetModelRef(model, request.mutable_model());
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
   v1::GetBasesResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->GetBases(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s = Invoke(&v1::Surrogate::StubInterface::GetBases, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   Bases bases;
   bases.version = response.version();
@@ -222,15 +253,11 @@ absl::StatusOr<EvaluateResult> DinoClient::Evaluate(const ModelRef& model, const
                                                     const CallOptions& call) const {
   v1::EvaluateRequest request;
   SetModelRef(model, request.mutable_model());
-  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
+  if (absl::Status s = EncodeInputs({{&m, request.mutable_m(), "m"}}); !s.ok()) return s;
   v1::EvaluateResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->Evaluate(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s = Invoke(&v1::Surrogate::StubInterface::Evaluate, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Evaluate", "q");
   if (!q.ok()) return q.status();
@@ -242,30 +269,24 @@ absl::StatusOr<JvpResult> DinoClient::Jvp(const ModelRef& model, const NpyArray&
                                           const CallOptions& call) const {
   v1::JvpRequest request;
   SetModelRef(model, request.mutable_model());
-  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
-  if (absl::Status s = EncodeTensor(directions, request.mutable_directions(), "directions");
+  request.set_return_q(return_q);
+  if (absl::Status s = EncodeInputs({{&m, request.mutable_m(), "m"},
+                                     {&directions, request.mutable_directions(), "directions"}});
       !s.ok()) {
     return s;
   }
-  request.set_return_q(return_q);
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
   v1::JvpResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->Jvp(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s = Invoke(&v1::Surrogate::StubInterface::Jvp, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   JvpResult result;
   result.version = response.version();
   absl::StatusOr<NpyArray> jvp = DecodeResponseTensor(response.jvp(), "Jvp", "jvp");
   if (!jvp.ok()) return jvp.status();
   result.jvp = *std::move(jvp);
-  if (return_q) {
-    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Jvp", "q");
-    if (!q.ok()) return q.status();
-    result.q = *std::move(q);
+  if (absl::Status s = DecodeRequestedQ(return_q, response.q(), "Jvp", &result.q); !s.ok()) {
+    return s;
   }
   return result;
 }
@@ -275,30 +296,24 @@ absl::StatusOr<VjpResult> DinoClient::Vjp(const ModelRef& model, const NpyArray&
                                           const CallOptions& call) const {
   v1::VjpRequest request;
   SetModelRef(model, request.mutable_model());
-  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
-  if (absl::Status s = EncodeTensor(cotangents, request.mutable_cotangents(), "cotangents");
+  request.set_return_q(return_q);
+  if (absl::Status s = EncodeInputs({{&m, request.mutable_m(), "m"},
+                                     {&cotangents, request.mutable_cotangents(), "cotangents"}});
       !s.ok()) {
     return s;
   }
-  request.set_return_q(return_q);
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
   v1::VjpResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->Vjp(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s = Invoke(&v1::Surrogate::StubInterface::Vjp, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   VjpResult result;
   result.version = response.version();
   absl::StatusOr<NpyArray> vjp = DecodeResponseTensor(response.vjp(), "Vjp", "vjp");
   if (!vjp.ok()) return vjp.status();
   result.vjp = *std::move(vjp);
-  if (return_q) {
-    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Vjp", "q");
-    if (!q.ok()) return q.status();
-    result.q = *std::move(q);
+  if (absl::Status s = DecodeRequestedQ(return_q, response.q(), "Vjp", &result.q); !s.ok()) {
+    return s;
   }
   return result;
 }
@@ -322,28 +337,19 @@ absl::StatusOr<ReducedJacobianResult> DinoClient::ReducedJacobianImpl(
     const NpyArray* input_basis, const CallOptions& call) const {
   v1::ReducedJacobianRequest request;
   SetModelRef(model, request.mutable_model());
-  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
-  if (output_basis != nullptr) {
-    if (absl::Status s =
-            EncodeTensor(*output_basis, request.mutable_output_basis(), "output_basis");
-        !s.ok()) {
-      return s;
-    }
+  absl::Status encoded = EncodeInputs({{&m, request.mutable_m(), "m"}});
+  // Client bases come both or not at all (the two public overloads); an unset field means
+  // "the model's own bases", so the fields are only touched when there are bases.
+  if (encoded.ok() && output_basis != nullptr && input_basis != nullptr) {
+    encoded = EncodeInputs({{output_basis, request.mutable_output_basis(), "output_basis"},
+                            {input_basis, request.mutable_input_basis(), "input_basis"}});
   }
-  if (input_basis != nullptr) {
-    if (absl::Status s = EncodeTensor(*input_basis, request.mutable_input_basis(), "input_basis");
-        !s.ok()) {
-      return s;
-    }
-  }
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
+  if (!encoded.ok()) return encoded;
   v1::ReducedJacobianResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->ReducedJacobian(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s =
+          Invoke(&v1::Surrogate::StubInterface::ReducedJacobian, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   ReducedJacobianResult result;
   result.version = response.version();
@@ -361,16 +367,12 @@ absl::StatusOr<JacobianResult> DinoClient::Jacobian(const ModelRef& model, const
                                                     bool return_q, const CallOptions& call) const {
   v1::JacobianRequest request;
   SetModelRef(model, request.mutable_model());
-  if (absl::Status s = EncodeTensor(m, request.mutable_m(), "m"); !s.ok()) return s;
   request.set_return_q(return_q);
-  absl::StatusOr<v1::DType> out_dtype = OutputDType(call);
-  if (!out_dtype.ok()) return out_dtype.status();
-  request.set_output_dtype(*out_dtype);
+  if (absl::Status s = EncodeInputs({{&m, request.mutable_m(), "m"}}); !s.ok()) return s;
   v1::JacobianResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, call);
-  if (grpc::Status s = stub_->Jacobian(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
+  if (absl::Status s = Invoke(&v1::Surrogate::StubInterface::Jacobian, request, &response, call);
+      !s.ok()) {
+    return s;
   }
   JacobianResult result;
   result.version = response.version();
@@ -378,10 +380,8 @@ absl::StatusOr<JacobianResult> DinoClient::Jacobian(const ModelRef& model, const
       DecodeResponseTensor(response.jacobian(), "Jacobian", "jacobian");
   if (!jacobian.ok()) return jacobian.status();
   result.jacobian = *std::move(jacobian);
-  if (return_q) {
-    absl::StatusOr<NpyArray> q = DecodeResponseTensor(response.q(), "Jacobian", "q");
-    if (!q.ok()) return q.status();
-    result.q = *std::move(q);
+  if (absl::Status s = DecodeRequestedQ(return_q, response.q(), "Jacobian", &result.q); !s.ok()) {
+    return s;
   }
   return result;
 }

@@ -194,6 +194,12 @@ class DinoClient {
                                                             const CallOptions& call) const;
   // Applies the deadline and wait-for-ready policy to a fresh context.
   void Prepare(grpc::ClientContext* context, const CallOptions& call) const;
+  // Sets the request's output_dtype from `call`, makes the call through `rpc` (a Surrogate
+  // stub method) and translates its status. Shared by every tensor-returning RPC.
+  template <typename Request, typename Response>
+  absl::Status Invoke(grpc::Status (v1::Surrogate::StubInterface::*rpc)(grpc::ClientContext*,
+                                                                        const Request&, Response*),
+                      Request& request, Response* response, const CallOptions& call) const;
 
   ClientOptions options_;
   std::shared_ptr<grpc::ChannelInterface> channel_;

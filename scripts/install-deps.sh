@@ -15,7 +15,7 @@ BUILD_PACKAGES=(
 )
 RUNTIME_PACKAGES=(
   libtorch1.13 libopenblas0-pthread libgrpc++1.51 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 zlib1g ca-certificates
+  libprometheus-cpp-core1.0 zlib1g ca-certificates
 )
 
 packages=("${BUILD_PACKAGES[@]}")
