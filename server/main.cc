@@ -24,12 +24,14 @@
 
 ABSL_FLAG(std::string, model_repository, "models/repository",
           "Folder holding <model>/<version>/model.pt.");
+ABSL_FLAG(double, repository_poll_seconds, 2.0,
+          "How often the model repository is scanned for added and removed versions; 0 "
+          "loads it once at start-up.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it.");
-ABSL_FLAG(int32_t, threads, 0,
-          "Worker threads per model executor; 0 means one per CPU core.");
+ABSL_FLAG(int32_t, threads, 0, "Worker threads per model executor; 0 means one per CPU core.");
 ABSL_FLAG(int32_t, torch_threads, 1,
           "LibTorch intra-op threads per computation. Requests already run in parallel on "
           "the executors, so more threads per computation oversubscribe the cores.");
@@ -64,13 +66,14 @@ int Run() {
   auto metrics = std::make_unique<dino::metrics::ServerMetrics>();
   dino::metrics::MetricsHttpServer metrics_endpoint(metrics->registry());
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    auto port = metrics_endpoint.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+    auto port =
+        metrics_endpoint.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
     if (!port.ok()) {
       LogError(port.status().message());
       return 1;
     }
-    std::printf("dino-server: metrics on http://%s:%d/metrics\n",
-                absl::GetFlag(FLAGS_host).c_str(), *port);
+    std::printf("dino-server: metrics on http://%s:%d/metrics\n", absl::GetFlag(FLAGS_host).c_str(),
+                *port);
   }
 
   int executor_threads = absl::GetFlag(FLAGS_threads);
@@ -86,7 +89,7 @@ int Run() {
   options.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.limits.max_jacobian_elements = absl::GetFlag(FLAGS_max_jacobian_elements);
   dino::serving::ModelManager manager(options);
-  auto report = manager.LoadRepository();
+  auto report = manager.SyncRepository();
   if (!report.ok()) {
     LogError(report.status().message());
     return 1;
@@ -94,6 +97,11 @@ int Run() {
   LogInfo("model repository ", options.repository, ": ", report->loaded.size(),
           " version(s) loaded, ", report->failed.size(), " failed");
   metrics->SetModelsLoaded(manager.loaded_versions());
+  if (const double poll = absl::GetFlag(FLAGS_repository_poll_seconds); poll > 0) {
+    manager.StartPolling(poll, [&manager, metrics = metrics.get()](const auto&) {
+      metrics->SetModelsLoaded(manager.loaded_versions());
+    });
+  }
 
   const int64_t max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   dino::frontend::SurrogateService service(manager, metrics.get(), max_message_bytes);
@@ -131,6 +139,7 @@ int Run() {
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   server->Shutdown(std::chrono::system_clock::now() + grace);
+  manager.StopPolling();
   manager.Shutdown();
   server->Wait();
   LogInfo("shut down cleanly");

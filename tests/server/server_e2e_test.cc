@@ -1,8 +1,8 @@
 // End to end: a real dino-server process on loopback, driven through the generated stubs.
 // Every RPC, every error path, health, reflection, concurrent clients, deadlines,
 // cancellation and shutdown with calls in flight.
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <torch/torch.h>
@@ -23,9 +23,9 @@
 namespace dino {
 namespace {
 
-using ::testing::HasSubstr;
 using dino::testing::SmallDims;
 using serving::SurrogateModel;
+using ::testing::HasSubstr;
 
 constexpr SmallDims kDims{};
 // About a second per call on one core: long enough that the test's short deadlines and
@@ -46,8 +46,8 @@ std::string MakeRepository() {
              root, "dipnet", 2);
   WriteModel(dino::testing::SmallDipnet(kDims, torch::kFloat32, 1), SmallMetadata("dipnet", 40),
              root, "dipnet32", 1);
-  WriteModel(dino::testing::SmallGeneric(kDims, torch::kFloat64, 3),
-             SmallMetadata("generic", 40), root, "generic", 1);
+  WriteModel(dino::testing::SmallGeneric(kDims, torch::kFloat64, 3), SmallMetadata("generic", 40),
+             root, "generic", 1);
   SmallDims wide = kDims;
   wide.d_m = 100;
   WriteModel(dino::testing::SmallGeneric(wide, torch::kFloat64, 4), SmallMetadata("generic", 100),
@@ -85,9 +85,8 @@ class ServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     repository_ = new std::string(MakeRepository());
     server_ = new dino::testing::ServerProcess(
-        ServerBinary(), {"--model_repository=" + *repository_, "--threads=2",
-                         "--max_batch_size=64", "--max_jacobian_elements=500",
-                         "--max_message_bytes=1000000"});
+        ServerBinary(), {"--model_repository=" + *repository_, "--threads=2", "--max_batch_size=64",
+                         "--max_jacobian_elements=500", "--max_message_bytes=1000000"});
   }
   static void TearDownTestSuite() {
     server_->Signal(SIGTERM);
@@ -101,8 +100,8 @@ class ServerTest : public ::testing::Test {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(8 << 20);
     args.SetMaxSendMessageSize(8 << 20);
-    channel_ = grpc::CreateCustomChannel(server_->target(), grpc::InsecureChannelCredentials(),
-                                         args);
+    channel_ =
+        grpc::CreateCustomChannel(server_->target(), grpc::InsecureChannelCredentials(), args);
     stub_ = v1::Surrogate::NewStub(channel_);
   }
 
@@ -260,8 +259,7 @@ TEST_F(ServerTest, DerivativeRpcsMatchTheModel) {
   v1::ReducedJacobianResponse response;
   ASSERT_TRUE(stub_->ReducedJacobian(Context().get(), reduced, &response).ok());
   EXPECT_EQ(response.version(), 2);
-  EXPECT_THAT(response.reduced_jacobian().shape(),
-              ::testing::ElementsAre(3, kDims.r_q, kDims.r_m));
+  EXPECT_THAT(response.reduced_jacobian().shape(), ::testing::ElementsAre(3, kDims.r_q, kDims.r_m));
 }
 
 // Sends an Evaluate request and expects the given code and a message mentioning `field`.
@@ -304,7 +302,8 @@ TEST_F(ServerTest, BadRequestsGetPreciseErrorsAndTheServerKeepsServing) {
   torch::Tensor bad = Gaussian({2, kDims.d_m}, 1);
   bad[0][3] = std::numeric_limits<double>::infinity();
   *r.mutable_m() = Wire(bad);
-  ExpectError(*stub_, r, grpc::StatusCode::INVALID_ARGUMENT, "non-finite value (NaN or Inf) at index [0, 3]");
+  ExpectError(*stub_, r, grpc::StatusCode::INVALID_ARGUMENT,
+              "non-finite value (NaN or Inf) at index [0, 3]");
   r = good;
   r.set_output_dtype(static_cast<v1::DType>(9));
   ExpectError(*stub_, r, grpc::StatusCode::INVALID_ARGUMENT, "output_dtype");
@@ -404,9 +403,9 @@ TEST_F(ServerTest, EightConcurrentClientsGetExactAnswers) {
           *request.mutable_m() = Wire(m);
           *request.mutable_cotangents() = Wire(w);
           v1::VjpResponse response;
-          const bool ok = stub->Vjp(&context, request, &response).ok() &&
-                          MaxDiff(FromWire(response.vjp()), local->Vjp(m, w, false)->values) <
-                              1e-12;
+          const bool ok =
+              stub->Vjp(&context, request, &response).ok() &&
+              MaxDiff(FromWire(response.vjp()), local->Vjp(m, w, false)->values) < 1e-12;
           failures += ok ? 0 : 1;
         }
         ++calls;
@@ -439,8 +438,8 @@ std::vector<std::thread> OccupySlowModel(const dino::testing::ServerProcess& ser
   std::vector<std::thread> busy;
   for (int i = 0; i < calls; ++i) {
     busy.emplace_back([target] {
-      auto stub = v1::Surrogate::NewStub(
-          grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+      auto stub =
+          v1::Surrogate::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
       grpc::ClientContext context;
       v1::EvaluateResponse response;
       EXPECT_TRUE(stub->Evaluate(&context, SlowRequest(), &response).ok());
@@ -508,10 +507,13 @@ TEST_F(ServerTest, MetricsCountRequestsByMethodModelAndCode) {
   const std::string text = dino::testing::HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_THAT(text, HasSubstr("dino_models_loaded 6"));
   EXPECT_THAT(text, HasSubstr("dino_request_latency_seconds_bucket{method=\"Evaluate\""));
-  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"OK\",method=\"ListModels\",model=\"\"} 1"));
-  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"OK\",method=\"Evaluate\",model=\"generic\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("dino_requests_total{code=\"OK\",method=\"ListModels\",model=\"\"} 1"));
+  EXPECT_THAT(
+      text, HasSubstr("dino_requests_total{code=\"OK\",method=\"Evaluate\",model=\"generic\"} 1"));
   // Unknown names do not become label values.
-  EXPECT_THAT(text, HasSubstr("dino_requests_total{code=\"NOT_FOUND\",method=\"Evaluate\",model=\"\"} 1"));
+  EXPECT_THAT(
+      text, HasSubstr("dino_requests_total{code=\"NOT_FOUND\",method=\"Evaluate\",model=\"\"} 1"));
   EXPECT_THAT(text, ::testing::Not(HasSubstr("missing")));
 }
 
@@ -532,6 +534,73 @@ TEST(ShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   ASSERT_TRUE(health->Check(&context, request, &response).ok());
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   for (auto& t : busy) t.join();  // Each call asserts that it succeeded.
+  EXPECT_EQ(server.Wait(), 0);
+  std::filesystem::remove_all(root);
+}
+
+TEST(VersionSwapTest, NewVersionsServeUnderLoadWithoutFailedRequests) {
+  const std::string root = dino::testing::MakeTempDir("dino-swap-");
+  auto write = [&root](int64_t version) {
+    dino::testing::WriteModel(dino::testing::SmallDipnet(kDims, torch::kFloat64, version),
+                              dino::testing::SmallMetadata("dipnet", kDims.d_m), root, "dipnet",
+                              version);
+  };
+  write(1);
+  dino::testing::ServerProcess server(
+      ServerBinary(), {"--model_repository=" + root, "--repository_poll_seconds=0.1"});
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0}, calls{0};
+  std::atomic<int64_t> highest_seen{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      auto stub = v1::Surrogate::NewStub(
+          grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+      v1::EvaluateRequest request;
+      SetModel(request.mutable_model(), "dipnet");
+      *request.mutable_m() = Wire(Gaussian({2, kDims.d_m}, 1));
+      while (!stop) {
+        grpc::ClientContext context;
+        v1::EvaluateResponse response;
+        if (!stub->Evaluate(&context, request, &response).ok()) {
+          ++failures;
+        } else {
+          int64_t seen = highest_seen;
+          while (response.version() > seen &&
+                 !highest_seen.compare_exchange_weak(seen, response.version())) {
+          }
+        }
+        ++calls;
+      }
+    });
+  }
+  auto wait_for_version = [&](int64_t version) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (highest_seen < version && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return highest_seen >= version;
+  };
+  EXPECT_TRUE(wait_for_version(1));
+  write(2);  // Atomically (temporary file, fsync, rename), as a publisher would.
+  EXPECT_TRUE(wait_for_version(2));
+  std::filesystem::remove_all(root + "/dipnet/1");  // The old version goes away under load.
+  write(3);
+  EXPECT_TRUE(wait_for_version(3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  stop = true;
+  for (auto& client : clients) client.join();
+  EXPECT_GT(calls.load(), 100);
+  EXPECT_EQ(failures.load(), 0);
+
+  auto stub = v1::Surrogate::NewStub(
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ListModelsResponse listing;
+  ASSERT_TRUE(stub->ListModels(&context, v1::ListModelsRequest(), &listing).ok());
+  ASSERT_EQ(listing.models_size(), 1);
+  EXPECT_EQ(listing.models(0).versions_size(), 2);  // 2 and 3; 1 was unloaded.
+  server.Signal(SIGTERM);
   EXPECT_EQ(server.Wait(), 0);
   std::filesystem::remove_all(root);
 }
