@@ -15,7 +15,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "server/core/compute_threads.h"
+#include "models/architectures/compute_threads.h"
 #include "server/core/log.h"
 #include "server/core/model_manager.h"
 #include "server/frontend/surrogate_service.h"
@@ -80,7 +80,7 @@ int Run() {
   if (executor_threads <= 0) {
     executor_threads = std::max(1u, std::thread::hardware_concurrency());
   }
-  dino::serving::ConfigureComputeThreads(absl::GetFlag(FLAGS_torch_threads),
+  dino::models::ConfigureComputeThreads(absl::GetFlag(FLAGS_torch_threads),
                                          absl::GetFlag(FLAGS_blas_threads));
 
   dino::serving::ModelManager::Options options;

@@ -1,11 +1,11 @@
-#include "server/core/compute_threads.h"
+#include "models/architectures/compute_threads.h"
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 
 #include <algorithm>
 
-namespace dino::serving {
+namespace dino::models {
 
 void ConfigureComputeThreads(int torch_threads, int blas_threads) {
   at::set_num_threads(std::max(1, torch_threads));
@@ -17,4 +17,4 @@ void ConfigureComputeThreads(int torch_threads, int blas_threads) {
   }
 }
 
-}  // namespace dino::serving
+}  // namespace dino::models

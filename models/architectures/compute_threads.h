@@ -3,10 +3,10 @@
 // so every program of the project sets both deliberately, once, at start-up.
 #pragma once
 
-namespace dino::serving {
+namespace dino::models {
 
 // Sets LibTorch's intra-op threads and, when the OpenBLAS in use exposes it, OpenBLAS's
 // thread count. Values below 1 are treated as 1.
 void ConfigureComputeThreads(int torch_threads, int blas_threads);
 
-}  // namespace dino::serving
+}  // namespace dino::models
