@@ -1,0 +1,19 @@
+// dino-train: the offline half of dino-serve. Generates DINO training data for the paper's
+// problems and computes the reduced bases of DIPNets (see models/pipeline/README.md).
+//   dino-train generate --problem poisson --samples 1000 --out data/poisson
+//   dino-train bases --data data/poisson
+#include <CLI/CLI.hpp>
+
+#include "models/pipeline/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "dino-train: training data and reduced bases for derivative-informed neural "
+      "operators (DINOs)"};
+  app.require_subcommand(1);
+  int exit_code = dino::pipeline::kExitSuccess;
+  dino::pipeline::AddGenerateCommand(app, &exit_code);
+  dino::pipeline::AddBasesCommand(app, &exit_code);
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

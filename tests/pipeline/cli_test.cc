@@ -1,0 +1,144 @@
+// The dino-train executable end to end: generate and bases on a small problem, exit codes and
+// error messages, and resumption after SIGINT.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "tests/pipeline/test_util.h"
+
+namespace dino::pipeline {
+namespace {
+
+using test_util::FileContents;
+using test_util::ScratchDir;
+using ::testing::HasSubstr;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string stdout_text;
+  std::string stderr_text;
+};
+
+// Runs dino-train with `args` (shell words), capturing both streams.
+CommandResult DinoTrain(const std::string& args, const ScratchDir& scratch) {
+  const std::string out = scratch / "stdout.txt", err = scratch / "stderr.txt";
+  const std::string command =
+      std::string(DINO_TRAIN_BINARY) + " " + args + " > " + out + " 2> " + err;
+  const int status = std::system(command.c_str());
+  CommandResult run;
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  run.stdout_text = FileContents(out);
+  run.stderr_text = FileContents(err);
+  return run;
+}
+
+TEST(DinoTrain, GeneratesDataAndBases) {
+  ScratchDir scratch;
+  const std::string data = scratch / "data";
+  CommandResult run = DinoTrain(
+      "generate --problem poisson --samples 6 --mesh 8 --jacobian full --rank 8 "
+      "--threads 2 --chunk-size 4 --seed 3 --out " +
+          data,
+      scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_THAT(run.stdout_text, HasSubstr("generated 6 samples (0 reused), d_M = 81, d_Q = 50"));
+  EXPECT_THAT(run.stdout_text, HasSubstr(data + "/J_data.npz"));
+  // Not a terminal: plain progress lines, no carriage returns.
+  EXPECT_THAT(run.stderr_text, HasSubstr("generate: 6/6 samples  100.0%"));
+  EXPECT_EQ(run.stderr_text.find('\r'), std::string::npos);
+
+  run = DinoTrain("bases --data " + data + " --input-rank 12 --output-rank 20", scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_THAT(run.stdout_text, HasSubstr("r_M = 12, r_Q = 20"));
+  EXPECT_THAT(run.stdout_text, HasSubstr("active_subspace, output_derivative, pod, kle"));
+  for (const char* file : {"bases.npz", "spectra.csv", "bases.json"}) {
+    EXPECT_TRUE(std::filesystem::exists(data + "/" + file)) << file;
+  }
+}
+
+TEST(DinoTrain, ReportsUsageAndDataErrors) {
+  ScratchDir scratch;
+  CommandResult run =
+      DinoTrain("generate --problem heat --samples 2 --out " + (scratch / "d"), scratch);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.stderr_text, HasSubstr("--problem"));
+  EXPECT_THAT(run.stderr_text, HasSubstr("heat"));
+
+  run = DinoTrain(
+      "generate --problem poisson --samples 2 --mesh 8 --rank 60 --out " + (scratch / "d"),
+      scratch);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.stderr_text, HasSubstr("dino-train generate: error: --rank must be in [1, 50]"));
+
+  run = DinoTrain("bases --data " + (scratch / "nothing"), scratch);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.stderr_text, HasSubstr("dino-train bases: error: "));
+  EXPECT_THAT(run.stderr_text, HasSubstr(scratch / "nothing/mq_data.npz"));
+
+  run = DinoTrain("", scratch);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.stderr_text + run.stdout_text, HasSubstr("subcommand"));
+}
+
+TEST(DinoTrain, ResumesAfterSigint) {
+  ScratchDir scratch;
+  const std::string data = scratch / "data";
+  // Enough work (reaction–diffusion, 24² mesh, one thread) that SIGINT arrives mid-run.
+  const std::string args =
+      "generate --problem reaction_diffusion --samples 200 --mesh 24 "
+      "--jacobian svd --rank 5 --chunk-size 16 --out " +
+      data;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const std::string command = std::string(DINO_TRAIN_BINARY) + " " + args + " --threads 1 > " +
+                                (scratch / "out1.txt") + " 2> " + (scratch / "err1.txt");
+    execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for the first chunk, then interrupt.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  bool chunk_seen = false;
+  while (!chunk_seen && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(data + "/partial", ec)) {
+      if (entry.path().filename().string().rfind("samples_", 0) == 0) chunk_seen = true;
+    }
+  }
+  ASSERT_TRUE(chunk_seen) << FileContents(scratch / "err1.txt");
+  kill(child, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+    // Interrupted (the usual case): exit code 130 and a message on how to resume.
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by a signal instead of stopping cleanly";
+    EXPECT_EQ(WEXITSTATUS(status), 130);
+    EXPECT_THAT(FileContents(scratch / "err1.txt"), HasSubstr("rerun the same command"));
+    EXPECT_FALSE(std::filesystem::exists(data + "/mq_data.npz"));
+  }
+  const CommandResult resumed = DinoTrain(args + " --threads 2 --progress none", scratch);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.stderr_text;
+  EXPECT_THAT(resumed.stdout_text, HasSubstr("generated 200 samples"));
+  EXPECT_THAT(resumed.stderr_text, HasSubstr("resuming:"));
+  // Same bytes as one uninterrupted run.
+  ScratchDir other;
+  const std::string args2 =
+      "generate --problem reaction_diffusion --samples 200 --mesh 24 "
+      "--jacobian svd --rank 5 --threads 2 --progress none --out " +
+      (other / "data");
+  ASSERT_EQ(DinoTrain(args2, other).exit_code, 0);
+  EXPECT_EQ(FileContents(data + "/mq_data.npz"), FileContents(other / "data/mq_data.npz"));
+  EXPECT_EQ(FileContents(data + "/Jsvd_data.npz"), FileContents(other / "data/Jsvd_data.npz"));
+}
+
+}  // namespace
+}  // namespace dino::pipeline
