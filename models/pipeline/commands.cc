@@ -190,7 +190,7 @@ CLI::App* AddBasesCommand(CLI::App& app, int* exit_code) {
     BasesOptions options = flags->options;
     options.input_basis = ValueOrDie(ParseInputBasis(flags->input_basis));
     options.output_basis = ValueOrDie(ParseOutputBasis(flags->output_basis));
-    options.jacobian_source = ValueOrDie(ParseBasesJacobianSource(flags->jacobian_source));
+    options.jacobian_source = ValueOrDie(ParseJacobianFiles(flags->jacobian_source));
     if (!flags->problem.empty()) options.problem = ValueOrDie(ParseProblem(flags->problem));
     options.kle = !flags->no_kle;
     options.log = StderrLog("bases");

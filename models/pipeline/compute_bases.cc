@@ -50,7 +50,7 @@ absl::StatusOr<JacobianData> ReadJacobians(const BasesOptions& options,
                                            const nlohmann::json* summary, int64_t n, int64_t d_q,
                                            int64_t d_m) {
   JacobianData data;
-  if (options.jacobian_source == BasesJacobianSource::kNone) return data;
+  if (options.jacobian_source == JacobianFiles::kNone) return data;
   const std::string full_path = JoinPath(options.data_dir, kJacobianFile);
   const std::string svd_path = JoinPath(options.data_dir, kJsvdFile);
   // With a summary, only the files it lists belong to the data set.
@@ -63,11 +63,11 @@ absl::StatusOr<JacobianData> ReadJacobians(const BasesOptions& options,
   const bool have_svd = listed(kJsvdFile) && PathExists(svd_path);
   bool use_full = false;
   switch (options.jacobian_source) {
-    case BasesJacobianSource::kAuto:
+    case JacobianFiles::kAuto:
       if (!have_full && !have_svd) return data;
       use_full = have_full;
       break;
-    case BasesJacobianSource::kFull:
+    case JacobianFiles::kFull:
       if (!have_full) {
         return absl::NotFoundError(
             absl::StrCat("--jacobian-source full: ", full_path,
@@ -76,7 +76,7 @@ absl::StatusOr<JacobianData> ReadJacobians(const BasesOptions& options,
       }
       use_full = true;
       break;
-    case BasesJacobianSource::kSvd:
+    case JacobianFiles::kSvd:
       if (!have_svd) {
         return absl::NotFoundError(
             absl::StrCat("--jacobian-source svd: ", svd_path,
@@ -84,7 +84,7 @@ absl::StatusOr<JacobianData> ReadJacobians(const BasesOptions& options,
                          PathExists(svd_path) ? kGenerateSummaryFile : ""));
       }
       break;
-    case BasesJacobianSource::kNone:
+    case JacobianFiles::kNone:
       return data;
   }
   data.file = use_full ? full_path : svd_path;
@@ -239,25 +239,25 @@ absl::StatusOr<OutputBasisKind> ParseOutputBasis(absl::string_view name) {
       absl::StrCat("unknown output basis '", name, "' (known: pod, output_derivative)"));
 }
 
-const char* BasesJacobianSourceName(BasesJacobianSource source) {
+const char* JacobianFilesName(JacobianFiles source) {
   switch (source) {
-    case BasesJacobianSource::kAuto:
+    case JacobianFiles::kAuto:
       return "auto";
-    case BasesJacobianSource::kFull:
+    case JacobianFiles::kFull:
       return "full";
-    case BasesJacobianSource::kSvd:
+    case JacobianFiles::kSvd:
       return "svd";
-    case BasesJacobianSource::kNone:
+    case JacobianFiles::kNone:
       return "none";
   }
   return "unknown";
 }
 
-absl::StatusOr<BasesJacobianSource> ParseBasesJacobianSource(absl::string_view name) {
-  if (name == "auto") return BasesJacobianSource::kAuto;
-  if (name == "full") return BasesJacobianSource::kFull;
-  if (name == "svd") return BasesJacobianSource::kSvd;
-  if (name == "none") return BasesJacobianSource::kNone;
+absl::StatusOr<JacobianFiles> ParseJacobianFiles(absl::string_view name) {
+  if (name == "auto") return JacobianFiles::kAuto;
+  if (name == "full") return JacobianFiles::kFull;
+  if (name == "svd") return JacobianFiles::kSvd;
+  if (name == "none") return JacobianFiles::kNone;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown Jacobian source '", name, "' (known: auto, full, svd, none)"));
 }
@@ -342,7 +342,7 @@ absl::StatusOr<BasesReport> ComputeBases(const BasesOptions& options) {
         options.input_basis == InputBasisKind::kActiveSubspace ? "active subspace (--input-basis)"
                                                                : "output derivative basis",
         " needs Jacobian data, but ",
-        options.jacobian_source == BasesJacobianSource::kNone
+        options.jacobian_source == JacobianFiles::kNone
             ? "--jacobian-source is none"
             : absl::StrCat(options.data_dir, " has neither ", kJacobianFile, " nor ", kJsvdFile),
         " (generate with --jacobian svd or full, or choose --input-basis kle and "

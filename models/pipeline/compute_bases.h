@@ -37,7 +37,8 @@ namespace dino::pipeline {
 
 enum class InputBasisKind { kActiveSubspace, kKle };
 enum class OutputBasisKind { kPod, kOutputDerivative };
-enum class BasesJacobianSource {
+// Which Jacobian file of a data directory to read (bases, fit and evaluate share it).
+enum class JacobianFiles {
   kAuto,  // J_data.npz if present (exact H_M), else Jsvd_data.npz, else none.
   kFull,  // J_data.npz, required.
   kSvd,   // Jsvd_data.npz, required.
@@ -49,8 +50,8 @@ const char* InputBasisName(InputBasisKind kind);
 absl::StatusOr<InputBasisKind> ParseInputBasis(absl::string_view name);
 const char* OutputBasisName(OutputBasisKind kind);
 absl::StatusOr<OutputBasisKind> ParseOutputBasis(absl::string_view name);
-const char* BasesJacobianSourceName(BasesJacobianSource source);
-absl::StatusOr<BasesJacobianSource> ParseBasesJacobianSource(absl::string_view name);
+const char* JacobianFilesName(JacobianFiles source);
+absl::StatusOr<JacobianFiles> ParseJacobianFiles(absl::string_view name);
 
 struct BasesOptions {
   std::string data_dir;
@@ -59,7 +60,7 @@ struct BasesOptions {
   OutputBasisKind output_basis = OutputBasisKind::kPod;
   int input_rank = 100;  // r_M ≤ d_M
   int output_rank = 0;   // r_Q ≤ d_Q; 0: d_Q
-  BasesJacobianSource jacobian_source = BasesJacobianSource::kAuto;
+  JacobianFiles jacobian_source = JacobianFiles::kAuto;
   bool kle = true;  // Compute the KLE when the prior is known.
   // The prior for data without generate.json (or a check against it when both are given).
   std::optional<Problem> problem;

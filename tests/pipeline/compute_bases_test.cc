@@ -156,10 +156,10 @@ TEST_F(ComputeBasesTest, WritesEveryBasisWithItsSpectrum) {
 
 TEST_F(ComputeBasesTest, FullAndSvdJacobianDataGiveTheSameBases) {
   BasesOptions options = Options();
-  options.jacobian_source = BasesJacobianSource::kFull;
+  options.jacobian_source = JacobianFiles::kFull;
   ASSERT_TRUE(ComputeBases(options).ok());
   std::map<std::string, NpyArray> full = ReadAll(out_ / "bases.npz");
-  options.jacobian_source = BasesJacobianSource::kSvd;
+  options.jacobian_source = JacobianFiles::kSvd;
   options.threads = 1;
   const absl::StatusOr<BasesReport> report = ComputeBases(options);
   ASSERT_TRUE(report.ok()) << report.status();

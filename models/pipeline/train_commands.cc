@@ -1,0 +1,337 @@
+#include "models/pipeline/train_commands.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "models/architectures/architectures.h"
+#include "models/architectures/compute_threads.h"
+#include "models/architectures/model_file.h"
+#include "models/pipeline/commands.h"
+#include "models/pipeline/files.h"
+#include "models/pipeline/progress.h"
+#include "models/pipeline/training_data.h"
+#include "models/training/metrics.h"
+#include "models/training/trainer.h"
+
+namespace dino::pipeline {
+namespace {
+
+namespace dm = dino::models;
+namespace dt = dino::training;
+
+struct CommonFlags {
+  int threads = 1;
+  std::string dtype = "fp64";
+};
+
+torch::Dtype ParseDtype(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "fp64") return torch::kFloat64;
+  throw std::invalid_argument("--dtype must be fp32 or fp64, got '" + name + "'");
+}
+
+std::vector<int64_t> ParseWidths(const std::string& text) {
+  std::vector<int64_t> widths;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t width = 0;
+    if (!absl::SimpleAtoi(part, &width) || width <= 0) {
+      throw std::invalid_argument("--hidden: '" + std::string(part) +
+                                  "' is not a positive integer");
+    }
+    widths.push_back(width);
+  }
+  return widths;
+}
+
+template <typename T>
+T ValueOrThrow(absl::StatusOr<T> value) {
+  if (!value.ok()) throw std::runtime_error(std::string(value.status().message()));
+  return *std::move(value);
+}
+
+void PrintAccuracies(const char* label, const dt::Accuracies& a) {
+  std::fprintf(stderr, "%s: L2 accuracy %.4f", label, a.l2);
+  if (a.h1) std::fprintf(stderr, ", H1 semi-norm accuracy %.4f", *a.h1);
+  if (a.reduced_h1)
+    std::fprintf(stderr, ", reduced H1 accuracy %.4f (r = %lld)", *a.reduced_h1,
+                 static_cast<long long>(a.reduced_rank));
+  std::fprintf(stderr, " (%lld samples)\n", static_cast<long long>(a.samples));
+}
+
+// Runs a subcommand body, turning exceptions into a message and exit code 1.
+template <typename Fn>
+void Guarded(const char* command, int* exit_code, Fn&& body) {
+  try {
+    body();
+    *exit_code = kExitSuccess;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    std::fprintf(stderr, "dino-train %s: error: %s\n", command,
+                 what.substr(0, what.find("\nException raised from")).c_str());
+    *exit_code = kExitFailure;
+  }
+}
+
+struct FitFlags {
+  CommonFlags common;
+  DataSelection data;
+  std::string jacobian = "auto";
+  std::string architecture = "dipnet";
+  std::string bases;
+  int64_t input_rank = 0, output_rank = 0;
+  std::string hidden = "50,50,50,50,50,50";
+  uint64_t init_seed = 0;
+  dt::TrainerConfig trainer;
+  std::string loss = "h1";
+  std::string schedule = "constant";
+  std::string out;
+  std::string repository, name;
+  int64_t version = 0;
+  std::string checkpoint;
+  std::string metrics_json;
+  std::string description;
+  std::string progress = "auto";
+};
+
+void RunFit(const FitFlags& f) {
+  dm::ConfigureComputeThreads(f.common.threads, 1);
+  torch::manual_seed(f.trainer.seed);
+  const torch::Dtype dtype = ParseDtype(f.common.dtype);
+  DataSelection selection = f.data;
+  selection.jacobian = ValueOrThrow(ParseJacobianFiles(f.jacobian));
+  selection.dtype = dtype;
+  dt::Dataset data = ValueOrThrow(LoadDataset(selection));
+
+  torch::jit::Module module;
+  nlohmann::json metadata = {
+      {"architecture", f.architecture},         {"dtype", f.common.dtype},
+      {"input_dim", data.input_dim()},          {"output_dim", data.output_dim()},
+      {"hidden_widths", ParseWidths(f.hidden)}, {"seed", f.init_seed}};
+  if (f.architecture == dm::kDipnetArchitecture) {
+    const std::string bases_path =
+        f.bases.empty() ? (std::filesystem::path(f.data.dir) / "bases.npz").string() : f.bases;
+    BasesFile bases = ValueOrThrow(LoadBases(bases_path, f.input_rank, f.output_rank));
+    dm::DipnetSpec spec;
+    spec.input_basis = bases.input_basis;
+    spec.output_basis = bases.output_basis;
+    spec.output_shift = bases.output_shift;
+    spec.hidden_widths = ParseWidths(f.hidden);
+    spec.dtype = dtype;
+    spec.seed = f.init_seed;
+    module = dm::BuildDipnet(spec);
+    metadata["input_rank"] = bases.input_basis.size(1);
+    metadata["output_rank"] = bases.output_basis.size(1);
+    metadata["bases_file"] = bases_path;
+  } else if (f.architecture == dm::kGenericArchitecture) {
+    dm::GenericDenseSpec spec;
+    spec.input_dim = data.input_dim();
+    spec.output_dim = data.output_dim();
+    spec.hidden_widths = ParseWidths(f.hidden);
+    spec.dtype = dtype;
+    spec.seed = f.init_seed;
+    module = dm::BuildGenericDense(spec);
+  } else {
+    throw std::invalid_argument("--architecture must be dipnet or generic");
+  }
+  metadata["parameters"] = dm::CountParameters(module);
+  if (!f.description.empty()) metadata["description"] = f.description;
+
+  dt::TrainerConfig config = f.trainer;
+  config.loss.jacobian_loss = dt::ParseJacobianLoss(f.loss);
+  if (f.schedule == "constant") {
+    config.schedule = dt::LearningRateSchedule::kConstant;
+  } else if (f.schedule == "exponential") {
+    config.schedule = dt::LearningRateSchedule::kExponential;
+  } else if (f.schedule == "cosine") {
+    config.schedule = dt::LearningRateSchedule::kCosine;
+  } else {
+    throw std::invalid_argument("--schedule must be constant, exponential or cosine");
+  }
+  config.Validate();
+
+  std::string out = f.out;
+  if (!f.repository.empty()) {
+    if (f.name.empty()) throw std::invalid_argument("--repository needs --name");
+    int64_t version = f.version;
+    if (version == 0) {  // The next free version number.
+      version = 1;
+      std::error_code ignored;
+      const auto folder = std::filesystem::path(f.repository) / f.name;
+      if (std::filesystem::is_directory(folder, ignored)) {
+        for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+          int64_t v = 0;
+          if (absl::SimpleAtoi(entry.path().filename().string(), &v)) {
+            version = std::max(version, v + 1);
+          }
+        }
+      }
+    }
+    out = (std::filesystem::path(f.repository) / f.name / std::to_string(version) / "model.pt")
+              .string();
+  }
+  if (out.empty()) throw std::invalid_argument("give --out or --repository and --name");
+
+  const ProgressStyle style = f.progress == "none"    ? ProgressStyle::kNone
+                              : f.progress == "lines" ? ProgressStyle::kLines
+                              : f.progress == "bar"   ? ProgressStyle::kBar
+                                                      : ProgressStyle::kAuto;
+  std::unique_ptr<ProgressReporter> progress;
+  int64_t total_batches = 0;
+  dt::TrainerCallbacks callbacks;
+  callbacks.on_batch = [&](const dt::BatchProgress& p) {
+    if (!progress) {
+      total_batches = p.epochs * p.batches;
+      progress = std::make_unique<ProgressReporter>("fit", "batches", total_batches, 0, style);
+    }
+    progress->Update((p.epoch - 1) * p.batches + p.batch);
+  };
+  callbacks.on_epoch = [&](const dt::EpochReport& r) {
+    if (style == ProgressStyle::kNone) return true;
+    std::string line = absl::StrCat("epoch ", r.epoch, "/", r.epochs, " loss ", r.train.total,
+                                    " (L2 ", r.train.l2, ", H1 ", r.train.jacobian, ")");
+    if (r.validation_accuracy) {
+      absl::StrAppend(&line, " | validation L2 acc ", r.validation_accuracy->l2);
+      if (r.validation_accuracy->h1)
+        absl::StrAppend(&line, ", H1 acc ", *r.validation_accuracy->h1);
+    }
+    absl::StrAppend(&line, " | ", static_cast<int64_t>(r.samples_per_second), " samples/s, ETA ",
+                    FormatDuration(r.eta_seconds));
+    if (progress && progress->style() == ProgressStyle::kBar) std::fputc('\n', stderr);
+    std::fprintf(stderr, "%s\n", line.c_str());
+    return true;
+  };
+  if (!f.checkpoint.empty()) {
+    callbacks.on_checkpoint = [&](const torch::jit::Module& m, const dt::EpochReport& r,
+                                  const nlohmann::json& training) {
+      nlohmann::json checkpoint = metadata;
+      checkpoint.update(training);
+      checkpoint["checkpoint_epoch"] = r.epoch;
+      dm::SaveModelFile(m, checkpoint, f.checkpoint);
+    };
+  }
+
+  dt::TrainingResult result = dt::Train(module, data, config, callbacks);
+  if (progress) progress->Finish(total_batches);
+  metadata.update(result.metadata);
+  metadata["trained"] = true;
+  dm::SaveModelFile(module, metadata, out);
+  PrintAccuracies("train", result.train_accuracy);
+  if (result.validation_accuracy) PrintAccuracies("validation", *result.validation_accuracy);
+  std::fprintf(stderr, "wrote %s (%.1f s)\n", out.c_str(), result.seconds);
+  if (!f.metrics_json.empty()) {
+    nlohmann::json report = metadata;
+    report["model_file"] = out;
+    report["history"] = nlohmann::json::array();
+    for (const auto& epoch : result.history) report["history"].push_back(epoch.ToJson());
+    const absl::Status written = WriteFileAtomically(f.metrics_json, report.dump(2));
+    if (!written.ok()) throw std::runtime_error(std::string(written.message()));
+  }
+}
+
+struct EvaluateFlags {
+  CommonFlags common;
+  DataSelection data;
+  std::string jacobian = "auto";
+  std::string model;
+  int64_t reduced_rank = 0;
+  std::string json;
+};
+
+void RunEvaluate(const EvaluateFlags& f) {
+  dm::ConfigureComputeThreads(f.common.threads, 1);
+  dm::LoadedModelFile file = dm::LoadModelFile(f.model);
+  DataSelection selection = f.data;
+  selection.jacobian = ValueOrThrow(ParseJacobianFiles(f.jacobian));
+  selection.dtype = torch::kFloat64;
+  dt::Dataset data = ValueOrThrow(LoadDataset(selection));
+  dt::MetricsOptions options;
+  options.reduced_rank = f.reduced_rank;
+  const dt::Accuracies accuracies = dt::EvaluateAccuracies(file.module, data, options);
+  PrintAccuracies(f.model.c_str(), accuracies);
+  nlohmann::json report = accuracies.ToJson();
+  report["model_file"] = f.model;
+  report["data"] = {{"dir", f.data.dir}, {"first", f.data.first}, {"count", data.size()}};
+  std::cout << report.dump(2) << "\n";
+  if (!f.json.empty()) {
+    const absl::Status written = WriteFileAtomically(f.json, report.dump(2));
+    if (!written.ok()) throw std::runtime_error(std::string(written.message()));
+  }
+}
+
+void AddDataOptions(CLI::App* cmd, DataSelection* data, std::string* jacobian,
+                    CommonFlags* common) {
+  cmd->add_option("--data", data->dir, "Data directory (mq_data.npz, Jsvd_data.npz, …)")
+      ->required();
+  cmd->add_option("--first", data->first, "First sample used")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--count", data->count, "Samples used from --first; -1: all the rest");
+  cmd->add_option("--jacobian", *jacobian,
+                  "Jacobian data: auto (J_data.npz, else Jsvd_data.npz), none, svd or full");
+  cmd->add_option("--threads", common->threads,
+                  "LibTorch threads (OpenBLAS gets 1: the two pools multiply)")
+      ->check(CLI::PositiveNumber);
+}
+
+}  // namespace
+
+CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<FitFlags>();
+  FitFlags& f = *flags;
+  CLI::App* cmd = app.add_subcommand(
+      "fit", "Train a DINO (DIPNet or generic network) on a data directory (paper §3.2)");
+  AddDataOptions(cmd, &f.data, &f.jacobian, &f.common);
+  cmd->add_option("--architecture", f.architecture, "dipnet or generic");
+  cmd->add_option("--bases", f.bases, "bases.npz of a DIPNet (default: <data>/bases.npz)");
+  cmd->add_option("--input-rank", f.input_rank, "r_M: leading input-basis columns (0: all)");
+  cmd->add_option("--output-rank", f.output_rank, "r_Q: leading output-basis columns (0: all)");
+  cmd->add_option("--hidden", f.hidden, "Hidden layer widths");
+  cmd->add_option("--dtype", f.common.dtype, "fp32 or fp64");
+  cmd->add_option("--init-seed", f.init_seed, "Seed of the weight initialisation");
+  cmd->add_option("--loss", f.loss, "l2, h1, reduced_h1, reduced_h1_ms or sketched_h1");
+  cmd->add_option("--l2-weight", f.trainer.loss.l2_weight, "Weight of the L2 term");
+  cmd->add_option("--h1-weight", f.trainer.loss.h1_weight, "Weight of the Jacobian term");
+  cmd->add_option("--svd-rank", f.trainer.loss.svd_rank, "r of the reduced losses (0: all)");
+  cmd->add_option("--subsample", f.trainer.loss.subsample_size, "k of reduced_h1_ms");
+  cmd->add_option("--sketch-rank", f.trainer.loss.sketch_rank, "s of sketched_h1");
+  cmd->add_option("--epochs", f.trainer.epochs, "Epochs");
+  cmd->add_option("--batch-size", f.trainer.batch_size, "Mini-batch size");
+  cmd->add_option("--learning-rate", f.trainer.learning_rate, "Adam learning rate");
+  cmd->add_option("--schedule", f.schedule, "constant, exponential or cosine");
+  cmd->add_option("--decay-rate", f.trainer.decay_rate, "Per-epoch factor (exponential)");
+  cmd->add_option("--final-learning-rate", f.trainer.final_learning_rate, "End of cosine");
+  cmd->add_option("--validation", f.trainer.validation_size, "Samples held out for validation");
+  cmd->add_option("--evaluation-interval", f.trainer.evaluation_interval,
+                  "Validation accuracies every this many epochs (0: at the end)");
+  cmd->add_option("--seed", f.trainer.seed, "Seed of the split, shuffling and random losses");
+  cmd->add_option("--out", f.out, "Model file to write");
+  cmd->add_option("--repository", f.repository, "Or: a model repository to publish into");
+  cmd->add_option("--name", f.name, "Model name in --repository");
+  cmd->add_option("--version", f.version, "Version in --repository (0: the next free one)");
+  cmd->add_option("--checkpoint", f.checkpoint, "Model file rewritten after every epoch");
+  cmd->add_option("--metrics-json", f.metrics_json, "Training report (JSON)");
+  cmd->add_option("--description", f.description, "Free text stored in the metadata");
+  cmd->add_option("--progress", f.progress, "auto, bar, lines or none");
+  cmd->callback([flags, exit_code] { Guarded("fit", exit_code, [&] { RunFit(*flags); }); });
+  return cmd;
+}
+
+CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<EvaluateFlags>();
+  EvaluateFlags& f = *flags;
+  CLI::App* cmd = app.add_subcommand(
+      "evaluate", "L2, H1 semi-norm and reduced H1 accuracy (paper 3.6a-c) of a model file");
+  AddDataOptions(cmd, &f.data, &f.jacobian, &f.common);
+  cmd->add_option("--model", f.model, "Model file (model.pt)")->required();
+  cmd->add_option("--reduced-rank", f.reduced_rank, "r of the reduced H1 accuracy (0: all)");
+  cmd->add_option("--json", f.json, "Also write the accuracies to this JSON file");
+  cmd->callback(
+      [flags, exit_code] { Guarded("evaluate", exit_code, [&] { RunEvaluate(*flags); }); });
+  return cmd;
+}
+
+}  // namespace dino::pipeline

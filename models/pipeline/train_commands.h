@@ -1,0 +1,17 @@
+// The training subcommands of dino-train, `fit` and `evaluate` (LibTorch), registered like
+// the data subcommands in commands.h.
+#pragma once
+
+namespace CLI {
+class App;
+}  // namespace CLI
+
+namespace dino::pipeline {
+
+// `fit`: trains a DIPNet or generic network on a data directory and writes a model file
+// (optionally straight into a model repository) with its training metrics in its metadata.
+CLI::App* AddFitCommand(CLI::App& app, int* exit_code);
+// `evaluate`: the paper's accuracies (3.6a–c) of a model file on a data directory.
+CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code);
+
+}  // namespace dino::pipeline

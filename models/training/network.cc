@@ -1,0 +1,300 @@
+#include "models/training/network.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "models/architectures/architectures.h"
+
+namespace dino::training {
+
+// The layers of the project's DIPNet as architectures.cc builds them:
+//   h₀ = (z − shift) ⊙ scale,  a_l = h_l W_l + b_l,  h_{l+1} = softplus(a_l) for l < L,
+//   φ(z) = a_L.
+struct DenseLayers {
+  std::vector<torch::Tensor> weights;  // W_l [w_l, w_{l+1}]
+  std::vector<torch::Tensor> biases;   // b_l [w_{l+1}]
+  torch::Tensor shift, scale;          // [r_M]
+};
+
+namespace {
+
+namespace dm = dino::models;
+
+constexpr char kWhiteningShift[] = "reduced_input_shift";
+constexpr char kWhiteningScale[] = "reduced_input_scale";
+// architectures.cc applies torch.softplus(a, 1.0, 20.0): a itself above the threshold.
+constexpr double kSoftplusThreshold = 20.0;
+
+[[noreturn]] void Fail(const std::string& why) { throw std::invalid_argument(why); }
+
+bool HasTensor(const torch::jit::Module& module, const char* name) {
+  return module.hasattr(name) && module.attr(name).isTensor();
+}
+
+// ∂⟨cotangents, outputs⟩/∂inputs; zeros where the outputs do not depend on the inputs (a
+// constant model is a valid model with a zero Jacobian).
+torch::Tensor ReverseProduct(const torch::Tensor& outputs, const torch::Tensor& inputs,
+                             const torch::Tensor& cotangents, bool create_graph) {
+  if (!outputs.requires_grad()) return torch::zeros_like(inputs);
+  auto grads = torch::autograd::grad({outputs}, {inputs}, {cotangents},
+                                     /*retain_graph=*/create_graph, create_graph,
+                                     /*allow_unused=*/true);
+  return grads[0].defined() ? grads[0] : torch::zeros_like(inputs);
+}
+
+// The layers of `module` when its parameters are exactly W0, b0, …, WL, bL chaining
+// r_M → … → r_Q and it has the whitening buffers; nullptr otherwise.
+std::shared_ptr<DenseLayers> MatchLayers(const torch::jit::Module& module, int64_t r_m,
+                                         int64_t r_q) {
+  if (!HasTensor(module, kWhiteningShift) || !HasTensor(module, kWhiteningScale)) return nullptr;
+  std::map<std::string, torch::Tensor> parameters;
+  for (const auto& p : module.named_parameters()) parameters[p.name] = p.value;
+  if (parameters.empty() || parameters.size() % 2 != 0) return nullptr;
+  auto layers = std::make_shared<DenseLayers>();
+  int64_t width = r_m;
+  for (size_t l = 0; l < parameters.size() / 2; ++l) {
+    auto weight = parameters.find("W" + std::to_string(l));
+    auto bias = parameters.find("b" + std::to_string(l));
+    if (weight == parameters.end() || bias == parameters.end()) return nullptr;
+    const torch::Tensor& w = weight->second;
+    const torch::Tensor& b = bias->second;
+    if (w.dim() != 2 || w.size(0) != width || b.dim() != 1 || b.size(0) != w.size(1)) {
+      return nullptr;
+    }
+    width = w.size(1);
+    layers->weights.push_back(w);
+    layers->biases.push_back(b);
+  }
+  if (width != r_q) return nullptr;
+  layers->shift = module.attr(kWhiteningShift).toTensor();
+  layers->scale = module.attr(kWhiteningScale).toTensor();
+  return layers;
+}
+
+// φ(z) and J_φ(z) by reverse accumulation through the layers:
+//   J_φ = W_Lᵀ diag(s_{L−1}) W_{L−1}ᵀ ⋯ diag(s₀) W₀ᵀ diag(scale),  s_l = softplus′(a_l),
+// evaluated from the left, so that every product has r_Q rows.
+std::pair<torch::Tensor, torch::Tensor> PropagateJacobian(const DenseLayers& layers,
+                                                          const torch::Tensor& z) {
+  const size_t last = layers.weights.size() - 1;
+  torch::Tensor h = (z - layers.shift) * layers.scale;
+  std::vector<torch::Tensor> slopes;
+  torch::Tensor value;
+  for (size_t l = 0; l <= last; ++l) {
+    torch::Tensor a = torch::addmm(layers.biases[l], h, layers.weights[l]);
+    if (l == last) {
+      value = a;
+      break;
+    }
+    slopes.push_back(torch::where(a > kSoftplusThreshold, torch::ones_like(a), torch::sigmoid(a)));
+    h = torch::softplus(a, 1.0, kSoftplusThreshold);
+  }
+  torch::Tensor g = layers.weights[last].t().unsqueeze(0);  // [1, r_Q, w_L]
+  for (size_t l = last; l-- > 0;) {
+    g = torch::matmul(g * slopes[l].unsqueeze(1), layers.weights[l].t());
+  }
+  g = g * layers.scale;
+  return {value, g.expand({z.size(0), g.size(1), g.size(2)})};
+}
+
+// Whether PropagateJacobian reproduces reduced_forward and its autograd Jacobian on a copy of
+// `module` with random whitening (so that a model ignoring its whitening buffers, or with
+// another activation, is caught). Any failure means no.
+bool PropagationReproducesModel(const torch::jit::Module& module, torch::Dtype dtype,
+                                torch::Device device, int64_t r_m, int64_t r_q) {
+  try {
+    torch::jit::Module copy = module.deepcopy();
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(20240611);
+    const auto options = torch::dtype(dtype).device(device);
+    {
+      torch::NoGradGuard no_grad;
+      copy.attr(kWhiteningShift)
+          .toTensor()
+          .copy_(0.5 * torch::randn({r_m}, generator, torch::kFloat64).to(options));
+      copy.attr(kWhiteningScale)
+          .toTensor()
+          .copy_((0.5 + torch::rand({r_m}, generator, torch::kFloat64)).to(options));
+    }
+    const std::shared_ptr<DenseLayers> layers = MatchLayers(copy, r_m, r_q);
+    if (!layers) return false;
+    const Network reference(copy, /*allow_layer_propagation=*/false);
+    const torch::Tensor z = torch::randn({3, r_m}, generator, torch::kFloat64).to(options);
+    auto [value_ref, jacobian_ref] = ReducedValueAndJacobian(reference, z, false);
+    torch::NoGradGuard no_grad;
+    auto [value, jacobian] = PropagateJacobian(*layers, z);
+    const double tolerance = dtype == torch::kFloat64 ? 1e-9 : 1e-3;
+    auto close = [tolerance](const torch::Tensor& a, const torch::Tensor& b) {
+      return a.sizes() == b.sizes() && (a - b).abs().max().item<double>() <=
+                                           tolerance * std::max(1.0, b.abs().max().item<double>());
+    };
+    return close(value, value_ref) && close(jacobian, jacobian_ref);
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+const char* ReducedJacobianMethodName(ReducedJacobianMethod method) {
+  return method == ReducedJacobianMethod::kLayerPropagation ? "layer_propagation" : "autograd";
+}
+
+Network::Network(torch::jit::Module module, bool allow_layer_propagation)
+    : module_(std::move(module)) {
+  if (!module_.find_method("forward")) Fail("the model has no forward method");
+  const bool has_v = HasTensor(module_, dm::kInputBasis);
+  const bool has_u = HasTensor(module_, dm::kOutputBasis);
+  const bool has_b = HasTensor(module_, dm::kOutputShift);
+  const bool has_reduced = module_.find_method(dm::kReducedForward).has_value();
+  reduced_ = has_v && has_u && has_b && has_reduced;
+  if ((has_v || has_u || has_b || has_reduced) && !reduced_) {
+    Fail(
+        "a reduced-basis model needs all of the buffers input_basis, output_basis, "
+        "output_shift and the method reduced_forward; this one has only some of them");
+  }
+  bool found = false;
+  if (reduced_) {
+    input_basis_ = module_.attr(dm::kInputBasis).toTensor();
+    output_basis_ = module_.attr(dm::kOutputBasis).toTensor();
+    output_shift_ = module_.attr(dm::kOutputShift).toTensor();
+    if (input_basis_.dim() != 2 || output_basis_.dim() != 2 || output_shift_.dim() != 1 ||
+        output_shift_.size(0) != output_basis_.size(0)) {
+      Fail(
+          "inconsistent basis shapes: input_basis [d_M, r_M], output_basis [d_Q, r_Q] and "
+          "output_shift [d_Q] are required");
+    }
+    dtype_ = input_basis_.scalar_type();
+    device_ = input_basis_.device();
+    found = true;
+    has_whitening_ = HasTensor(module_, kWhiteningShift) && HasTensor(module_, kWhiteningScale);
+    if (has_whitening_) {
+      const torch::Tensor shift = module_.attr(kWhiteningShift).toTensor();
+      const torch::Tensor scale = module_.attr(kWhiteningScale).toTensor();
+      const int64_t r_m = input_basis_.size(1);
+      if (shift.sizes() != c10::IntArrayRef{r_m} || scale.sizes() != c10::IntArrayRef{r_m}) {
+        Fail("reduced_input_shift and reduced_input_scale must have shape [r_M] = [" +
+             std::to_string(r_m) + "]");
+      }
+    }
+  }
+  for (const auto& p : module_.parameters()) {
+    if (!found && torch::isFloatingType(p.scalar_type())) {
+      dtype_ = p.scalar_type();
+      device_ = p.device();
+      found = true;
+    }
+  }
+  for (const auto& b : module_.buffers()) {
+    if (!found && torch::isFloatingType(b.scalar_type())) {
+      dtype_ = b.scalar_type();
+      device_ = b.device();
+      found = true;
+    }
+  }
+  if (!found) Fail("the model has no floating-point parameter or buffer to take its dtype from");
+  if (dtype_ != torch::kFloat32 && dtype_ != torch::kFloat64) {
+    Fail("the model must compute in float32 or float64");
+  }
+  if (reduced_ && allow_layer_propagation) {
+    const int64_t r_m = input_basis_.size(1), r_q = output_basis_.size(1);
+    std::shared_ptr<DenseLayers> layers = MatchLayers(module_, r_m, r_q);
+    if (layers && PropagationReproducesModel(module_, dtype_, device_, r_m, r_q)) {
+      layers_ = std::move(layers);
+    }
+  }
+}
+
+torch::Tensor Network::Forward(const torch::Tensor& m) const {
+  return module_.get_method("forward")({m}).toTensor();
+}
+
+torch::Tensor Network::ReducedForward(const torch::Tensor& z) const {
+  return module_.get_method(dm::kReducedForward)({z}).toTensor();
+}
+
+std::vector<torch::Tensor> Network::TrainableParameters() const {
+  std::vector<torch::Tensor> parameters;
+  for (auto p : module_.parameters()) {
+    p.requires_grad_(true);
+    parameters.push_back(p);
+  }
+  return parameters;
+}
+
+void Network::CheckDimensions(int64_t input_dim, int64_t output_dim) const {
+  if (reduced_ && (input_basis_.size(0) != input_dim || output_basis_.size(0) != output_dim)) {
+    Fail("the model's bases are for d_M = " + std::to_string(input_basis_.size(0)) +
+         ", d_Q = " + std::to_string(output_basis_.size(0)) + " but the data has d_M = " +
+         std::to_string(input_dim) + ", d_Q = " + std::to_string(output_dim));
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor probe = torch::zeros({2, input_dim}, torch::dtype(dtype_).device(device_));
+  torch::Tensor out;
+  try {
+    out = Forward(probe);
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    Fail("the model's forward fails on inputs of shape [2, " + std::to_string(input_dim) +
+         "] (the data's d_M): " + what.substr(0, what.find('\n')));
+  }
+  if (out.dim() != 2 || out.size(0) != 2 || out.size(1) != output_dim) {
+    Fail("the model maps [2, d_M] to a tensor of " + std::to_string(out.dim()) + " dimensions" +
+         (out.dim() == 2 ? " with " + std::to_string(out.size(1)) + " columns" : "") +
+         ", but the data has d_Q = " + std::to_string(output_dim));
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& network,
+                                                                const torch::Tensor& z,
+                                                                bool create_graph) {
+  if (!network.reduced()) Fail("ReducedValueAndJacobian needs a reduced-basis model");
+  if (network.layers_) {
+    // A plain function of the weights: ordinary autograd differentiates it.
+    torch::AutoGradMode grad_mode(create_graph);
+    return PropagateJacobian(*network.layers_, z.detach());
+  }
+  const int64_t batch = z.size(0), r_q = network.output_rank(), r_m = z.size(1);
+  torch::AutoGradMode grad_mode(true);
+  torch::Tensor copies = z.detach().repeat_interleave(r_q, 0).requires_grad_(true);
+  torch::Tensor outputs = network.ReducedForward(copies);
+  torch::Tensor seeds = torch::eye(r_q, z.options()).repeat({batch, 1});
+  torch::Tensor rows = ReverseProduct(outputs, copies, seeds, create_graph);
+  torch::Tensor value = outputs.view({batch, r_q, r_q}).select(1, 0);
+  torch::Tensor jacobian = rows.view({batch, r_q, r_m});
+  if (!create_graph) return {value.detach(), jacobian.detach()};
+  return {value, jacobian};
+}
+
+std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& network,
+                                                             const torch::Tensor& m,
+                                                             const torch::Tensor& left,
+                                                             bool create_graph) {
+  const bool shared = left.dim() == 2;
+  if (!shared && (left.dim() != 3 || left.size(0) != m.size(0))) {
+    Fail("left factors must have shape [d_Q, k] or [B, d_Q, k]");
+  }
+  const int64_t batch = m.size(0), d_m = m.size(1);
+  const int64_t d_q = left.size(shared ? 0 : 1), k = left.size(shared ? 1 : 2);
+  if (k == 0) Fail("left factors need at least one column");
+  torch::AutoGradMode grad_mode(true);
+  torch::Tensor copies = m.detach().repeat_interleave(k, 0).requires_grad_(true);
+  torch::Tensor outputs = network.Forward(copies);
+  if (outputs.dim() != 2 || outputs.size(1) != d_q) {
+    Fail("left factors have " + std::to_string(d_q) + " rows but the model has d_Q = " +
+         std::to_string(outputs.dim() == 2 ? outputs.size(1) : -1));
+  }
+  torch::Tensor cotangents =
+      shared ? left.t().repeat({batch, 1}) : left.transpose(1, 2).reshape({batch * k, d_q});
+  torch::Tensor rows = ReverseProduct(outputs, copies, cotangents, create_graph);
+  torch::Tensor value = outputs.view({batch, k, d_q}).select(1, 0);
+  torch::Tensor products = rows.view({batch, k, d_m});
+  if (!create_graph) return {value.detach(), products.detach()};
+  return {value, products};
+}
+
+}  // namespace dino::training

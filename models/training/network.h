@@ -1,0 +1,115 @@
+// A model that follows the dino-serve contract (docs/model-contract.md), seen by the trainer
+// and the metrics, and the batched network Jacobians they need. For training, the Jacobians
+// are built with create_graph so that a loss of them can be differentiated with respect to
+// the weights (double backward).
+#pragma once
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace dino::training {
+
+// How a Network computes the reduced Jacobian J_φ of a DIPNet.
+enum class ReducedJacobianMethod {
+  // Reverse mode over r_Q copies of each z, with double backward for training: works for any
+  // model that follows the contract.
+  kAutograd,
+  // Explicit reverse accumulation through the dense layers of the project's DIPNet
+  // (models/architectures): one forward pass over the B inputs, then B·r_Q·Σ w_in·w_out
+  // flops of batched products, and plain backward for training. About 6× faster than
+  // kAutograd for DIPNet 100-50, because the softplus is evaluated on B rows instead of
+  // B·r_Q copies and no double backward is needed.
+  kLayerPropagation,
+};
+
+// "autograd", "layer_propagation".
+const char* ReducedJacobianMethodName(ReducedJacobianMethod method);
+
+struct DenseLayers;  // The layers of a project DIPNet, for kLayerPropagation.
+
+class Network {
+ public:
+  // Reads the contract members of `module` (a handle: the Network shares the module's
+  // parameters and buffers, and sees in-place updates of them; rebuild it after replacing
+  // an attribute). A module with input_basis, output_basis, output_shift and reduced_forward
+  // is a reduced-basis (DIPNet) model; one with only forward is generic.
+  //
+  // With `allow_layer_propagation`, a reduced model whose parameters and buffers are those
+  // of the project's DIPNet (W0, b0, …, WL, bL chaining r_M → r_Q, whitening buffers) gets
+  // kLayerPropagation, but only after a probe on a copy of the module (with random whitening)
+  // has reproduced reduced_forward and its autograd Jacobian; any other model gets
+  // kAutograd. The duplicated layer formula can therefore never silently diverge from the
+  // architecture's definition.
+  //
+  // Throws std::invalid_argument on a partial or inconsistent reduced-basis contract, or when
+  // the model has no floating-point parameter or buffer to take its dtype from.
+  explicit Network(torch::jit::Module module, bool allow_layer_propagation = true);
+
+  bool reduced() const { return reduced_; }
+  torch::Dtype dtype() const { return dtype_; }
+  torch::Device device() const { return device_; }
+  const torch::jit::Module& module() const { return module_; }
+
+  // Reduced-basis models only (undefined tensors otherwise).
+  const torch::Tensor& input_basis() const { return input_basis_; }    // V [d_M, r_M]
+  const torch::Tensor& output_basis() const { return output_basis_; }  // U [d_Q, r_Q]
+  const torch::Tensor& output_shift() const { return output_shift_; }  // b [d_Q]
+  int64_t input_rank() const { return reduced_ ? input_basis_.size(1) : 0; }
+  int64_t output_rank() const { return reduced_ ? output_basis_.size(1) : 0; }
+  // Whether the model has the whitening buffers reduced_input_shift/scale [r_M] that the
+  // project's DIPNets carry (models exported from elsewhere may not).
+  bool has_whitening() const { return has_whitening_; }
+  // kAutograd for generic models (which have no J_φ).
+  ReducedJacobianMethod reduced_jacobian_method() const {
+    return layers_ ? ReducedJacobianMethod::kLayerPropagation : ReducedJacobianMethod::kAutograd;
+  }
+
+  torch::Tensor Forward(const torch::Tensor& m) const;         // [B, d_M] → [B, d_Q]
+  torch::Tensor ReducedForward(const torch::Tensor& z) const;  // [B, r_M] → [B, r_Q]
+
+  // The trainable tensors (module.parameters()), with requires_grad switched on.
+  std::vector<torch::Tensor> TrainableParameters() const;
+
+  // Throws std::invalid_argument unless forward maps [2, d_M] to [2, d_Q] (and, for reduced
+  // models, the bases have d_M and d_Q rows).
+  void CheckDimensions(int64_t input_dim, int64_t output_dim) const;
+
+ private:
+  torch::jit::Module module_;
+  bool reduced_ = false;
+  bool has_whitening_ = false;
+  torch::Dtype dtype_ = torch::kFloat32;
+  torch::Device device_ = torch::kCPU;
+  torch::Tensor input_basis_, output_basis_, output_shift_;
+  std::shared_ptr<const DenseLayers> layers_;  // Set for kLayerPropagation.
+
+  friend std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network&,
+                                                                         const torch::Tensor&,
+                                                                         bool);
+};
+
+// φ(z) [B, r_Q] and J_φ(z) = ∂φ/∂z [B, r_Q, r_M] of a reduced-basis model, by the network's
+// ReducedJacobianMethod. kAutograd makes one reverse pass over r_Q copies of each z (row
+// b·r_Q + i of the copies is z_b; seeding its output with e_i yields row i of J_φ(z_b)).
+// Either way the cost is that of O(r_Q) reduced network passes per sample, independent of
+// d_M and d_Q (paper §2.3). With create_graph both results stay differentiable with respect
+// to the weights; without, they are detached.
+std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& network,
+                                                                const torch::Tensor& z,
+                                                                bool create_graph);
+
+// f(m) [B, d_Q] and the left products W_bᵀ ∇f(m_b) [B, k, d_M] for per-sample factors
+// `left` [B, d_Q, k], or one factor [d_Q, k] shared by all samples (the identity gives the
+// full Jacobian). One reverse pass over k copies of each m; works for any model. With
+// create_graph both results stay differentiable with respect to the weights.
+std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& network,
+                                                             const torch::Tensor& m,
+                                                             const torch::Tensor& left,
+                                                             bool create_graph);
+
+}  // namespace dino::training

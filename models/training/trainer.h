@@ -1,0 +1,135 @@
+// The trainer of dino-serve (paper §3.2): Adam on mini-batches of one of the losses of
+// losses.h, operating in place on a TorchScript module built by models/architectures (or any
+// model that follows the contract). Numerics only: the caller provides the data as tensors,
+// writes checkpoints from the callback, draws progress, and owns the thread settings.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/training/dataset.h"
+#include "models/training/losses.h"
+#include "models/training/metrics.h"
+
+namespace dino::training {
+
+// Whitening of the reduced inputs z = Vᵀm of a DIPNet: reduced_input_shift = mean(z),
+// reduced_input_scale = 1/std(z) over the training split. It changes the function the
+// network computes, so it is meant for freshly initialised networks.
+enum class Whitening {
+  kNever,
+  kIfIdentity,  // Only while the buffers are still the identity (shift 0, scale 1): whitens a
+                // new network, leaves a trained one that is being fine-tuned alone.
+  kAlways,
+};
+
+enum class LearningRateSchedule {
+  kConstant,     // learning_rate throughout.
+  kExponential,  // learning_rate · decay_rate^e in epoch e = 0, 1, ….
+  kCosine,       // From learning_rate down to final_learning_rate along half a cosine.
+};
+
+struct TrainerConfig {
+  LossConfig loss;
+  // Adam with the paper's (TensorFlow's default) hyperparameters.
+  int64_t epochs = 100;
+  int64_t batch_size = 32;
+  double learning_rate = 1e-3;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_epsilon = 1e-7;  // Keras's default, which the reference code trained with.
+  LearningRateSchedule schedule = LearningRateSchedule::kConstant;
+  double decay_rate = 0.97;          // kExponential.
+  double final_learning_rate = 0.0;  // kCosine.
+  // Samples of the data held out for validation by a split seeded with `seed`.
+  int64_t validation_size = 0;
+  // Seeds the split, the shuffling and the random subsets/sketches of the losses. The
+  // weights' initialisation is the architecture builder's (its own seed).
+  uint64_t seed = 0;
+  Whitening whitening = Whitening::kIfIdentity;
+  // Lets DIPNets use ReducedJacobianMethod::kLayerPropagation (network.h); false forces the
+  // generic autograd path (for comparisons; the results agree to rounding).
+  bool allow_layer_propagation = true;
+  // Validation accuracies every this many epochs (0: only after training); they cost a
+  // Jacobian evaluation of the validation set.
+  int64_t evaluation_interval = 1;
+  MetricsOptions metrics;
+
+  // Throws std::invalid_argument on out-of-range settings.
+  void Validate() const;
+  nlohmann::json ToJson() const;
+};
+
+// Progress within an epoch, after each batch: enough for a progress bar.
+struct BatchProgress {
+  int64_t epoch = 0;  // 1-based.
+  int64_t epochs = 0;
+  int64_t batch = 0;  // 1-based.
+  int64_t batches = 0;
+  int64_t samples_done = 0;         // In this epoch.
+  int64_t samples = 0;              // Per epoch.
+  double loss = 0.0;                // Running mean of the batch losses of this epoch.
+  double samples_per_second = 0.0;  // Over this epoch so far.
+  double eta_seconds = 0.0;         // Until the end of training, from the speed so far.
+};
+
+struct EpochReport {
+  int64_t epoch = 0;  // 1-based.
+  int64_t epochs = 0;
+  double learning_rate = 0.0;
+  LossValues train;  // Means over the epoch's batches, as the weights moved (Keras style).
+  std::optional<LossValues> validation;           // After the epoch.
+  std::optional<Accuracies> validation_accuracy;  // Every evaluation_interval epochs.
+  double epoch_seconds = 0.0;                     // Training and validation of this epoch.
+  double samples_per_second = 0.0;  // Training samples per second of this epoch's training.
+  double elapsed_seconds = 0.0;
+  double eta_seconds = 0.0;
+
+  nlohmann::json ToJson() const;
+};
+
+struct TrainerCallbacks {
+  std::function<void(const BatchProgress&)> on_batch;
+  // After each epoch; return false to stop training (e.g. on an interrupt).
+  std::function<bool(const EpochReport&)> on_epoch;
+  // After each epoch, with the module and the metadata as they are then: where the caller
+  // writes a checkpoint (e.g. with models::SaveModelFile).
+  std::function<void(const torch::jit::Module&, const EpochReport&, const nlohmann::json&)>
+      on_checkpoint;
+};
+
+struct TrainingResult {
+  std::vector<EpochReport> history;
+  bool stopped_early = false;
+  std::string whitening;  // "applied", "kept", "disabled" or "unavailable".
+  // How the network's Jacobians were computed: a ReducedJacobianMethodName for DIPNets,
+  // "autograd" for generic models.
+  std::string network_jacobian;
+  Accuracies train_accuracy;
+  std::optional<Accuracies> validation_accuracy;
+  std::optional<Accuracies> initial_validation_accuracy;  // Before training.
+  double seconds = 0.0;
+  // {"trained", "training": {loss, optimizer, epochs, …, timing}, "data": {train,
+  // validation}, "metrics": {train, validation, validation_initial}}: for the model file.
+  nlohmann::json metadata;
+};
+
+// Trains `module` in place: its parameters get requires_grad and are updated by Adam; a
+// DIPNet's whitening buffers may be set (see Whitening). Deterministic for a given seed,
+// module and data (up to the floating-point reductions of the caller's thread settings).
+// Throws std::invalid_argument for invalid settings, data or models (before changing the
+// module).
+TrainingResult Train(torch::jit::Module& module, const Dataset& data, const TrainerConfig& config,
+                     const TrainerCallbacks& callbacks = {});
+
+// The whitening a trainer applies, alone: sets the buffers of a DIPNet `module` from the
+// reduced inputs Vᵀm of `m` [n, d_M] according to `mode`, and says what it did.
+std::string ApplyWhitening(torch::jit::Module& module, const torch::Tensor& m, Whitening mode);
+
+}  // namespace dino::training
