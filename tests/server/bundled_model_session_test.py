@@ -42,7 +42,9 @@ class BundledModelSession(unittest.TestCase):
                 break
         else:
             raise RuntimeError("dino-server did not start")
-        cls.model = torch.jit.load(os.path.join(REPOSITORY, MODEL, "1", "model.pt"))
+        # The version the server serves by default: the highest.
+        version = max(int(v) for v in os.listdir(os.path.join(REPOSITORY, MODEL)) if v.isdigit())
+        cls.model = torch.jit.load(os.path.join(REPOSITORY, MODEL, str(version), "model.pt"))
         cls.rng = np.random.default_rng(0)
 
     @classmethod
