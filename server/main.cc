@@ -81,7 +81,7 @@ int Run() {
     executor_threads = std::max(1u, std::thread::hardware_concurrency());
   }
   dino::models::ConfigureComputeThreads(absl::GetFlag(FLAGS_torch_threads),
-                                         absl::GetFlag(FLAGS_blas_threads));
+                                        absl::GetFlag(FLAGS_blas_threads));
 
   dino::serving::ModelManager::Options options;
   options.repository = absl::GetFlag(FLAGS_model_repository);

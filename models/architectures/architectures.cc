@@ -13,8 +13,8 @@ namespace {
 // W<i> [fan_in, fan_out] (so that a layer is addmm(b<i>, h, W<i>)) and b<i> [fan_out], and
 // returns the TorchScript statements that apply the stack to the variable `h`.
 std::string AddDenseStack(torch::jit::Module& module, int64_t in_dim,
-                          const std::vector<int64_t>& widths, int64_t out_dim,
-                          torch::Dtype dtype, uint64_t seed) {
+                          const std::vector<int64_t>& widths, int64_t out_dim, torch::Dtype dtype,
+                          uint64_t seed) {
   auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   std::vector<int64_t> dims = {in_dim};
   dims.insert(dims.end(), widths.begin(), widths.end());
@@ -48,8 +48,9 @@ void CheckOrthonormal(const torch::Tensor& basis, const char* name) {
   }
   const double defect = OrthonormalityDefect(basis);
   if (defect > 1e-6) {
-    throw std::invalid_argument(std::string(name) + " does not have orthonormal columns (max |BᵀB − I| = " +
-                                std::to_string(defect) + ")");
+    throw std::invalid_argument(
+        std::string(name) +
+        " does not have orthonormal columns (max |BᵀB − I| = " + std::to_string(defect) + ")");
   }
 }
 
@@ -94,8 +95,7 @@ torch::jit::Module BuildGenericDense(const GenericDenseSpec& spec) {
   torch::jit::Module module("GenericDense");
   const std::string stack = AddDenseStack(module, spec.input_dim, spec.hidden_widths,
                                           spec.output_dim, spec.dtype, spec.seed);
-  module.define("def forward(self, m: Tensor) -> Tensor:\n    h = m\n" + stack +
-                "    return h\n");
+  module.define("def forward(self, m: Tensor) -> Tensor:\n    h = m\n" + stack + "    return h\n");
   return module;
 }
 

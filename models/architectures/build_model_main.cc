@@ -76,8 +76,7 @@ int main(int argc, char** argv) {
         {"hidden_widths", hidden},
         {"seed", seed},
         {"provenance",
-         {{"created_by", "dino-build-model"},
-          {"note", "random weights; not trained on any data"}}},
+         {{"created_by", "dino-build-model"}, {"note", "random weights; not trained on any data"}}},
     };
     if (!absl::GetFlag(FLAGS_description).empty()) {
       metadata["description"] = absl::GetFlag(FLAGS_description);
@@ -107,15 +106,14 @@ int main(int argc, char** argv) {
       spec.seed = seed;
       module = dm::BuildGenericDense(spec);
     } else {
-      throw std::invalid_argument("--architecture must be dipnet or generic, got '" +
-                                  architecture + "'");
+      throw std::invalid_argument("--architecture must be dipnet or generic, got '" + architecture +
+                                  "'");
     }
     metadata["parameters"] = dm::CountParameters(module);
-    const std::string path =
-        repository + "/" + name + "/" + std::to_string(version) + "/model.pt";
+    const std::string path = repository + "/" + name + "/" + std::to_string(version) + "/model.pt";
     dm::SaveModelFile(module, metadata, path);
-    std::cout << "wrote " << path << " (" << architecture << ", "
-              << dm::CountParameters(module) << " parameters)\n";
+    std::cout << "wrote " << path << " (" << architecture << ", " << dm::CountParameters(module)
+              << " parameters)\n";
   } catch (const std::exception& e) {
     std::cerr << "dino-build-model: " << e.what() << "\n";
     return 1;

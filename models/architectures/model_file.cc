@@ -66,8 +66,8 @@ LoadedModelFile LoadModelFile(const std::string& path) {
     try {
       loaded.metadata = nlohmann::json::parse(text);
     } catch (const std::exception& e) {
-      throw std::runtime_error("model file " + path + ": metadata.json is not valid JSON: " +
-                               e.what());
+      throw std::runtime_error("model file " + path +
+                               ": metadata.json is not valid JSON: " + e.what());
     }
     if (!loaded.metadata.is_object()) {
       throw std::runtime_error("model file " + path + ": metadata.json is not a JSON object");

@@ -33,8 +33,8 @@ absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::str
       int64_t version = 0;
       const std::string text = version_dir.path().filename().string();
       if (!version_dir.is_directory() || text.empty() ||
-          !std::all_of(text.begin(), text.end(), ::isdigit) ||
-          !absl::SimpleAtoi(text, &version) || version <= 0) {
+          !std::all_of(text.begin(), text.end(), ::isdigit) || !absl::SimpleAtoi(text, &version) ||
+          version <= 0) {
         continue;
       }
       const fs::path file = version_dir.path() / kModelFileName;

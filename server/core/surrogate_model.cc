@@ -30,12 +30,12 @@ absl::Status CheckFinite(const torch::Tensor& t, const char* field) {
   torch::Tensor bad = torch::logical_not(torch::isfinite(t));
   if (!bad.any().item<bool>()) return absl::OkStatus();
   torch::Tensor where = bad.nonzero().select(0, 0);
-  return absl::InvalidArgumentError(absl::StrCat(
-      field, " contains a non-finite value (NaN or Inf) at index [",
-      absl::StrJoin(std::vector<int64_t>(where.data_ptr<int64_t>(),
-                                         where.data_ptr<int64_t>() + where.numel()),
-                    ", "),
-      "]"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " contains a non-finite value (NaN or Inf) at index [",
+                   absl::StrJoin(std::vector<int64_t>(where.data_ptr<int64_t>(),
+                                                      where.data_ptr<int64_t>() + where.numel()),
+                                 ", "),
+                   "]"));
 }
 
 bool HasAttribute(const torch::jit::Module& module, const char* name) {
@@ -64,8 +64,8 @@ SurrogateModel::SurrogateModel(torch::jit::Module module, ModelInfo info, Comput
   }
 }
 
-absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::Load(
-    const std::string& path, ComputeLimits limits) {
+absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::Load(const std::string& path,
+                                                                           ComputeLimits limits) {
   dm::LoadedModelFile file;
   try {
     file = dm::LoadModelFile(path);
@@ -194,10 +194,10 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       const double mismatch = (composed - out).abs().max().item<double>() / scale;
       const double tolerance = info.dtype == torch::kFloat64 ? 1e-9 : 1e-4;
       if (mismatch > tolerance) {
-        return fail(absl::StrCat(
-            "forward(m) differs from reduced_forward(m·input_basis)·output_basisᵀ + "
-            "output_shift by ",
-            mismatch, " (relative); the model contract requires them to agree"));
+        return fail(
+            absl::StrCat("forward(m) differs from reduced_forward(m·input_basis)·output_basisᵀ + "
+                         "output_shift by ",
+                         mismatch, " (relative); the model contract requires them to agree"));
       }
     }
     return std::shared_ptr<const SurrogateModel>(
@@ -245,8 +245,8 @@ absl::StatusOr<torch::Tensor> SurrogateModel::Point(const torch::Tensor& t,
   if (!matrix.ok()) return matrix.status();
   if (matrix->size(0) != 1) {
     return absl::InvalidArgumentError(absl::StrCat(field, " must be one point, shape [",
-                                                   info_.input_dim, "] or [1, ",
-                                                   info_.input_dim, "], got ", ShapeString(t)));
+                                                   info_.input_dim, "] or [1, ", info_.input_dim,
+                                                   "], got ", ShapeString(t)));
   }
   return matrix;
 }
@@ -343,8 +343,8 @@ absl::StatusOr<SurrogateModel::Products> SurrogateModel::Vjp(const torch::Tensor
 absl::StatusOr<torch::Tensor> SurrogateModel::GenericJacobian(const torch::Tensor& m,
                                                               torch::Tensor* q) const {
   const int64_t d_q = info_.output_dim;
-  auto [outputs, rows] = GenericVjpRows(m.expand({d_q, info_.input_dim}),
-                                        torch::eye(d_q, m.options()));
+  auto [outputs, rows] =
+      GenericVjpRows(m.expand({d_q, info_.input_dim}), torch::eye(d_q, m.options()));
   if (q != nullptr) *q = outputs[0];
   return rows;
 }
@@ -353,10 +353,10 @@ absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jacobian(const torch::T
                                                                   bool want_q) const {
   const int64_t elements = info_.output_dim * info_.input_dim;
   if (elements > limits_.max_jacobian_elements) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the full Jacobian has d_Q·d_M = ", info_.output_dim, "·", info_.input_dim, " = ",
-        elements, " elements, above the server's limit of ", limits_.max_jacobian_elements,
-        "; use Jvp, Vjp or ReducedJacobian"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the full Jacobian has d_Q·d_M = ", info_.output_dim, "·", info_.input_dim,
+                     " = ", elements, " elements, above the server's limit of ",
+                     limits_.max_jacobian_elements, "; use Jvp, Vjp or ReducedJacobian"));
   }
   auto point = Point(m, "m");
   if (!point.ok()) return point.status();
@@ -393,8 +393,8 @@ absl::StatusOr<SurrogateModel::ReducedJacobians> SurrogateModel::ReducedJacobian
   }
   torch::Tensor u_c, v_c;
   if (client_bases) {
-    const std::pair<const torch::Tensor*, const char*> checks[] = {
-        {&output_basis, "output_basis"}, {&input_basis, "input_basis"}};
+    const std::pair<const torch::Tensor*, const char*> checks[] = {{&output_basis, "output_basis"},
+                                                                   {&input_basis, "input_basis"}};
     const int64_t rows[] = {info_.output_dim, info_.input_dim};
     torch::Tensor* outs[] = {&u_c, &v_c};
     for (int i = 0; i < 2; ++i) {

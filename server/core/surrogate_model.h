@@ -41,8 +41,8 @@ struct ModelInfo {
 
 // Server-wide limits that keep one request from exhausting the machine.
 struct ComputeLimits {
-  int64_t max_batch_size = 4096;              // Rows of m, directions, cotangents.
-  int64_t max_jacobian_elements = 1 << 22;    // d_Q · d_M of a full Jacobian.
+  int64_t max_batch_size = 4096;            // Rows of m, directions, cotangents.
+  int64_t max_jacobian_elements = 1 << 22;  // d_Q · d_M of a full Jacobian.
 };
 
 class SurrogateModel {
@@ -66,9 +66,10 @@ class SurrogateModel {
   // finite outputs. `origin` names the model in errors.
   static absl::StatusOr<std::shared_ptr<const SurrogateModel>> Load(const std::string& path,
                                                                     ComputeLimits limits);
-  static absl::StatusOr<std::shared_ptr<const SurrogateModel>> FromModule(
-      torch::jit::Module module, nlohmann::json metadata, const std::string& origin,
-      ComputeLimits limits);
+  static absl::StatusOr<std::shared_ptr<const SurrogateModel>> FromModule(torch::jit::Module module,
+                                                                          nlohmann::json metadata,
+                                                                          const std::string& origin,
+                                                                          ComputeLimits limits);
 
   const ModelInfo& info() const { return info_; }
 

@@ -33,12 +33,11 @@ absl::Status Guarded(Fn&& fn) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-SurrogateService::SurrogateService(serving::ModelManager& manager,
-                                   metrics::ServerMetrics* metrics, int64_t max_response_bytes)
+SurrogateService::SurrogateService(serving::ModelManager& manager, metrics::ServerMetrics* metrics,
+                                   int64_t max_response_bytes)
     : manager_(manager), metrics_(metrics), max_response_bytes_(max_response_bytes) {}
 
 template <typename Request, typename Response, typename Work>
@@ -50,7 +49,8 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
   const Clock::time_point start = Clock::now();
   auto finish = [this, reactor, method, start](const std::string& model,
                                                const absl::Status& status) {
-    if (metrics_ != nullptr) metrics_->RecordRequest(method, model, status.code(), SecondsSince(start));
+    if (metrics_ != nullptr)
+      metrics_->RecordRequest(method, model, status.code(), SecondsSince(start));
     reactor->Finish(ToGrpcStatus(status));
   };
   auto handle = manager_.Get(request->model().name(), request->model().version());
@@ -64,9 +64,9 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
     if (metrics_ != nullptr) metrics_->AddInFlight(model, -1);
     finish(model, status);
   };
-  const bool queued = handle->executor->Submit(
-      [context, request, response, work, finish = finish_in_flight,
-       max_response_bytes = max_response_bytes_, handle = *handle] {
+  const bool queued =
+      handle->executor->Submit([context, request, response, work, finish = finish_in_flight,
+                                max_response_bytes = max_response_bytes_, handle = *handle] {
         // An expired call also counts as cancelled, so the deadline is checked first.
         if (context->deadline() <= std::chrono::system_clock::now()) {
           finish(handle.name,
@@ -110,7 +110,8 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
     }
   }
   auto* reactor = context->DefaultReactor();
-  if (metrics_ != nullptr) metrics_->RecordRequest("ListModels", "", absl::StatusCode::kOk, SecondsSince(start));
+  if (metrics_ != nullptr)
+    metrics_->RecordRequest("ListModels", "", absl::StatusCode::kOk, SecondsSince(start));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -122,7 +123,8 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   auto* reactor = context->DefaultReactor();
   auto handle = manager_.Get(request->model().name(), request->model().version());
   if (!handle.ok()) {
-    if (metrics_ != nullptr) metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), SecondsSince(start));
+    if (metrics_ != nullptr)
+      metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), SecondsSince(start));
     reactor->Finish(ToGrpcStatus(handle.status()));
     return reactor;
   }
@@ -152,20 +154,18 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
 grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext* context,
                                                      const dino::v1::GetBasesRequest* request,
                                                      dino::v1::GetBasesResponse* response) {
-  return Dispatch("GetBases", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::GetBasesRequest& req,
-                     dino::v1::GetBasesResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto bases = model.GetBases();
-                    if (!bases.ok()) return bases.status();
-                    EncodeTensor(bases->input_basis, req.output_dtype(),
-                                 resp->mutable_input_basis());
-                    EncodeTensor(bases->output_basis, req.output_dtype(),
-                                 resp->mutable_output_basis());
-                    EncodeTensor(bases->output_shift, req.output_dtype(),
-                                 resp->mutable_output_shift());
-                    return absl::OkStatus();
-                  });
+  return Dispatch(
+      "GetBases", context, request, response,
+      [](const SurrogateModel& model, const dino::v1::GetBasesRequest& req,
+         dino::v1::GetBasesResponse* resp) -> absl::Status {
+        if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
+        auto bases = model.GetBases();
+        if (!bases.ok()) return bases.status();
+        EncodeTensor(bases->input_basis, req.output_dtype(), resp->mutable_input_basis());
+        EncodeTensor(bases->output_basis, req.output_dtype(), resp->mutable_output_basis());
+        EncodeTensor(bases->output_shift, req.output_dtype(), resp->mutable_output_shift());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Evaluate(grpc::CallbackServerContext* context,
@@ -198,7 +198,8 @@ grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* con
                     auto result = model.Jvp(*m, *v, req.return_q());
                     if (!result.ok()) return result.status();
                     EncodeTensor(result->values, req.output_dtype(), resp->mutable_jvp());
-                    if (req.return_q()) EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
+                    if (req.return_q())
+                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
                     return absl::OkStatus();
                   });
 }
@@ -217,7 +218,8 @@ grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* con
                     auto result = model.Vjp(*m, *w, req.return_q());
                     if (!result.ok()) return result.status();
                     EncodeTensor(result->values, req.output_dtype(), resp->mutable_vjp());
-                    if (req.return_q()) EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
+                    if (req.return_q())
+                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
                     return absl::OkStatus();
                   });
 }
@@ -225,26 +227,26 @@ grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
     grpc::CallbackServerContext* context, const dino::v1::ReducedJacobianRequest* request,
     dino::v1::ReducedJacobianResponse* response) {
-  return Dispatch(
-      "ReducedJacobian", context, request, response,
-      [](const SurrogateModel& model, const dino::v1::ReducedJacobianRequest& req,
-         dino::v1::ReducedJacobianResponse* resp) -> absl::Status {
-        if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-        auto m = DecodeTensor(req.m(), req.has_m(), "m");
-        if (!m.ok()) return m.status();
-        auto u = DecodeTensor(req.output_basis(), req.has_output_basis(), "output_basis",
-                              /*required=*/false);
-        if (!u.ok()) return u.status();
-        auto v = DecodeTensor(req.input_basis(), req.has_input_basis(), "input_basis",
-                              /*required=*/false);
-        if (!v.ok()) return v.status();
-        auto result = model.ReducedJacobian(*m, *u, *v);
-        if (!result.ok()) return result.status();
-        EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
-        EncodeTensor(result->reduced_jacobian, req.output_dtype(),
-                     resp->mutable_reduced_jacobian());
-        return absl::OkStatus();
-      });
+  return Dispatch("ReducedJacobian", context, request, response,
+                  [](const SurrogateModel& model, const dino::v1::ReducedJacobianRequest& req,
+                     dino::v1::ReducedJacobianResponse* resp) -> absl::Status {
+                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
+                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
+                    if (!m.ok()) return m.status();
+                    auto u =
+                        DecodeTensor(req.output_basis(), req.has_output_basis(), "output_basis",
+                                     /*required=*/false);
+                    if (!u.ok()) return u.status();
+                    auto v = DecodeTensor(req.input_basis(), req.has_input_basis(), "input_basis",
+                                          /*required=*/false);
+                    if (!v.ok()) return v.status();
+                    auto result = model.ReducedJacobian(*m, *u, *v);
+                    if (!result.ok()) return result.status();
+                    EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
+                    EncodeTensor(result->reduced_jacobian, req.output_dtype(),
+                                 resp->mutable_reduced_jacobian());
+                    return absl::OkStatus();
+                  });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext* context,
@@ -259,7 +261,8 @@ grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext
                     auto result = model.Jacobian(*m, req.return_q());
                     if (!result.ok()) return result.status();
                     EncodeTensor(result->values, req.output_dtype(), resp->mutable_jacobian());
-                    if (req.return_q()) EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
+                    if (req.return_q())
+                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
                     return absl::OkStatus();
                   });
 }

@@ -40,9 +40,9 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
   grpc::ServerUnaryReactor* Vjp(grpc::CallbackServerContext* context,
                                 const dino::v1::VjpRequest* request,
                                 dino::v1::VjpResponse* response) override;
-  grpc::ServerUnaryReactor* ReducedJacobian(
-      grpc::CallbackServerContext* context, const dino::v1::ReducedJacobianRequest* request,
-      dino::v1::ReducedJacobianResponse* response) override;
+  grpc::ServerUnaryReactor* ReducedJacobian(grpc::CallbackServerContext* context,
+                                            const dino::v1::ReducedJacobianRequest* request,
+                                            dino::v1::ReducedJacobianResponse* response) override;
   grpc::ServerUnaryReactor* Jacobian(grpc::CallbackServerContext* context,
                                      const dino::v1::JacobianRequest* request,
                                      dino::v1::JacobianResponse* response) override;

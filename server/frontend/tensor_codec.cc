@@ -20,8 +20,7 @@ dino::v1::DType WireDtype(torch::Dtype dtype) {
 }
 
 absl::Status CheckOutputDtype(dino::v1::DType dtype, const char* field) {
-  if (dtype == dino::v1::DTYPE_UNSPECIFIED || dtype == dino::v1::FP32 ||
-      dtype == dino::v1::FP64) {
+  if (dtype == dino::v1::DTYPE_UNSPECIFIED || dtype == dino::v1::FP32 || dtype == dino::v1::FP64) {
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(
@@ -46,19 +45,18 @@ absl::StatusOr<torch::Tensor> DecodeTensor(const dino::v1::Tensor& message, bool
       element_size = 8;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ".dtype must be FP32 or FP64, got ", dino::v1::DType_Name(message.dtype())));
+      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype must be FP32 or FP64, got ",
+                                                     dino::v1::DType_Name(message.dtype())));
   }
   std::vector<int64_t> shape(message.shape().begin(), message.shape().end());
   uint64_t elements = 1;
   for (int64_t extent : shape) {
     if (extent < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape [",
-                                                     absl::StrJoin(shape, ", "),
-                                                     "] has a negative extent"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has a negative extent"));
     }
-    if (extent != 0 && elements > std::numeric_limits<uint64_t>::max() / 8 /
-                                      static_cast<uint64_t>(extent)) {
+    if (extent != 0 &&
+        elements > std::numeric_limits<uint64_t>::max() / 8 / static_cast<uint64_t>(extent)) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".shape is too large"));
     }
     elements *= static_cast<uint64_t>(extent);

@@ -119,9 +119,9 @@ void MetricsHttpServer::Answer(int connection) {
     status = "404 Not Found";
     type = "text/plain; charset=utf-8";
   }
-  SendAll(connection, absl::StrCat("HTTP/1.0 ", status, "\r\nContent-Type: ", type,
-                                   "\r\nContent-Length: ", body.size(),
-                                   "\r\nConnection: close\r\n\r\n", body));
+  SendAll(connection,
+          absl::StrCat("HTTP/1.0 ", status, "\r\nContent-Type: ", type,
+                       "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body));
 }
 
 }  // namespace dino::metrics

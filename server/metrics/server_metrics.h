@@ -22,8 +22,8 @@ class ServerMetrics {
 
   // `model` must be a name the server knows (or empty): label values come only from loaded
   // models, so clients cannot grow the label set without bound.
-  void RecordRequest(const std::string& method, const std::string& model,
-                     absl::StatusCode code, double seconds);
+  void RecordRequest(const std::string& method, const std::string& model, absl::StatusCode code,
+                     double seconds);
   void SetModelsLoaded(size_t versions);
   // Calls accepted for a model and not yet answered (queued or running): the saturation
   // signal of its executor.

@@ -14,13 +14,12 @@
 namespace dino::serving {
 namespace {
 
-using ::testing::HasSubstr;
 using dino::testing::SmallDims;
+using ::testing::HasSubstr;
 
 constexpr SmallDims kDims{};
 
-std::shared_ptr<const SurrogateModel> Wrap(torch::jit::Module module,
-                                           ComputeLimits limits = {}) {
+std::shared_ptr<const SurrogateModel> Wrap(torch::jit::Module module, ComputeLimits limits = {}) {
   auto model = SurrogateModel::FromModule(
       std::move(module), nlohmann::json::parse(dino::testing::SmallMetadata("test", kDims.d_m)),
       "test model", limits);
@@ -49,9 +48,8 @@ torch::Tensor FiniteDifferenceJacobian(const SurrogateModel& model, const torch:
 class DerivativeTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    model_ = GetParam() == "dipnet"
-                 ? Wrap(dino::testing::SmallDipnet(kDims, torch::kFloat64, 7))
-                 : Wrap(dino::testing::SmallGeneric(kDims, torch::kFloat64, 7));
+    model_ = GetParam() == "dipnet" ? Wrap(dino::testing::SmallDipnet(kDims, torch::kFloat64, 7))
+                                    : Wrap(dino::testing::SmallGeneric(kDims, torch::kFloat64, 7));
     m_ = Gaussian({kDims.d_m}, 11);
     jacobian_fd_ = FiniteDifferenceJacobian(*model_, m_);
   }
@@ -124,8 +122,7 @@ TEST_P(DerivativeTest, ClientBasisReducedJacobianIsProjectedJacobian) {
   EXPECT_LE(RelativeError(reduced->q, *model_->Evaluate(batch)), 1e-14);
 }
 
-INSTANTIATE_TEST_SUITE_P(BothArchitectures, DerivativeTest,
-                         ::testing::Values("dipnet", "generic"));
+INSTANTIATE_TEST_SUITE_P(BothArchitectures, DerivativeTest, ::testing::Values("dipnet", "generic"));
 
 TEST(DipnetTest, ReducedJacobianInModelBasesIsUtJV) {
   auto model = Wrap(dino::testing::SmallDipnet(kDims, torch::kFloat64, 3));
@@ -134,8 +131,7 @@ TEST(DipnetTest, ReducedJacobianInModelBasesIsUtJV) {
   torch::Tensor batch = Gaussian({3, kDims.d_m}, 5);
   auto reduced = model->ReducedJacobian(batch, torch::Tensor(), torch::Tensor());
   ASSERT_TRUE(reduced.ok()) << reduced.status();
-  ASSERT_EQ(reduced->reduced_jacobian.sizes(),
-            (std::vector<int64_t>{3, kDims.r_q, kDims.r_m}));
+  ASSERT_EQ(reduced->reduced_jacobian.sizes(), (std::vector<int64_t>{3, kDims.r_q, kDims.r_m}));
   for (int64_t b = 0; b < 3; ++b) {
     torch::Tensor full = model->Jacobian(batch[b], false)->values;
     torch::Tensor projected =
@@ -159,8 +155,8 @@ TEST(DipnetTest, Float32ModelAgreesWithFloat64Model) {
 
 TEST(GenericTest, ReducedJacobianWithoutClientBasesIsFailedPrecondition) {
   auto model = Wrap(dino::testing::SmallGeneric(kDims, torch::kFloat64, 1));
-  auto reduced = model->ReducedJacobian(Gaussian({1, kDims.d_m}, 1), torch::Tensor(),
-                                        torch::Tensor());
+  auto reduced =
+      model->ReducedJacobian(Gaussian({1, kDims.d_m}, 1), torch::Tensor(), torch::Tensor());
   EXPECT_EQ(reduced.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(model->GetBases().status().code(), absl::StatusCode::kFailedPrecondition);
 }

@@ -46,8 +46,8 @@ TEST(ServedJacobianTest, ServerAndTrainerAgreeOnTheBundledModel) {
   // Jvp and Vjp at one point are U J_φ Vᵀ v and V J_φᵀ Uᵀ w with the trainer's J_φ.
   const torch::Tensor v = torch::randn({2, m.size(1)}, torch::kFloat64);
   const torch::Tensor w = torch::randn({2, (*served)->info().output_dim}, torch::kFloat64);
-  const torch::Tensor full = torch::mm(torch::mm(network.output_basis(), jacobian[0]),
-                                       network.input_basis().t());
+  const torch::Tensor full =
+      torch::mm(torch::mm(network.output_basis(), jacobian[0]), network.input_basis().t());
   auto jvp = (*served)->Jvp(m[0], v, false);
   auto vjp = (*served)->Vjp(m[0], w, false);
   ASSERT_TRUE(jvp.ok() && vjp.ok());
