@@ -119,6 +119,28 @@ double OrthonormalityDefect(const torch::Tensor& basis) {
   return gram.numel() == 0 ? 0.0 : gram.abs().max().item<double>();
 }
 
+std::vector<int64_t> ParseHiddenWidths(const std::string& text) {
+  std::vector<int64_t> widths;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, ',')) {
+    if (part.empty()) continue;
+    size_t used = 0;
+    int64_t width = 0;
+    try {
+      width = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != part.size() || width <= 0) {
+      throw std::invalid_argument("hidden widths: '" + part + "' is not a positive integer");
+    }
+    widths.push_back(width);
+  }
+  if (widths.empty()) throw std::invalid_argument("hidden widths: none given");
+  return widths;
+}
+
 int64_t CountParameters(const torch::jit::Module& module) {
   int64_t count = 0;
   for (const auto& p : module.parameters()) count += p.numel();

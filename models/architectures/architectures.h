@@ -62,6 +62,10 @@ torch::Tensor RandomOrthonormalColumns(int64_t rows, int64_t cols, uint64_t seed
 // max |BᵀB − I|: how far the columns of `basis` are from orthonormal.
 double OrthonormalityDefect(const torch::Tensor& basis);
 
+// Hidden widths from their command-line spelling "50,50,50"; throws std::invalid_argument
+// naming the offending entry.
+std::vector<int64_t> ParseHiddenWidths(const std::string& text);
+
 // Number of trainable scalars of a module.
 int64_t CountParameters(const torch::jit::Module& module);
 

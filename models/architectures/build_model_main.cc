@@ -9,8 +9,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "models/architectures/architectures.h"
 #include "models/architectures/model_file.h"
 
@@ -26,23 +24,6 @@ ABSL_FLAG(std::string, hidden, "50,50,50,50,50,50", "Hidden layer widths, comma 
 ABSL_FLAG(std::string, dtype, "fp64", "fp32 or fp64.");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of the weights and bases.");
 ABSL_FLAG(std::string, description, "", "Free text stored in the metadata.");
-
-namespace {
-
-std::vector<int64_t> ParseWidths(const std::string& text) {
-  std::vector<int64_t> widths;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int64_t width = 0;
-    if (!absl::SimpleAtoi(part, &width) || width <= 0) {
-      throw std::invalid_argument("--hidden: '" + std::string(part) +
-                                  "' is not a positive integer");
-    }
-    widths.push_back(width);
-  }
-  return widths;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -65,7 +46,7 @@ int main(int argc, char** argv) {
     const std::string architecture = absl::GetFlag(FLAGS_architecture);
     const uint64_t seed = absl::GetFlag(FLAGS_seed);
     const int64_t d_m = absl::GetFlag(FLAGS_input_dim), d_q = absl::GetFlag(FLAGS_output_dim);
-    const std::vector<int64_t> hidden = ParseWidths(absl::GetFlag(FLAGS_hidden));
+    const std::vector<int64_t> hidden = dm::ParseHiddenWidths(absl::GetFlag(FLAGS_hidden));
 
     nlohmann::json metadata = {
         {"architecture", architecture},

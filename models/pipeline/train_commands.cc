@@ -8,7 +8,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "models/architectures/architectures.h"
 #include "models/architectures/compute_threads.h"
 #include "models/architectures/model_file.h"
@@ -34,19 +33,6 @@ torch::Dtype ParseDtype(const std::string& name) {
   if (name == "fp32") return torch::kFloat32;
   if (name == "fp64") return torch::kFloat64;
   throw std::invalid_argument("--dtype must be fp32 or fp64, got '" + name + "'");
-}
-
-std::vector<int64_t> ParseWidths(const std::string& text) {
-  std::vector<int64_t> widths;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int64_t width = 0;
-    if (!absl::SimpleAtoi(part, &width) || width <= 0) {
-      throw std::invalid_argument("--hidden: '" + std::string(part) +
-                                  "' is not a positive integer");
-    }
-    widths.push_back(width);
-  }
-  return widths;
 }
 
 template <typename T>
@@ -109,10 +95,12 @@ void RunFit(const FitFlags& f) {
   dt::Dataset data = ValueOrThrow(LoadDataset(selection));
 
   torch::jit::Module module;
-  nlohmann::json metadata = {
-      {"architecture", f.architecture},         {"dtype", f.common.dtype},
-      {"input_dim", data.input_dim()},          {"output_dim", data.output_dim()},
-      {"hidden_widths", ParseWidths(f.hidden)}, {"seed", f.init_seed}};
+  nlohmann::json metadata = {{"architecture", f.architecture},
+                             {"dtype", f.common.dtype},
+                             {"input_dim", data.input_dim()},
+                             {"output_dim", data.output_dim()},
+                             {"hidden_widths", dm::ParseHiddenWidths(f.hidden)},
+                             {"seed", f.init_seed}};
   if (f.architecture == dm::kDipnetArchitecture) {
     const std::string bases_path =
         f.bases.empty() ? (std::filesystem::path(f.data.dir) / "bases.npz").string() : f.bases;
@@ -121,7 +109,7 @@ void RunFit(const FitFlags& f) {
     spec.input_basis = bases.input_basis;
     spec.output_basis = bases.output_basis;
     spec.output_shift = bases.output_shift;
-    spec.hidden_widths = ParseWidths(f.hidden);
+    spec.hidden_widths = dm::ParseHiddenWidths(f.hidden);
     spec.dtype = dtype;
     spec.seed = f.init_seed;
     module = dm::BuildDipnet(spec);
@@ -132,7 +120,7 @@ void RunFit(const FitFlags& f) {
     dm::GenericDenseSpec spec;
     spec.input_dim = data.input_dim();
     spec.output_dim = data.output_dim();
-    spec.hidden_widths = ParseWidths(f.hidden);
+    spec.hidden_widths = dm::ParseHiddenWidths(f.hidden);
     spec.dtype = dtype;
     spec.seed = f.init_seed;
     module = dm::BuildGenericDense(spec);
