@@ -16,33 +16,11 @@ namespace dino {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::Ramp;
 using testing::ReadFile;
 using testing::RunPython;
 using testing::ScopedTempDir;
 using testing::WriteFile;
-
-// Elements 0.5·i - 1 (or i for integers) in the given dtype.
-NpyArray Ramp(std::vector<int64_t> shape, NpyDType dtype) {
-  NpyArray array = *NpyArray::Zeros(std::move(shape), dtype);
-  const int64_t n = array.num_elements();
-  for (int64_t i = 0; i < n; ++i) {
-    switch (dtype) {
-      case NpyDType::kFloat32:
-        array.MutableView<float>()[i] = 0.5f * i - 1;
-        break;
-      case NpyDType::kFloat64:
-        array.MutableView<double>()[i] = 0.5 * i - 1;
-        break;
-      case NpyDType::kInt32:
-        array.MutableView<int32_t>()[i] = static_cast<int32_t>(i);
-        break;
-      case NpyDType::kInt64:
-        array.MutableView<int64_t>()[i] = i;
-        break;
-    }
-  }
-  return array;
-}
 
 TEST(NpyDTypeTest, DescrRoundTrip) {
   for (NpyDType d : {NpyDType::kFloat32, NpyDType::kFloat64, NpyDType::kInt32, NpyDType::kInt64}) {

@@ -17,21 +17,11 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using testing::Ramp;
 using testing::ReadFile;
 using testing::RunPython;
 using testing::ScopedTempDir;
 using testing::WriteFile;
-
-NpyArray Ramp(std::vector<int64_t> shape, NpyDType dtype) {
-  NpyArray array = *NpyArray::Zeros(std::move(shape), dtype);
-  for (int64_t i = 0; i < array.num_elements(); ++i) {
-    if (dtype == NpyDType::kFloat32) array.MutableView<float>()[i] = 0.5f * i - 1;
-    if (dtype == NpyDType::kFloat64) array.MutableView<double>()[i] = 0.5 * i - 1;
-    if (dtype == NpyDType::kInt32) array.MutableView<int32_t>()[i] = static_cast<int32_t>(i);
-    if (dtype == NpyDType::kInt64) array.MutableView<int64_t>()[i] = i;
-  }
-  return array;
-}
 
 // What the data pipeline stores: mq_data.npz-like content plus edge cases.
 std::map<std::string, NpyArray> SampleArrays() {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "models/io/npy.h"
+
 #ifndef DINO_PYTHON
 #define DINO_PYTHON "/usr/bin/python3"
 #endif
@@ -68,6 +70,30 @@ inline bool RunPython(const std::string& dir, const std::string& code) {
     return false;
   }
   return true;
+}
+
+// Shared by the npy and npz tests.
+// Elements 0.5·i - 1 (or i for integers) in the given dtype.
+inline NpyArray Ramp(std::vector<int64_t> shape, NpyDType dtype) {
+  NpyArray array = *NpyArray::Zeros(std::move(shape), dtype);
+  const int64_t n = array.num_elements();
+  for (int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case NpyDType::kFloat32:
+        array.MutableView<float>()[i] = 0.5f * i - 1;
+        break;
+      case NpyDType::kFloat64:
+        array.MutableView<double>()[i] = 0.5 * i - 1;
+        break;
+      case NpyDType::kInt32:
+        array.MutableView<int32_t>()[i] = static_cast<int32_t>(i);
+        break;
+      case NpyDType::kInt64:
+        array.MutableView<int64_t>()[i] = i;
+        break;
+    }
+  }
+  return array;
 }
 
 }  // namespace dino::testing
