@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -28,7 +29,7 @@ void FsyncPath(const std::string& path, bool directory) {
 }  // namespace
 
 void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metadata,
-                   const std::string& path) {
+                   const std::string& path, const std::function<void()>& before_rename) {
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path folder = target.has_parent_path() ? target.parent_path() : fs::path(".");
@@ -40,6 +41,7 @@ void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metad
   try {
     module.save(temporary.string(), extra_files);
     FsyncPath(temporary.string(), false);
+    if (before_rename) before_rename();
     fs::rename(temporary, target);
     FsyncPath(folder.string(), true);
   } catch (const std::exception& e) {
@@ -47,6 +49,42 @@ void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metad
     fs::remove(temporary, ignored);
     throw std::runtime_error("cannot write model file " + path + ": " + e.what());
   }
+}
+
+int64_t PublishModelVersion(const std::string& root, const std::string& name,
+                            const torch::jit::Module& module, const nlohmann::json& metadata,
+                            const std::function<void()>& before_rename) {
+  namespace fs = std::filesystem;
+  const fs::path model_dir = fs::path(root) / name;
+  std::error_code error;
+  fs::create_directories(model_dir, error);
+  if (error)
+    throw std::runtime_error("cannot create " + model_dir.string() + ": " + error.message());
+  int64_t version = 1;
+  for (const auto& entry : fs::directory_iterator(model_dir, error)) {
+    const std::string text = entry.path().filename().string();
+    if (!text.empty() && text.size() < 18 &&
+        text.find_first_not_of("0123456789") == std::string::npos) {
+      version = std::max<int64_t>(version, std::stoll(text) + 1);
+    }
+  }
+  if (error) throw std::runtime_error("cannot read " + model_dir.string() + ": " + error.message());
+  // create_directory is exclusive: a number taken meanwhile is skipped.
+  while (!fs::create_directory(model_dir / std::to_string(version), error)) {
+    if (error) {
+      throw std::runtime_error("cannot create a version folder in " + model_dir.string() + ": " +
+                               error.message());
+    }
+    ++version;
+  }
+  const fs::path version_dir = model_dir / std::to_string(version);
+  try {
+    SaveModelFile(module, metadata, (version_dir / kRepositoryModelFile).string(), before_rename);
+  } catch (...) {
+    fs::remove_all(version_dir, error);
+    throw;
+  }
+  return version;
 }
 
 LoadedModelFile LoadModelFile(const std::string& path) {

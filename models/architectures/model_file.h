@@ -4,6 +4,8 @@
 
 #include <torch/script.h>
 
+#include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -14,8 +16,25 @@ inline constexpr char kMetadataFile[] = "metadata.json";
 // Writes the module and its metadata to `path` atomically: into a temporary file in the same
 // folder, fsync, rename over `path`, fsync the folder. A reader sees the old file or the new
 // one, never a half-written one. Throws std::runtime_error naming the path on failure.
+// `before_rename`, when set, runs after the temporary file is written and synced and before
+// it is renamed into place (crash tests stop the process there).
 void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metadata,
-                   const std::string& path);
+                   const std::string& path, const std::function<void()>& before_rename = {});
+
+// The model repository layout shared by dino-train and dino-server:
+//   <root>/<model name>/<version>/model.pt, version a positive decimal integer.
+inline constexpr char kRepositoryModelFile[] = "model.pt";
+
+// Writes `module` with `metadata` as a new version of model `name` in the repository `root`
+// and returns the version: one above every numbered folder of the model, whose folder is
+// created exclusively (two publishers, even in different processes, never share a number);
+// model.pt is written with SaveModelFile (atomic). A crash at any moment leaves either a
+// version folder without model.pt, which loaders ignore, or a complete file.
+// `before_rename` is passed to SaveModelFile. Throws std::runtime_error naming the path on
+// failure (the new version folder is removed again).
+int64_t PublishModelVersion(const std::string& root, const std::string& name,
+                            const torch::jit::Module& module, const nlohmann::json& metadata,
+                            const std::function<void()>& before_rename = {});
 
 struct LoadedModelFile {
   torch::jit::Module module;

@@ -146,24 +146,14 @@ void RunFit(const FitFlags& f) {
   std::string out = f.out;
   if (!f.repository.empty()) {
     if (f.name.empty()) throw std::invalid_argument("--repository needs --name");
-    int64_t version = f.version;
-    if (version == 0) {  // The next free version number.
-      version = 1;
-      std::error_code ignored;
-      const auto folder = std::filesystem::path(f.repository) / f.name;
-      if (std::filesystem::is_directory(folder, ignored)) {
-        for (const auto& entry : std::filesystem::directory_iterator(folder)) {
-          int64_t v = 0;
-          if (absl::SimpleAtoi(entry.path().filename().string(), &v)) {
-            version = std::max(version, v + 1);
-          }
-        }
-      }
+    if (f.version > 0) {
+      out = (std::filesystem::path(f.repository) / f.name / std::to_string(f.version) /
+             dm::kRepositoryModelFile)
+                .string();
     }
-    out = (std::filesystem::path(f.repository) / f.name / std::to_string(version) / "model.pt")
-              .string();
+  } else if (out.empty()) {
+    throw std::invalid_argument("give --out or --repository and --name");
   }
-  if (out.empty()) throw std::invalid_argument("give --out or --repository and --name");
 
   const ProgressStyle style = f.progress == "none"    ? ProgressStyle::kNone
                               : f.progress == "lines" ? ProgressStyle::kLines
@@ -208,7 +198,14 @@ void RunFit(const FitFlags& f) {
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
   metadata["trained"] = true;
-  dm::SaveModelFile(module, metadata, out);
+  if (out.empty()) {  // --repository without --version: the next free version.
+    const int64_t version = dm::PublishModelVersion(f.repository, f.name, module, metadata);
+    out = (std::filesystem::path(f.repository) / f.name / std::to_string(version) /
+           dm::kRepositoryModelFile)
+              .string();
+  } else {
+    dm::SaveModelFile(module, metadata, out);
+  }
   PrintAccuracies("train", result.train_accuracy);
   if (result.validation_accuracy) PrintAccuracies("validation", *result.validation_accuracy);
   std::fprintf(stderr, "wrote %s (%.1f s)\n", out.c_str(), result.seconds);

@@ -241,6 +241,29 @@ Dataset Dataset::To(torch::Device device, torch::Dtype dtype) const {
   return MapFields(*this, [&](const torch::Tensor& t) { return t.to(device, dtype); });
 }
 
+Dataset ConcatDatasets(const std::vector<Dataset>& parts) {
+  if (parts.empty()) Fail("no datasets to concatenate");
+  if (parts.size() == 1) return parts.front();
+  // Field by field through MapFields on the first part, so that the set of fields is one
+  // definition; every part must carry the same fields.
+  size_t field = 0;
+  std::vector<std::vector<torch::Tensor>> columns;
+  for (const Dataset& part : parts) {
+    std::vector<torch::Tensor> fields;
+    ForEachField(part, [&fields](const torch::Tensor& t, const char*) { fields.push_back(t); });
+    if (!columns.empty() && fields.size() != columns.front().size()) {
+      Fail("the datasets to concatenate carry different fields");
+    }
+    columns.push_back(std::move(fields));
+  }
+  return MapFields(parts.front(), [&](const torch::Tensor&) {
+    std::vector<torch::Tensor> pieces;
+    for (const auto& fields : columns) pieces.push_back(fields[field]);
+    ++field;
+    return torch::cat(pieces, 0);
+  });
+}
+
 nlohmann::json Dataset::Summary() const {
   nlohmann::json summary = {{"samples", size()},
                             {"input_dim", m.defined() ? input_dim() : 0},

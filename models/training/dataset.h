@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace dino::training {
 
@@ -63,6 +64,10 @@ struct Dataset {
   // "reduced_shape" with "jacobian_norms" for the reduced form}: for model metadata.
   nlohmann::json Summary() const;
 };
+
+// The samples of `parts` one after the other (each must carry the same fields; shapes past the
+// sample axis must agree). Throws std::invalid_argument otherwise.
+Dataset ConcatDatasets(const std::vector<Dataset>& parts);
 
 // A seeded random split: `validation_size` samples for validation, the rest for training
 // (copies of the selected samples; with validation_size 0 the training set is `data` itself).

@@ -202,17 +202,30 @@ std::string ApplyWhitening(torch::jit::Module& module, const torch::Tensor& m, W
 
 TrainingResult Train(torch::jit::Module& module, const Dataset& data, const TrainerConfig& config,
                      const TrainerCallbacks& callbacks) {
-  const auto start = std::chrono::steady_clock::now();
   config.Validate();
   data.Validate();
-  const Network network(module, config.allow_layer_propagation);
-  network.CheckDimensions(data.input_dim(), data.output_dim());
   // On the whole dataset, so that an error names the caller's sample index (the metrics
   // need the Jacobian normalisers whatever the loss).
   CheckNormalizers(data, /*jacobian=*/true);
+  return Train(module, SplitDataset(data, config.validation_size, config.seed), config, callbacks);
+}
+
+TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
+                     const TrainerConfig& config, const TrainerCallbacks& callbacks) {
+  const auto start = std::chrono::steady_clock::now();
+  config.Validate();
+  if (split.train.size() == 0) Fail("there are no training samples");
+  split.train.Validate();
+  const Network network(module, config.allow_layer_propagation);
+  network.CheckDimensions(split.train.input_dim(), split.train.output_dim());
+  CheckNormalizers(split.train, /*jacobian=*/true);
+  if (split.validation.size() > 0) {
+    split.validation.Validate();
+    network.CheckDimensions(split.validation.input_dim(), split.validation.output_dim());
+    CheckNormalizers(split.validation, /*jacobian=*/true);
+  }
   if (models::CountParameters(module) == 0) Fail("the model has no trainable parameters");
 
-  const DatasetSplit split = SplitDataset(data, config.validation_size, config.seed);
   const bool validating = split.validation.size() > 0;
   // The losses and the evaluator validate the data against the model before anything about
   // it changes.

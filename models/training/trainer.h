@@ -128,6 +128,11 @@ struct TrainingResult {
 TrainingResult Train(torch::jit::Module& module, const Dataset& data, const TrainerConfig& config,
                      const TrainerCallbacks& callbacks = {});
 
+// The same on a split made by the caller (e.g. validation samples chosen by a client);
+// config.validation_size is ignored.
+TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
+                     const TrainerConfig& config, const TrainerCallbacks& callbacks = {});
+
 // The whitening a trainer applies, alone: sets the buffers of a DIPNet `module` from the
 // reduced inputs Vᵀm of `m` [n, d_M] according to `mode`, and says what it did.
 std::string ApplyWhitening(torch::jit::Module& module, const torch::Tensor& m, Whitening mode);
