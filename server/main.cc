@@ -1,5 +1,6 @@
-// dino-server: serves the models of a model repository over gRPC (service dino.v1.Surrogate,
-// plus grpc.health.v1 and server reflection) and Prometheus metrics over HTTP.
+// dino-server: serves the models of a model repository over gRPC (services dino.v1.Surrogate,
+// dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server reflection) and
+// Prometheus metrics over HTTP.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,9 +19,12 @@
 #include "models/architectures/compute_threads.h"
 #include "server/core/log.h"
 #include "server/core/model_manager.h"
+#include "server/frontend/auth.h"
 #include "server/frontend/surrogate_service.h"
+#include "server/frontend/training_service.h"
 #include "server/metrics/metrics_http_server.h"
 #include "server/metrics/server_metrics.h"
+#include "server/training/fine_tune_jobs.h"
 
 ABSL_FLAG(std::string, model_repository, "models/repository",
           "Folder holding <model>/<version>/model.pt.");
@@ -41,6 +45,21 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response acc
 ABSL_FLAG(int64_t, max_batch_size, 4096, "Most rows in m, directions or cotangents.");
 ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
           "Largest full Jacobian (d_Q·d_M elements) that the Jacobian method returns.");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding a bearer token; when set, Training and ModelAdmin RPCs need the "
+          "metadata 'authorization: Bearer <token>' (UNAUTHENTICATED otherwise).");
+ABSL_FLAG(bool, require_token_for_inference, false,
+          "Require the --admin_token_file token on inference (Surrogate) RPCs as well.");
+ABSL_FLAG(int32_t, max_training_jobs, 1,
+          "Fine-tune jobs that may exist at once (receiving or training); more are refused "
+          "with RESOURCE_EXHAUSTED. Each job trains on one thread, so this bounds the cores "
+          "training takes from inference.");
+ABSL_FLAG(int32_t, training_nice, 10,
+          "Added to the nice value of training threads (0-19), so that inference gets the CPU "
+          "first while a job trains.");
+ABSL_FLAG(int64_t, max_samples_per_job, 100000, "Most samples one fine-tune job accepts.");
+ABSL_FLAG(int64_t, max_bytes_per_job, int64_t{8} << 30,
+          "Most bytes of samples one fine-tune job holds in memory.");
 ABSL_FLAG(double, drain_seconds, 0.0,
           "On SIGTERM/SIGINT, keep answering this long with health NOT_SERVING before "
           "refusing new calls, so that load balancers stop routing here first.");
@@ -53,6 +72,31 @@ using dino::serving::LogError;
 using dino::serving::LogInfo;
 
 constexpr char kServiceName[] = "dino.v1.Surrogate";
+
+// Feeds the fine-tune jobs' events into the Prometheus metrics.
+dino::serving::JobObserver TrainingMetricsObserver(dino::metrics::ServerMetrics* metrics) {
+  using dino::serving::JobState;
+  dino::serving::JobObserver observer;
+  observer.on_state = [metrics](std::optional<JobState> from, JobState to) {
+    const std::string from_name = from ? dino::serving::JobStateName(*from) : "";
+    metrics->JobStateChanged(from ? &from_name : nullptr, dino::serving::JobStateName(to));
+  };
+  observer.on_samples = [metrics](const std::string& model, int64_t samples, int64_t bytes) {
+    metrics->AddSamplesReceived(model, samples, bytes);
+  };
+  observer.on_epoch = [metrics](const std::string&, double seconds) {
+    metrics->ObserveEpoch(seconds);
+  };
+  observer.on_validation = [metrics](const std::string& model,
+                                     const dino::training::Accuracies& accuracies) {
+    metrics->SetValidationAccuracy(model, "l2", accuracies.l2);
+    if (accuracies.h1) metrics->SetValidationAccuracy(model, "h1", *accuracies.h1);
+    if (accuracies.reduced_h1) {
+      metrics->SetValidationAccuracy(model, "reduced_h1", *accuracies.reduced_h1);
+    }
+  };
+  return observer;
+}
 
 int Run() {
   // Signals are taken synchronously by this thread; every thread created afterwards
@@ -103,8 +147,34 @@ int Run() {
     });
   }
 
+  dino::frontend::BearerTokenAuth admin_auth;
+  if (const std::string path = absl::GetFlag(FLAGS_admin_token_file); !path.empty()) {
+    auto auth = dino::frontend::BearerTokenAuth::FromFile(path);
+    if (!auth.ok()) {
+      LogError(auth.status().message());
+      return 1;
+    }
+    admin_auth = *std::move(auth);
+  } else if (absl::GetFlag(FLAGS_require_token_for_inference)) {
+    LogError("--require_token_for_inference needs --admin_token_file");
+    return 1;
+  }
+
+  dino::serving::FineTuneJobManager::Options job_options;
+  job_options.repository = options.repository;
+  job_options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_training_jobs);
+  job_options.max_samples_per_job = absl::GetFlag(FLAGS_max_samples_per_job);
+  job_options.max_bytes_per_job = absl::GetFlag(FLAGS_max_bytes_per_job);
+  job_options.training_nice = absl::GetFlag(FLAGS_training_nice);
+  job_options.observer = TrainingMetricsObserver(metrics.get());
+  dino::serving::FineTuneJobManager jobs(manager, job_options);
+
   const int64_t max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  dino::frontend::SurrogateService service(manager, metrics.get(), max_message_bytes);
+  dino::frontend::SurrogateService service(
+      manager, metrics.get(), max_message_bytes,
+      absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  dino::frontend::TrainingService training_service(jobs, admin_auth);
+  dino::frontend::ModelAdminService admin_service(manager, admin_auth);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -115,6 +185,8 @@ int Run() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
+  builder.RegisterService(&training_service);
+  builder.RegisterService(&admin_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || selected_port == 0) {
     LogError("cannot listen on ", address);
@@ -138,6 +210,8 @@ int Run() {
   std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  // Jobs not yet published are cancelled (a published version is complete on disk).
+  jobs.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + grace);
   manager.StopPolling();
   manager.Shutdown();

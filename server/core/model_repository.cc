@@ -8,6 +8,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "models/architectures/model_file.h"
+#include "server/core/failpoint.h"
 
 namespace dino::serving {
 
@@ -51,6 +53,22 @@ absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::str
     return std::tie(a.name, a.version) < std::tie(b.name, b.version);
   });
   return found;
+}
+
+absl::StatusOr<int64_t> PublishModelVersion(const std::string& root, const std::string& name,
+                                            const torch::jit::Module& module,
+                                            const nlohmann::json& metadata) {
+  if (!IsValidModelName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid model name '", name, "'"));
+  }
+  try {
+    const int64_t version = models::PublishModelVersion(root, name, module, metadata,
+                                                        [] { Failpoint("publish.before_rename"); });
+    Failpoint("publish.after_rename");
+    return version;
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
 }
 
 }  // namespace dino::serving

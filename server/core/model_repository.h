@@ -4,15 +4,19 @@
 // temporary files and notes can live beside the models.
 #pragma once
 
+#include <torch/script.h>
+
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "models/architectures/model_file.h"
 
 namespace dino::serving {
 
-inline constexpr char kModelFileName[] = "model.pt";
+inline constexpr const char* kModelFileName = models::kRepositoryModelFile;
 
 struct ModelVersionPath {
   std::string name;
@@ -23,6 +27,12 @@ struct ModelVersionPath {
 // Lists every model version in the repository, sorted by name then version.
 // NOT_FOUND if the root is not a readable folder.
 absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::string& root);
+
+// models::PublishModelVersion for the server: a valid model name, failpoints for the crash
+// tests (server/core/failpoint.h), errors as INTERNAL naming the path.
+absl::StatusOr<int64_t> PublishModelVersion(const std::string& root, const std::string& name,
+                                            const torch::jit::Module& module,
+                                            const nlohmann::json& metadata);
 
 // True for names a model folder may have: letters, digits, '_', '-', '.', not starting with
 // '.', at most 128 characters. Keeps request names from reaching outside the repository.

@@ -37,8 +37,20 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 SurrogateService::SurrogateService(serving::ModelManager& manager, metrics::ServerMetrics* metrics,
-                                   int64_t max_response_bytes)
-    : manager_(manager), metrics_(metrics), max_response_bytes_(max_response_bytes) {}
+                                   int64_t max_response_bytes, const BearerTokenAuth* auth)
+    : manager_(manager), metrics_(metrics), max_response_bytes_(max_response_bytes), auth_(auth) {}
+
+bool SurrogateService::Refused(const char* method, grpc::CallbackServerContext* context,
+                               grpc::ServerUnaryReactor* reactor) {
+  if (auth_ == nullptr) return false;
+  grpc::Status denied = auth_->Check(*context);
+  if (denied.ok()) return false;
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest(method, "", absl::StatusCode::kUnauthenticated, 0.0);
+  }
+  reactor->Finish(denied);
+  return true;
+}
 
 template <typename Request, typename Response, typename Work>
 grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
@@ -53,6 +65,7 @@ grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
       metrics_->RecordRequest(method, model, status.code(), SecondsSince(start));
     reactor->Finish(ToGrpcStatus(status));
   };
+  if (Refused(method, context, reactor)) return reactor;
   auto handle = manager_.Get(request->model().name(), request->model().version());
   if (!handle.ok()) {
     // The model label stays empty: clients must not be able to mint label values.
@@ -100,6 +113,8 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
                                                        const dino::v1::ListModelsRequest*,
                                                        dino::v1::ListModelsResponse* response) {
   const Clock::time_point start = Clock::now();
+  auto* reactor = context->DefaultReactor();
+  if (Refused("ListModels", context, reactor)) return reactor;
   for (const auto& listing : manager_.List()) {
     auto* model = response->add_models();
     model->set_name(listing.name);
@@ -109,7 +124,6 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
       entry->set_is_default(version == listing.default_version);
     }
   }
-  auto* reactor = context->DefaultReactor();
   if (metrics_ != nullptr)
     metrics_->RecordRequest("ListModels", "", absl::StatusCode::kOk, SecondsSince(start));
   reactor->Finish(grpc::Status::OK);
@@ -121,6 +135,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
     dino::v1::GetModelInfoResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
+  if (Refused("GetModelInfo", context, reactor)) return reactor;
   auto handle = manager_.Get(request->model().name(), request->model().version());
   if (!handle.ok()) {
     if (metrics_ != nullptr)

@@ -9,6 +9,7 @@
 
 #include "dino/v1/surrogate.grpc.pb.h"
 #include "server/core/model_manager.h"
+#include "server/frontend/auth.h"
 #include "server/metrics/server_metrics.h"
 
 namespace dino::frontend {
@@ -19,8 +20,9 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
  public:
   // `metrics` may be null. Responses larger than `max_response_bytes` are refused with
   // RESOURCE_EXHAUSTED (gRPC would fail them anyway, without saying which field).
+  // `auth` (may be null: open) is checked on every call (--require_token_for_inference).
   SurrogateService(serving::ModelManager& manager, metrics::ServerMetrics* metrics,
-                   int64_t max_response_bytes);
+                   int64_t max_response_bytes, const BearerTokenAuth* auth = nullptr);
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const dino::v1::ListModelsRequest* request,
@@ -54,9 +56,15 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
   grpc::ServerUnaryReactor* Dispatch(const char* method, grpc::CallbackServerContext* context,
                                      const Request* request, Response* response, Work work);
 
+  // True (and the call finished UNAUTHENTICATED) when the inference token is required and
+  // missing or wrong.
+  bool Refused(const char* method, grpc::CallbackServerContext* context,
+               grpc::ServerUnaryReactor* reactor);
+
   serving::ModelManager& manager_;
   metrics::ServerMetrics* metrics_;
   const int64_t max_response_bytes_;
+  const BearerTokenAuth* auth_;
 };
 
 }  // namespace dino::frontend

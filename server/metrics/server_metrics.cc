@@ -10,6 +10,13 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return bounds;
 }
 
+// 10 ms … ~1.5 h in factors of 4.
+prometheus::Histogram::BucketBoundaries EpochBuckets() {
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (double b = 0.01; b < 6000.0; b *= 4.0) bounds.push_back(b);
+  return bounds;
+}
+
 }  // namespace
 
 ServerMetrics::ServerMetrics()
@@ -30,7 +37,29 @@ ServerMetrics::ServerMetrics()
       in_flight_(prometheus::BuildGauge()
                      .Name("dino_requests_in_flight")
                      .Help("Calls accepted and not yet answered (queued or running), by model.")
-                     .Register(*registry_)) {}
+                     .Register(*registry_)),
+      jobs_(prometheus::BuildGauge()
+                .Name("dino_training_jobs")
+                .Help("Fine-tune jobs by state (ended ones counted since the server started).")
+                .Register(*registry_)),
+      samples_received_(prometheus::BuildCounter()
+                            .Name("dino_training_samples_received_total")
+                            .Help("Training samples accepted from uploads, by base model.")
+                            .Register(*registry_)),
+      sample_bytes_received_(prometheus::BuildCounter()
+                                 .Name("dino_training_sample_bytes_received_total")
+                                 .Help("Bytes of training samples accepted, by base model.")
+                                 .Register(*registry_)),
+      epoch_seconds_(prometheus::BuildHistogram()
+                         .Name("dino_training_epoch_seconds")
+                         .Help("Duration of fine-tune epochs (training and validation).")
+                         .Register(*registry_)
+                         .Add({}, EpochBuckets())),
+      validation_accuracy_(prometheus::BuildGauge()
+                               .Name("dino_training_validation_accuracy")
+                               .Help("Validation accuracy (paper 3.6a-c) of the latest "
+                                     "fine-tune of a model, by metric.")
+                               .Register(*registry_)) {}
 
 void ServerMetrics::RecordRequest(const std::string& method, const std::string& model,
                                   absl::StatusCode code, double seconds) {
@@ -46,6 +75,23 @@ void ServerMetrics::AddInFlight(const std::string& model, double delta) {
 
 void ServerMetrics::SetModelsLoaded(size_t versions) {
   models_loaded_.Set(static_cast<double>(versions));
+}
+
+void ServerMetrics::JobStateChanged(const std::string* from, const std::string& to) {
+  if (from != nullptr) jobs_.Add({{"state", *from}}).Decrement();
+  jobs_.Add({{"state", to}}).Increment();
+}
+
+void ServerMetrics::AddSamplesReceived(const std::string& model, int64_t samples, int64_t bytes) {
+  samples_received_.Add({{"model", model}}).Increment(static_cast<double>(samples));
+  sample_bytes_received_.Add({{"model", model}}).Increment(static_cast<double>(bytes));
+}
+
+void ServerMetrics::ObserveEpoch(double seconds) { epoch_seconds_.Observe(seconds); }
+
+void ServerMetrics::SetValidationAccuracy(const std::string& model, const std::string& metric,
+                                          double value) {
+  validation_accuracy_.Add({{"model", model}, {"metric", metric}}).Set(value);
 }
 
 }  // namespace dino::metrics

@@ -1,0 +1,59 @@
+#include "server/frontend/auth.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace dino::frontend {
+namespace {
+
+// Compares in time independent of where the strings differ, so that response timing does
+// not reveal a prefix of the token (only whether the lengths agree).
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char difference = 0;
+  for (size_t i = 0; i < a.size(); ++i) difference |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return difference == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<BearerTokenAuth> BearerTokenAuth::FromFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read token file ", path));
+  std::stringstream content;
+  content << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(content.str()));
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat("token file ", path, " is empty"));
+  if (token.find_first_of(" \t\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token file ", path, " must hold one token without whitespace"));
+  }
+  return BearerTokenAuth(std::move(token));
+}
+
+grpc::Status BearerTokenAuth::Check(const grpc::ServerContextBase& context) const {
+  if (token_.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "this RPC needs the metadata 'authorization: Bearer <token>'");
+  }
+  const std::string value(it->second.data(), it->second.size());
+  constexpr char kScheme[] = "Bearer ";
+  if (!absl::StartsWithIgnoreCase(value, kScheme)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "the authorization metadata must be 'Bearer <token>'");
+  }
+  if (!ConstantTimeEquals(value.substr(sizeof(kScheme) - 1), token_)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not valid");
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace dino::frontend

@@ -1,0 +1,33 @@
+// Bearer-token authorization of RPCs (--admin_token_file): a call is authorized when its
+// metadata carries "authorization: Bearer <token>" with the configured token. Transport
+// security (TLS) is the deployment's business (a mesh or an ingress in front of the server):
+// the token keeps clients that can reach the port from training or managing models.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace dino::frontend {
+
+class BearerTokenAuth {
+ public:
+  // No token: every call is authorized.
+  BearerTokenAuth() = default;
+  explicit BearerTokenAuth(std::string token) : token_(std::move(token)) {}
+
+  // The token in `path`: its content without surrounding whitespace. INVALID_ARGUMENT when
+  // the file cannot be read or holds no token.
+  static absl::StatusOr<BearerTokenAuth> FromFile(const std::string& path);
+
+  bool enabled() const { return !token_.empty(); }
+  // OK, or UNAUTHENTICATED saying what is missing or wrong (never echoing a token).
+  grpc::Status Check(const grpc::ServerContextBase& context) const;
+
+ private:
+  std::string token_;
+};
+
+}  // namespace dino::frontend
