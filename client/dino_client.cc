@@ -101,7 +101,21 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-absl::StatusOr<DinoClient> DinoClient::Connect(const ClientOptions& options) {
+absl::Status ValidateBearerToken(absl::string_view token) {
+  if (token.empty()) return absl::InvalidArgumentError("empty bearer token");
+  for (size_t i = 0; i < token.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(token[i]);
+    if (c < 0x21 || c > 0x7e) {
+      // The token is a secret: say where the bad character is, not what the token is.
+      return absl::InvalidArgumentError(
+          absl::StrCat("bearer token: character ", i + 1, " of ", token.size(),
+                       " is not visible ASCII (whitespace, control or non-ASCII byte)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("empty server target");
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
@@ -110,6 +124,9 @@ absl::StatusOr<DinoClient> DinoClient::Connect(const ClientOptions& options) {
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_message_bytes must be positive, got ", options.max_message_bytes));
+  }
+  if (!options.bearer_token.empty()) {
+    if (absl::Status s = ValidateBearerToken(options.bearer_token); !s.ok()) return s;
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -121,7 +138,24 @@ absl::StatusOr<DinoClient> DinoClient::Connect(const ClientOptions& options) {
   if (channel == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot create a channel to ", options.target));
   }
-  return DinoClient(std::move(channel), options);
+  return channel;
+}
+
+void ConfigureContext(const ClientOptions& options, std::optional<absl::Duration> timeout,
+                      grpc::ClientContext* context) {
+  if (timeout.has_value() && *timeout < kNoDeadline) {
+    context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(*timeout));
+  }
+  context->set_wait_for_ready(options.wait_for_ready);
+  if (!options.bearer_token.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", options.bearer_token));
+  }
+}
+
+absl::StatusOr<DinoClient> DinoClient::Connect(const ClientOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateClientChannel(options);
+  if (!channel.ok()) return channel.status();
+  return DinoClient(*std::move(channel), options);
 }
 
 DinoClient::DinoClient(std::shared_ptr<grpc::ChannelInterface> channel,
@@ -132,11 +166,7 @@ DinoClient::DinoClient(std::shared_ptr<grpc::ChannelInterface> channel,
       health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
 
 void DinoClient::Prepare(grpc::ClientContext* context, const CallOptions& call) const {
-  const absl::Duration timeout = call.timeout.value_or(options_.timeout);
-  if (timeout < kNoDeadline) {
-    context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
-  }
-  context->set_wait_for_ready(options_.wait_for_ready);
+  ConfigureContext(options_, call.timeout.value_or(options_.timeout), context);
 }
 
 absl::Status DinoClient::WaitForReady(absl::Duration timeout) const {

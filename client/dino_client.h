@@ -1,4 +1,5 @@
-// dino_client: a synchronous C++ client for the dino.v1.Surrogate service.
+// dino_client: a synchronous C++ client for the dino.v1.Surrogate service (fine-tuning and
+// version management: training_client.h).
 //
 // Wraps the generated stub so callers deal in NpyArray values and absl::Status rather than
 // proto messages and grpc::Status. Every method is const and thread-safe (gRPC stubs and
@@ -17,6 +18,7 @@
 #define DINO_CLIENT_DINO_CLIENT_H_
 
 #include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/status.h>
 
@@ -50,6 +52,11 @@ struct ClientOptions {
   bool wait_for_ready = false;
   // Channel credentials; null means plaintext (grpc::InsecureChannelCredentials()).
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // When non-empty, every call carries the metadata "authorization: Bearer <bearer_token>"
+  // (needed by the Training and ModelAdmin services of a server run with --admin_token_file,
+  // and by every service with --require_token_for_inference). Printable ASCII without spaces
+  // (see ValidateBearerToken). Over plaintext the token travels unencrypted.
+  std::string bearer_token;
 };
 
 // Selects a model; version 0 means the model's default (highest) version.
@@ -130,15 +137,31 @@ absl::string_view HealthStatusName(HealthStatus status);
 // grpc::Status -> absl::Status with the same code and message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// OK for a token that can travel in an "authorization: Bearer ..." header: non-empty,
+// visible ASCII (0x21-0x7E) only. InvalidArgument otherwise, without echoing the token.
+absl::Status ValidateBearerToken(absl::string_view token);
+
+// Checks `options` (non-empty target, positive timeout and message size, valid bearer token)
+// and creates a channel to options.target with its credentials and message limits. Shared by
+// DinoClient and TrainingClient; the channel connects lazily.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const ClientOptions& options);
+
+// Prepares a fresh context: deadline now + `timeout` (none when nullopt or at least 100
+// years, e.g. absl::InfiniteDuration()), options.wait_for_ready and, with a bearer token,
+// the authorization metadata.
+void ConfigureContext(const ClientOptions& options, std::optional<absl::Duration> timeout,
+                      grpc::ClientContext* context);
+
 class DinoClient {
  public:
   // Creates a channel to options.target. The channel connects lazily, so this fails only for
-  // invalid options (empty target, non-positive timeout or message size); an unreachable
-  // server shows up as UNAVAILABLE on the first call (or use WaitForReady).
+  // invalid options (empty target, non-positive timeout or message size, invalid bearer
+  // token); an unreachable server shows up as UNAVAILABLE on the first call (or use
+  // WaitForReady).
   static absl::StatusOr<DinoClient> Connect(const ClientOptions& options);
 
   // Uses an existing channel (e.g. an in-process one in tests); target and credentials in
-  // `options` are ignored.
+  // `options` are ignored (the bearer token is used as given).
   DinoClient(std::shared_ptr<grpc::ChannelInterface> channel, const ClientOptions& options);
 
   DinoClient(DinoClient&&) = default;

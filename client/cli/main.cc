@@ -1,22 +1,32 @@
 // dino: command-line client for a dino-serve server.
 //
-// Exit status: 0 on success (for `health`: only when the server reports SERVING), 1 when the
-// server call fails or the server is not serving, 2 for usage and input errors (bad flags,
-// unreadable input files, malformed JSON, unwritable --out).
+// Exit status: 0 on success (for `health`: only when the server reports SERVING; for
+// `finetune` and `job --watch`: only when the job SUCCEEDED), 1 when the server call fails, the
+// server is not serving or the job did not succeed (REJECTED, FAILED, CANCELLED), 2 for usage
+// and input errors (bad flags, unreadable input or token files, malformed JSON or data,
+// unwritable --out).
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "client/cli/cli_support.h"
+#include "client/cli/training_support.h"
 #include "client/dino_client.h"
+#include "client/training_client.h"
 #include "models/io/npy.h"
 
 namespace {
@@ -27,6 +37,8 @@ using dino::cli::ArrayJson;
 using dino::cli::JsonString;
 using dino::cli::StatusText;
 using dino::client::DinoClient;
+using dino::client::TrainingClient;
+namespace v1 = dino::v1;
 
 constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;
@@ -37,6 +49,7 @@ struct ConnectionFlags {
   double timeout_s = 30;
   int max_message_mb = 1024;
   bool wait = false;
+  std::string token_file;
 };
 
 struct ModelFlags {
@@ -50,6 +63,20 @@ struct OutputFlags {
   int64_t max_print = 1000;
 };
 
+// `dino finetune`'s data and FineTuneConfig flags.
+struct FineTuneFlags {
+  std::string data, validation_data;
+  std::string jacobian = "auto";
+  std::string loss, gate_metric, description;
+  int64_t epochs = 0, batch_size = 0, svd_rank = 0, subsample_size = 0, sketch_rank = 0;
+  double learning_rate = 0, l2_weight = 0, h1_weight = 0, validation_fraction = 0;
+  double max_regression = 0;
+  uint64_t seed = 0;
+  int64_t count = -1;
+  int64_t chunk = 0;
+  bool no_watch = false;
+};
+
 // Every flag of every subcommand, filled by CLI11.
 struct Flags {
   ConnectionFlags conn;
@@ -59,6 +86,9 @@ struct Flags {
   std::string m, directions, cotangents, output_basis, input_basis;
   bool return_q = false;
   std::string service;
+  FineTuneFlags finetune;
+  std::string job_id;
+  bool watch = false;
 };
 
 void AddConnectionFlags(CLI::App* cmd, ConnectionFlags* c) {
@@ -73,7 +103,20 @@ void AddConnectionFlags(CLI::App* cmd, ConnectionFlags* c) {
   cmd->add_flag("--wait", c->wait,
                 "If the server is not reachable yet, keep trying until --timeout instead of "
                 "failing at once");
+  cmd->add_option("--token_file", c->token_file,
+                  "File holding a bearer token, sent as 'authorization: Bearer <token>' on every "
+                  "call (surrounding whitespace is ignored). Needed for the training and admin "
+                  "commands when the server runs with --admin_token_file");
 }
+
+// An integer >= 1 (CLI::PositiveNumber's message prints the range's upper bound in full).
+const CLI::Validator kAtLeastOne(
+    [](std::string& value) -> std::string {
+      int64_t v = 0;
+      if (absl::SimpleAtoi(value, &v) && v >= 1) return "";
+      return "must be an integer >= 1, got " + value;
+    },
+    "INT>=1", "AtLeastOne");
 
 void AddModelFlags(CLI::App* cmd, ModelFlags* m, bool with_dtype) {
   cmd->add_option("--model", m->model, "Model name (see `dino models`)")->required();
@@ -119,6 +162,11 @@ int RpcFailed(const std::string& command, absl::string_view rpc, const absl::Sta
 
 absl::StatusOr<DinoClient> MakeClient(const ConnectionFlags& c) {
   dino::client::ClientOptions options;
+  if (!c.token_file.empty()) {
+    absl::StatusOr<std::string> token = dino::cli::ReadTokenFile(c.token_file);
+    if (!token.ok()) return token.status();
+    options.bearer_token = *std::move(token);
+  }
   options.target = c.server;
   options.timeout = absl::Seconds(c.timeout_s);
   options.max_message_bytes = c.max_message_mb * (1 << 20);
@@ -331,6 +379,294 @@ int RunHealth(const Flags& f, const DinoClient& client) {
   return *status == dino::client::HealthStatus::kServing ? kExitOk : kExitFailure;
 }
 
+// ---------------------------------------------------------------------------------------
+// Training and admin subcommands
+
+// Set by SIGINT while `finetune` uploads; the upload then stops at the next batch and the
+// call is cancelled, so the server aborts the job. The handler is one-shot (SA_RESETHAND): a
+// second Ctrl-C ends the process at once (which also aborts the job).
+volatile std::sig_atomic_t g_interrupted = 0;
+
+void OnInterrupt(int /*signal*/) {
+  g_interrupted = 1;
+  static const char kMessage[] =
+      "\ndino finetune: interrupted; cancelling the upload (Ctrl-C again to quit at once)\n";
+  // write(2) is async-signal-safe; its result does not matter here.
+  [[maybe_unused]] const ssize_t unused = write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+}
+
+class ScopedInterruptHandler {
+ public:
+  ScopedInterruptHandler() {
+    struct sigaction action = {};
+    action.sa_handler = OnInterrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    installed_ = sigaction(SIGINT, &action, &previous_) == 0;
+  }
+  ~ScopedInterruptHandler() {
+    if (installed_) sigaction(SIGINT, &previous_, nullptr);
+  }
+  ScopedInterruptHandler(const ScopedInterruptHandler&) = delete;
+  ScopedInterruptHandler& operator=(const ScopedInterruptHandler&) = delete;
+
+ private:
+  struct sigaction previous_ = {};
+  bool installed_ = false;
+};
+
+bool StderrIsTerminal() { return isatty(STDERR_FILENO) == 1; }
+
+// Prints the job's progress on stderr while WatchJob runs: one line per state (on a terminal
+// the line of the current state is updated in place), and returns the last status.
+absl::StatusOr<v1::JobStatus> WatchWithProgress(const TrainingClient& training,
+                                                const std::string& job_id) {
+  dino::cli::ProgressPrinter printer(stderr, StderrIsTerminal());
+  v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  absl::StatusOr<v1::JobStatus> last = training.WatchJob(job_id, [&](const v1::JobStatus& status) {
+    const bool changed = status.state() != state;
+    if (changed) printer.Finish();  // Keep the previous state's last line.
+    state = status.state();
+    printer.Update(dino::cli::FormatJobProgress(status),
+                   changed || dino::client::IsTerminal(status.state()));
+    return true;
+  });
+  printer.Finish();
+  return last;
+}
+
+// Prints a job's status on stdout: JSON with --json, else the summary.
+void PrintJob(const v1::JobStatus& status, bool json) {
+  if (json) {
+    std::cout << dino::cli::JobStatusJson(status) << "\n";
+  } else {
+    std::cout << dino::cli::FormatJobSummary(status);
+  }
+}
+
+// 0 when the job SUCCEEDED; 1 (with the server's message on stderr) otherwise.
+int JobOutcome(const std::string& command, const v1::JobStatus& status) {
+  if (status.state() == v1::SUCCEEDED) return kExitOk;
+  std::string what =
+      absl::StrCat("job ", status.job_id(), " ended ", dino::client::JobStateName(status.state()));
+  if (!status.message().empty()) absl::StrAppend(&what, ": ", status.message());
+  return Fail(command, what, kExitFailure);
+}
+
+// Builds the FineTuneConfig from the flags; usage errors are reported through `error`.
+bool MakeFineTuneConfig(const Flags& f, v1::FineTuneConfig* config, std::string* error) {
+  const FineTuneFlags& t = f.finetune;
+  config->mutable_base()->set_name(f.model.model);
+  config->mutable_base()->set_version(f.model.version);
+  if (!t.loss.empty()) {
+    absl::StatusOr<v1::Loss> loss = dino::client::ParseLoss(t.loss);
+    if (!loss.ok()) {
+      *error = std::string(loss.status().message());
+      return false;
+    }
+    config->set_loss(*loss);
+  }
+  config->set_epochs(t.epochs);
+  config->set_learning_rate(t.learning_rate);
+  config->set_batch_size(t.batch_size);
+  config->set_l2_weight(t.l2_weight);
+  config->set_h1_weight(t.h1_weight);
+  config->set_seed(t.seed);
+  config->set_validation_fraction(t.validation_fraction);
+  if (!t.gate_metric.empty()) {
+    absl::StatusOr<v1::GateMetric> metric = dino::client::ParseGateMetric(t.gate_metric);
+    if (!metric.ok()) {
+      *error = std::string(metric.status().message());
+      return false;
+    }
+    config->mutable_acceptance()->set_metric(*metric);
+  }
+  if (t.max_regression != 0) config->mutable_acceptance()->set_max_regression(t.max_regression);
+  config->set_svd_rank(t.svd_rank);
+  config->set_subsample_size(t.subsample_size);
+  config->set_sketch_rank(t.sketch_rank);
+  config->set_description(t.description);
+  return true;
+}
+
+int RunFineTune(const Flags& f, const DinoClient& client) {
+  const std::string command = "finetune";
+  const FineTuneFlags& t = f.finetune;
+  v1::FineTuneConfig config;
+  std::string error;
+  if (!MakeFineTuneConfig(f, &config, &error)) return Fail(command, error, kExitUsage);
+  absl::StatusOr<dino::cli::JacobianMode> mode = dino::cli::ParseJacobianMode(t.jacobian);
+  if (!mode.ok()) return Fail(command, std::string(mode.status().message()), kExitUsage);
+
+  // Every batch of a job carries the same Jacobian form, so the validation data is read in
+  // the form the training data resolved to.
+  absl::StatusOr<dino::cli::FineTuneData> train =
+      dino::cli::LoadFineTuneData(t.data, *mode, t.count);
+  if (!train.ok()) return Fail(command, StatusText(train.status()), kExitUsage);
+  using Form = dino::client::SampleArrays::JacobianForm;
+  std::vector<std::pair<const dino::cli::FineTuneData*, bool>> sets = {{&*train, false}};
+  std::optional<dino::cli::FineTuneData> validation;
+  if (!t.validation_data.empty()) {
+    const dino::cli::JacobianMode same = train->form == Form::kFull ? dino::cli::JacobianMode::kFull
+                                         : train->form == Form::kSvd
+                                             ? dino::cli::JacobianMode::kSvd
+                                             : dino::cli::JacobianMode::kNone;
+    absl::StatusOr<dino::cli::FineTuneData> v =
+        dino::cli::LoadFineTuneData(t.validation_data, same);
+    if (!v.ok()) return Fail(command, StatusText(v.status()), kExitUsage);
+    if (v->m.shape[1] != train->m.shape[1] || v->q.shape[1] != train->q.shape[1]) {
+      return Fail(
+          command,
+          absl::StrCat("--validation_data has d_M = ", v->m.shape[1], ", d_Q = ", v->q.shape[1],
+                       " but --data has d_M = ", train->m.shape[1], ", d_Q = ", train->q.shape[1]),
+          kExitUsage);
+    }
+    validation = *std::move(v);
+    sets.emplace_back(&*validation, true);
+  }
+  if (train->form == Form::kNone && config.loss() != v1::L2) {
+    const std::string why = t.jacobian == "none"
+                                ? "--jacobian none"
+                                : t.data + " has neither J_data.npz nor Jsvd_data.npz";
+    return Fail(
+        command,
+        absl::StrCat("the ", t.loss.empty() ? "default (h1)" : t.loss,
+                     " loss needs Jacobian data, but none is sent (", why, "); use --loss l2"),
+        kExitUsage);
+  }
+  int64_t total = 0, bytes_per_sample = 0;
+  for (const auto& [data, is_validation] : sets) {
+    total += data->samples();
+    bytes_per_sample = std::max(bytes_per_sample, data->BytesPerSample());
+  }
+  if (train->samples() == 0) return Fail(command, t.data + " holds no samples", kExitUsage);
+  const int64_t chunk = t.chunk > 0 ? t.chunk : dino::cli::ChunkSamples(bytes_per_sample);
+
+  TrainingClient training(client);
+  if (f.conn.wait) {
+    if (absl::Status s = client.WaitForReady(absl::Seconds(f.conn.timeout_s)); !s.ok()) {
+      return Fail(command, StatusText(s), kExitFailure);
+    }
+  }
+  std::cerr << "uploading " << train->samples() << " training"
+            << (validation ? absl::StrCat(" + ", validation->samples(), " validation") : "")
+            << " samples from " << t.data << (validation ? " and " + t.validation_data : "") << " ("
+            << dino::cli::FormatBytes(bytes_per_sample * total) << ", " << chunk
+            << " samples per message, Jacobians: "
+            << (train->form == Form::kFull  ? "full"
+                : train->form == Form::kSvd ? "svd"
+                                            : "none")
+            << ")\n";
+
+  size_t set = 0;
+  int64_t next = 0;
+  absl::StatusOr<v1::StartFineTuneResponse> started;
+  {
+    ScopedInterruptHandler interrupt;
+    dino::cli::ProgressPrinter printer(stderr, StderrIsTerminal());
+    started = training.StartFineTune(
+        config,
+        [&](v1::SampleBatch* batch) -> absl::StatusOr<bool> {
+          if (g_interrupted) return absl::CancelledError("interrupted; upload cancelled");
+          while (set < sets.size() && next >= sets[set].first->samples()) {
+            ++set;
+            next = 0;
+          }
+          if (set == sets.size()) return false;
+          const auto& [data, is_validation] = sets[set];
+          const int64_t end = std::min(next + chunk, data->samples());
+          absl::StatusOr<dino::client::SampleArrays> arrays =
+              dino::cli::SliceSamples(*data, next, end, is_validation);
+          if (!arrays.ok()) return arrays.status();
+          if (absl::Status s = dino::client::EncodeSampleBatch(*arrays, batch); !s.ok()) return s;
+          next = end;
+          return true;
+        },
+        [&](const dino::client::UploadProgress& p) {
+          printer.Update(dino::cli::FormatUploadProgress(p, total), p.samples == total);
+        });
+  }
+  if (!started.ok()) {
+    if (g_interrupted) {
+      return Fail(command, "interrupted: the upload was cancelled, so the server aborts the job",
+                  kExitFailure);
+    }
+    return RpcFailed(command, "StartFineTune", started.status());
+  }
+  const std::string& job_id = started->job_id();
+  std::cerr << "job " << job_id << " started ("
+            << dino::client::JobStateName(started->status().state()) << ")\n";
+  if (t.no_watch) {
+    PrintJob(started->status(), f.json);
+    return kExitOk;
+  }
+  std::cerr << "watching job " << job_id << "; Ctrl-C stops watching, not the job (`dino cancel "
+            << "--id " << job_id << "` cancels it)\n";
+  absl::StatusOr<v1::JobStatus> last = WatchWithProgress(training, job_id);
+  if (!last.ok()) {
+    return Fail(command,
+                absl::StrCat("WatchJob failed: ", StatusText(last.status()), " (the job goes on; ",
+                             "see `dino job --id ", job_id, "`)"),
+                kExitFailure);
+  }
+  PrintJob(*last, f.json);
+  return JobOutcome(command, *last);
+}
+
+int RunJobs(const Flags& f, const DinoClient& client) {
+  absl::StatusOr<std::vector<v1::JobStatus>> jobs = TrainingClient(client).ListJobs();
+  if (!jobs.ok()) return RpcFailed("jobs", "ListJobs", jobs.status());
+  if (f.json) {
+    std::cout << dino::cli::JobListJson(*jobs) << "\n";
+  } else {
+    std::cout << dino::cli::FormatJobTable(*jobs);
+  }
+  return kExitOk;
+}
+
+int RunJob(const Flags& f, const DinoClient& client) {
+  TrainingClient training(client);
+  if (!f.watch) {
+    absl::StatusOr<v1::JobStatus> status = training.GetJob(f.job_id);
+    if (!status.ok()) return RpcFailed("job", "GetJob", status.status());
+    PrintJob(*status, f.json);
+    return kExitOk;
+  }
+  absl::StatusOr<v1::JobStatus> last = WatchWithProgress(training, f.job_id);
+  if (!last.ok()) return RpcFailed("job", "WatchJob", last.status());
+  PrintJob(*last, f.json);
+  return JobOutcome("job", *last);
+}
+
+int RunCancel(const Flags& f, const DinoClient& client) {
+  absl::StatusOr<v1::JobStatus> status = TrainingClient(client).CancelJob(f.job_id);
+  if (!status.ok()) return RpcFailed("cancel", "CancelJob", status.status());
+  PrintJob(*status, f.json);
+  return kExitOk;
+}
+
+int RunSetDefault(const Flags& f, const DinoClient& client) {
+  if (absl::Status s = TrainingClient(client).SetDefaultVersion(f.model.model, f.model.version);
+      !s.ok()) {
+    return RpcFailed("set-default", "SetDefaultVersion", s);
+  }
+  if (f.model.version == 0) {
+    std::cout << f.model.model << ": default version policy restored (the highest loaded)\n";
+  } else {
+    std::cout << f.model.model << ": default version is now " << f.model.version << "\n";
+  }
+  return kExitOk;
+}
+
+int RunUnload(const Flags& f, const DinoClient& client) {
+  if (absl::Status s = TrainingClient(client).UnloadVersion(f.model.model, f.model.version);
+      !s.ok()) {
+    return RpcFailed("unload", "UnloadVersion", s);
+  }
+  std::cout << f.model.model << ": version " << f.model.version << " unloaded\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -342,7 +678,8 @@ int main(int argc, char** argv) {
       "are printed on stdout as one JSON object {\"model\", \"version\", <result>: {\"shape\", "
       "\"dtype\", \"data\" | \"summary\"}}; use --out to save them as .npy/.npz.\n\n"
       "Exit status: 0 success; 1 the server call failed (the gRPC code and message are "
-      "printed on stderr) or, for `health`, the server is not SERVING; 2 usage or input error.",
+      "printed on stderr), for `health` the server is not SERVING, for `finetune` and `job "
+      "--watch` the job did not succeed; 2 usage or input error.",
       "dino");
   app.require_subcommand(1);
   // A repeated flag takes its last value, so scripts can append overrides to a base command.
@@ -433,6 +770,122 @@ int main(int argc, char** argv) {
   health->add_flag("--json", f.json, "Print {\"status\": ...} instead of the bare status");
   health->footer("Example (Docker HEALTHCHECK): dino health --server localhost:50051 --timeout 2");
 
+  CLI::App* finetune = app.add_subcommand(
+      "finetune",
+      "Fine-tune a served model on derivative data (dino / hIPPYflow layout) streamed to the "
+      "server; the job then trains, is validated and, if the gate accepts it, published as a "
+      "new version");
+  AddConnectionFlags(finetune, &f.conn);
+  AddModelFlags(finetune, &f.model, /*with_dtype=*/false);
+  FineTuneFlags& ft = f.finetune;
+  finetune
+      ->add_option("--data", ft.data,
+                   "Data directory: mq_data.npz (m_data [n, d_M], q_data [n, d_Q]) and J_data.npz "
+                   "(J_data [n, d_Q, d_M]) or Jsvd_data.npz (U_data [n, d_Q, r], sigma_data "
+                   "[n, r], V_data [n, d_M, r])")
+      ->required();
+  finetune->add_option("--validation_data", ft.validation_data,
+                       "Directory of validation samples in the same layout (sent with "
+                       "validation=true; by default the server holds out --validation_fraction)");
+  finetune
+      ->add_option("--jacobian", ft.jacobian,
+                   "Jacobian data to send: auto (J_data.npz, else Jsvd_data.npz, else none), "
+                   "full, svd or none")
+      ->check(CLI::IsMember({"auto", "full", "svd", "none"}))
+      ->capture_default_str();
+  finetune
+      ->add_option("--loss", ft.loss,
+                   "Training loss: l2, h1, reduced_h1, reduced_h1_ms or sketched_h1; default: "
+                   "the server's (h1)")
+      ->check(CLI::IsMember({"l2", "h1", "reduced_h1", "reduced_h1_ms", "sketched_h1"}));
+  finetune->add_option("--epochs", ft.epochs, "Epochs; 0 = the server's default (100)")
+      ->check(CLI::NonNegativeNumber);
+  finetune
+      ->add_option("--learning_rate", ft.learning_rate,
+                   "Learning rate; 0 = the server's default (1e-3)")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--batch_size", ft.batch_size, "Training batch size; 0 = default (32)")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--l2_weight", ft.l2_weight, "Weight of the ||q - f||^2 term")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--h1_weight", ft.h1_weight, "Weight of the Jacobian term")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--seed", ft.seed, "Seed of the split, the shuffling and the losses");
+  finetune
+      ->add_option("--validation_fraction", ft.validation_fraction,
+                   "Fraction of the samples held out for the gate; 0 = 0.2 unless "
+                   "--validation_data is given")
+      ->check(CLI::Range(0.0, 1.0));
+  finetune
+      ->add_option("--gate_metric", ft.gate_metric,
+                   "Accuracy the validation gate compares: l2, h1 or reduced_h1; default: h1 "
+                   "with Jacobians, else l2")
+      ->check(CLI::IsMember({"l2", "h1", "reduced_h1"}));
+  finetune
+      ->add_option("--max_regression", ft.max_regression,
+                   "Publish only if accuracy(new) >= accuracy(base) - this (absolute; 0.01 = one "
+                   "percentage point)")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--svd_rank", ft.svd_rank, "r of the reduced losses; 0 = all the data has")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--subsample_size", ft.subsample_size, "k of reduced_h1_ms; 0 = 10")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--sketch_rank", ft.sketch_rank, "Sketch size of sketched_h1; 0 = 50")
+      ->check(CLI::NonNegativeNumber);
+  finetune->add_option("--count", ft.count, "Send only the first N samples of --data")
+      ->check(CLI::NonNegativeNumber);
+  finetune
+      ->add_option("--chunk", ft.chunk,
+                   "Samples per upload message; default: as many as fit in about 4 MiB")
+      ->check(kAtLeastOne);
+  finetune->add_option("--description", ft.description, "Recorded in the new version's metadata");
+  finetune->add_flag("--no_watch", ft.no_watch,
+                     "Return once the upload is complete (print the job id) instead of following "
+                     "the job to its end");
+  finetune->add_flag("--json", f.json, "Print the final job status as JSON");
+  finetune->footer(
+      "Progress goes to stderr, the final status to stdout. Exit status 0 only when the job "
+      "SUCCEEDED (or, with --no_watch, was started). --timeout does not limit the upload or the "
+      "watch. Ctrl-C during the upload cancels it (the server aborts the job); during the watch "
+      "it only stops watching.\n\n"
+      "Example: dino finetune --model poisson --data data/train --loss h1 --epochs 20 "
+      "--token_file admin.token");
+
+  CLI::App* jobs = app.add_subcommand("jobs", "List the fine-tuning jobs, oldest first");
+  AddConnectionFlags(jobs, &f.conn);
+  jobs->add_flag("--json", f.json, "Print JSON instead of a table");
+
+  CLI::App* job = app.add_subcommand("job", "Show one fine-tuning job, or follow it (--watch)");
+  AddConnectionFlags(job, &f.conn);
+  job->add_option("--id", f.job_id, "Job id (see `dino jobs`)")->required();
+  job->add_flag("--watch", f.watch,
+                "Follow the job until it ends, progress on stderr; exit 0 only if it SUCCEEDED");
+  job->add_flag("--json", f.json, "Print the status as JSON");
+
+  CLI::App* cancel = app.add_subcommand(
+      "cancel", "Cancel a fine-tuning job that has not ended; prints its status");
+  AddConnectionFlags(cancel, &f.conn);
+  cancel->add_option("--id", f.job_id, "Job id")->required();
+  cancel->add_flag("--json", f.json, "Print the status as JSON");
+
+  CLI::App* set_default =
+      app.add_subcommand("set-default", "Choose the version that requests without a version get");
+  AddConnectionFlags(set_default, &f.conn);
+  set_default->add_option("--model", f.model.model, "Model name")->required();
+  set_default
+      ->add_option("--version", f.model.version,
+                   "Version (must be loaded); 0 restores the default policy (highest loaded)")
+      ->check(CLI::NonNegativeNumber)
+      ->required();
+
+  CLI::App* unload = app.add_subcommand(
+      "unload", "Stop serving a version (its file stays; it is loaded again when it changes)");
+  AddConnectionFlags(unload, &f.conn);
+  unload->add_option("--model", f.model.model, "Model name")->required();
+  unload->add_option("--version", f.model.version, "Version to unload")
+      ->check(kAtLeastOne)
+      ->required();
+
   // Set after the subcommands exist, which would otherwise inherit it.
   app.footer(
       "Examples:\n"
@@ -441,7 +894,9 @@ int main(int argc, char** argv) {
       "  dino eval --model poisson --m '[0.1, 0.2, 0.3]'\n"
       "  dino jvp --model poisson --m m.npy --v dirs.npy --out jvp.npy\n"
       "  dino jac --model poisson --m data/mq_data.npz:m_data --out jr.npz\n"
-      "  dino health --timeout 2\n\n"
+      "  dino health --timeout 2\n"
+      "  dino finetune --model poisson --data data/train --loss h1 --token_file admin.token\n"
+      "  dino jobs\n\n"
       "Run `dino <command> --help` for a command's flags.");
 
   try {
@@ -467,5 +922,11 @@ int main(int argc, char** argv) {
   if (command == vjp) return RunVjp(f, *client);
   if (command == jac) return RunJac(f, *client);
   if (command == jacobian) return RunJacobian(f, *client);
+  if (command == finetune) return RunFineTune(f, *client);
+  if (command == jobs) return RunJobs(f, *client);
+  if (command == job) return RunJob(f, *client);
+  if (command == cancel) return RunCancel(f, *client);
+  if (command == set_default) return RunSetDefault(f, *client);
+  if (command == unload) return RunUnload(f, *client);
   return RunHealth(f, *client);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """End-to-end test of the `dino` CLI, dino-bench and the Python client (client/python)
 against the fake surrogate server (tests/client/fake_surrogate.h): affine models whose
-answers have closed forms. Registered with ctest by tests/client/CMakeLists.txt.
+answers have closed forms, and scripted Training / ModelAdmin services
+(tests/client/fake_training.h). Registered with ctest by tests/client/CMakeLists.txt.
 """
 
 import argparse
@@ -28,10 +29,12 @@ def linear_q(version, m):
 
 
 class FakeServerTestCase(unittest.TestCase):
+    server_args = []  # Extra flags of the fake server.
+
     @classmethod
     def setUpClass(cls):
-        cls.server = subprocess.Popen([ARGS.fake_server, "--port", "0"], stdout=subprocess.PIPE,
-                                      text=True)
+        cls.server = subprocess.Popen([ARGS.fake_server, "--port", "0"] + cls.server_args,
+                                      stdout=subprocess.PIPE, text=True)
         line = cls.server.stdout.readline()
         if not line.startswith("PORT "):
             cls.server.kill()
@@ -65,11 +68,12 @@ class CliTest(FakeServerTestCase):
         r = subprocess.run([ARGS.dino, "--help"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0)
         for command in ("models", "info", "bases", "eval", "jvp", "vjp", "jac", "jacobian",
-                        "health"):
+                        "health", "finetune", "jobs", "job", "cancel", "set-default", "unload"):
             self.assertIn(command, r.stdout)
             sub = subprocess.run([ARGS.dino, command, "--help"], capture_output=True, text=True)
             self.assertEqual(sub.returncode, 0, command)
             self.assertIn("--server", sub.stdout)
+            self.assertIn("--token_file", sub.stdout)
         r = subprocess.run([ARGS.dino], capture_output=True, text=True)
         self.assertEqual(r.returncode, 2)
 
@@ -281,6 +285,261 @@ class PythonClientTest(FakeServerTestCase):
                                capture_output=True, text=True, env=env, timeout=60)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             self.assertIn("checks: passed", r.stdout)
+
+
+TOKEN = "e2e-admin-token"
+
+
+def write_dino_data(directory, n, seed, form="full", d_m=3, d_q=2, rank=2):
+    """A data directory in the dino / hIPPYflow layout for the fake "linear" model."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    np.savez(os.path.join(directory, "mq_data.npz"), m_data=rng.standard_normal((n, d_m)),
+             q_data=rng.standard_normal((n, d_q)))
+    if form == "full":
+        np.savez(os.path.join(directory, "J_data.npz"),
+                 J_data=rng.standard_normal((n, d_q, d_m)))
+    elif form == "svd":
+        np.savez(os.path.join(directory, "Jsvd_data.npz"),
+                 U_data=rng.standard_normal((n, d_q, rank)),
+                 sigma_data=rng.standard_normal((n, rank)),
+                 V_data=rng.standard_normal((n, d_m, rank)))
+
+
+class TrainingCliTest(FakeServerTestCase):
+    server_args = ["--admin_token", TOKEN]
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.token_file = os.path.join(cls.tmp, "admin.token")
+        with open(cls.token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        write_dino_data(os.path.join(cls.tmp, "train"), 40, 1, "full")
+        write_dino_data(os.path.join(cls.tmp, "val"), 8, 2, "full")
+        write_dino_data(os.path.join(cls.tmp, "svd"), 9, 3, "svd")
+        write_dino_data(os.path.join(cls.tmp, "plain"), 5, 4, "none")
+
+    def admin(self, *args, expect=0):
+        return self.dino(*(args + ("--token_file", self.token_file)), expect=expect)
+
+    def test_finetune_to_success(self):
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("train"),
+                       "--validation_data", self.path("val"), "--chunk", "6", "--epochs", "4",
+                       "--loss", "h1", "--json")
+        status = json.loads(r.stdout)
+        self.assertEqual(status["state"], "SUCCEEDED")
+        self.assertEqual(status["new_version"], 3)
+        self.assertEqual(status["samples_received"], 48)
+        self.assertEqual(status["validation_samples"], 8)
+        self.assertEqual(status["epoch"], 4)
+        self.assertIsNotNone(status["validation"]["h1"])
+        self.assertIn("upload 48/48 samples (100%)", r.stderr)
+        self.assertIn("6 samples per message", r.stderr)
+        self.assertIn("SUCCEEDED", r.stderr)
+
+        job = json.loads(self.admin("job", "--id", status["job_id"], "--json").stdout)
+        self.assertEqual(job["revision"], status["revision"])
+        r = self.admin("job", "--id", status["job_id"], "--watch")
+        self.assertIn("state:              SUCCEEDED", r.stdout)
+        jobs = json.loads(self.admin("jobs", "--json").stdout)["jobs"]
+        self.assertIn(status["job_id"], [j["job_id"] for j in jobs])
+        self.assertIn("SUCCEEDED", self.admin("jobs").stdout)
+
+    def test_finetune_outcomes_and_errors(self):
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("svd"),
+                       "--loss", "reduced_h1", "--description", "reject", expect=1)
+        self.assertIn("state:              REJECTED", r.stdout)
+        self.assertIn("ended REJECTED: validation gate", r.stderr)
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("plain"),
+                       "--loss", "l2", "--description", "fail", expect=1)
+        self.assertIn("ended FAILED", r.stderr)
+        # No token, wrong model, missing data, a Jacobian loss without Jacobians.
+        r = self.dino("finetune", "--model", "linear", "--data", self.path("train"), expect=1)
+        self.assertIn("StartFineTune failed: UNAUTHENTICATED", r.stderr)
+        r = self.admin("finetune", "--model", "plain", "--data", self.path("train"), expect=1)
+        self.assertIn("INVALID_ARGUMENT: m: expected shape", r.stderr)
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("nothing"), expect=2)
+        self.assertIn("mq_data.npz", r.stderr)
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("plain"), expect=2)
+        self.assertIn("needs Jacobian data", r.stderr)
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("train"),
+                       "--loss", "h3", expect=2)
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("train"),
+                       "--count", "100", expect=2)
+        self.assertIn("holds 40 samples; 100 were asked for", r.stderr)
+
+    def test_no_watch_then_cancel(self):
+        r = self.admin("finetune", "--model", "linear", "--data", self.path("train"),
+                       "--description", "hang", "--no_watch", "--count", "10", "--json")
+        status = json.loads(r.stdout)
+        self.assertEqual(status["state"], "QUEUED")
+        self.assertEqual(status["samples_received"], 10)
+        job = json.loads(self.admin("job", "--id", status["job_id"], "--json").stdout)
+        self.assertEqual(job["state"], "TRAINING")
+        r = self.admin("cancel", "--id", status["job_id"])
+        self.assertIn("state:              CANCELLED", r.stdout)
+        r = self.admin("job", "--id", status["job_id"], "--watch", expect=1)
+        self.assertIn("ended CANCELLED", r.stderr)
+        r = self.admin("cancel", "--id", "job-999", expect=1)
+        self.assertIn("CancelJob failed: NOT_FOUND", r.stderr)
+
+    def test_interrupt_cancels_the_upload(self):
+        write_dino_data(self.path("big"), 100000, 5, "none")
+        cmd = [ARGS.dino, "finetune", "--server", self.target, "--token_file", self.token_file,
+               "--model", "linear", "--data", self.path("big"), "--loss", "l2", "--chunk", "1"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Wait until the upload is under way, then press Ctrl-C.
+        line = p.stderr.readline()
+        self.assertIn("uploading 100000 training samples", line)
+        import signal
+        import time
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn("the upload was cancelled", err)
+        for _ in range(100):
+            jobs = json.loads(self.admin("jobs", "--json").stdout)["jobs"]
+            if jobs and jobs[-1]["state"] == "CANCELLED":
+                break
+            time.sleep(0.05)
+        self.assertEqual(jobs[-1]["state"], "CANCELLED")
+
+    def test_admin_commands(self):
+        r = self.admin("set-default", "--model", "linear", "--version", "1")
+        self.assertIn("default version is now 1", r.stdout)
+        r = self.admin("set-default", "--model", "linear", "--version", "0")
+        self.assertIn("restored", r.stdout)
+        r = self.admin("set-default", "--model", "linear", "--version", "5", expect=1)
+        self.assertIn("SetDefaultVersion failed: NOT_FOUND", r.stderr)
+        r = self.admin("unload", "--model", "linear", "--version", "2")
+        self.assertIn("version 2 unloaded", r.stdout)
+        self.admin("unload", "--model", "linear", "--version", "0", expect=2)
+        r = self.dino("unload", "--model", "linear", "--version", "2", expect=1)
+        self.assertIn("UNAUTHENTICATED", r.stderr)
+
+    def test_token_file_errors(self):
+        r = self.dino("models", "--token_file", self.path("missing.token"), expect=2)
+        self.assertIn("cannot open token file", r.stderr)
+        bad = self.path("bad.token")
+        with open(bad, "w") as f:
+            f.write("two words\n")
+        r = self.dino("jobs", "--token_file", bad, expect=2)
+        self.assertNotIn("words", r.stderr)
+        # Inference calls carry the token too (the fake Surrogate does not require it).
+        self.assertIn("linear", self.admin("models").stdout)
+
+
+class PythonTrainingTest(FakeServerTestCase):
+    server_args = ["--admin_token", TOKEN]
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        sys.path.insert(0, ARGS.python_client_dir)
+        import dino_client
+        cls.dc = dino_client
+        cls.client = dino_client.DinoClient(cls.target, timeout=10, gen_dir=ARGS.python_gen_dir,
+                                            token=TOKEN)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        super().tearDownClass()
+
+    def test_finetune_watch_and_jobs(self):
+        rng = np.random.default_rng(0)
+        m, q = rng.standard_normal((23, 3)), rng.standard_normal((23, 2))
+        jac = rng.standard_normal((23, 2, 3))
+        batches = list(self.dc.iter_batches(m, q, J=jac, chunk=5))
+        self.assertEqual([len(b["m"]) for b in batches], [5, 5, 5, 5, 3])
+        progress = []
+        job_id, status = self.client.start_finetune("linear", batches, loss="h1", epochs=2,
+                                                    progress=progress.append)
+        self.assertEqual(status["state"], "QUEUED")
+        self.assertEqual(status["samples_received"], 23)
+        self.assertEqual([p["samples"] for p in progress], [5, 10, 15, 20, 23])
+        states = [s["state"] for s in self.client.watch_job(job_id)]
+        self.assertEqual(states, ["QUEUED", "TRAINING", "TRAINING", "VALIDATING", "PUBLISHING",
+                                  "SUCCEEDED"])
+        final = self.client.get_job(job_id)
+        self.assertEqual(final["new_version"], 3)
+        self.assertIsNone(final["validation"]["reduced_h1"])
+        self.assertIn(job_id, [j["job_id"] for j in self.client.list_jobs()])
+        # Stopping the iteration early stops watching.
+        for s in self.client.watch_job(job_id):
+            break
+        self.assertEqual(s["state"], "QUEUED")
+
+    def test_data_layout_and_chunking(self):
+        d = os.path.join(self.tmp, "py_svd")
+        write_dino_data(d, 6, 7, "svd")
+        data = self.dc.load_dino_data(d)
+        self.assertEqual(sorted(data), ["U", "V", "m", "q", "sigma"])
+        self.assertEqual(sorted(self.dc.load_dino_data(d, "none")), ["m", "q"])
+        self.assertEqual(len(self.dc.load_dino_data(d, count=4)["sigma"]), 4)
+        per_sample = (3 + 2 + 4 + 2 + 6) * 8
+        batches = list(self.dc.iter_batches(max_bytes=3 * per_sample, **data))
+        self.assertEqual([len(b["m"]) for b in batches], [3, 3])
+        job_id, _ = self.client.start_finetune(
+            "linear", batches, loss="reduced_h1", gate_metric="reduced_h1", max_regression=0.01)
+        self.assertEqual(self.client.get_job(job_id)["state"], "SUCCEEDED")
+        with self.assertRaises(ValueError):
+            self.dc.finetune_config("linear", loss="h3")
+        with self.assertRaises(ValueError):
+            list(self.dc.iter_batches(np.ones((3, 3)), np.ones((2, 2))))
+
+    def test_errors_cancel_and_admin(self):
+        with self.assertRaises(self.dc.DinoError) as e:
+            self.client.start_finetune("nope", [{"m": np.ones((1, 3)), "q": np.ones((1, 2))}],
+                                       loss="l2")
+        self.assertEqual(e.exception.code.name, "NOT_FOUND")
+
+        def failing():
+            yield {"m": np.ones((1, 3)), "q": np.ones((1, 2))}
+            raise RuntimeError("data source broke")
+        with self.assertRaisesRegex(RuntimeError, "data source broke"):
+            self.client.start_finetune("linear", failing(), loss="l2")
+
+        job_id, _ = self.client.start_finetune(
+            "linear", [{"m": np.ones((2, 3)), "q": np.ones((2, 2)), "validation": True}],
+            loss="l2", description="hang")
+        self.assertEqual(self.client.cancel_job(job_id)["state"], "CANCELLED")
+
+        self.client.set_default_version("linear", 1)
+        self.client.unload_version("linear", 2)
+        with self.assertRaises(self.dc.DinoError) as e:
+            self.client.unload_version("linear", 7)
+        self.assertEqual(e.exception.code.name, "NOT_FOUND")
+        with self.dc.DinoClient(self.target, gen_dir=ARGS.python_gen_dir) as anonymous:
+            with self.assertRaises(self.dc.DinoError) as e:
+                anonymous.list_jobs()
+            self.assertEqual(e.exception.code.name, "UNAUTHENTICATED")
+        token_file = os.path.join(self.tmp, "py.token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n\n")
+        self.assertEqual(self.dc.read_token_file(token_file), TOKEN)
+        with self.dc.DinoClient(self.target, gen_dir=ARGS.python_gen_dir,
+                                token_file=token_file) as c:
+            self.assertIsInstance(c.list_jobs(), list)
+            self.assertEqual(c.health(), "SERVING")
+
+    def test_finetune_example_script(self):
+        env = dict(os.environ, DINO_PYTHON_GEN_DIR=ARGS.python_gen_dir)
+        token_file = os.path.join(self.tmp, "example.token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN)
+        d = os.path.join(self.tmp, "example_data")
+        write_dino_data(d, 12, 8, "full")
+        script = os.path.join(ARGS.python_client_dir, "finetune_example.py")
+        for extra in ([], ["--data", d, "--validation_data", d, "--chunk", "5"]):
+            r = subprocess.run([sys.executable, script, "--server", self.target, "--model",
+                                "linear", "--token_file", token_file, "--epochs", "2"] + extra,
+                               capture_output=True, text=True, env=env, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("ended SUCCEEDED", r.stdout)
+            self.assertIn("TRAINING epoch 2/2", r.stderr)
 
 
 if __name__ == "__main__":

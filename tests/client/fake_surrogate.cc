@@ -378,14 +378,18 @@ grpc::Status FakeSurrogateService::Jacobian(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-FakeServer StartFakeServer(int port) {
+FakeServer StartFakeServer(int port, const std::string& admin_token) {
   grpc::EnableDefaultHealthCheckService(true);
   FakeServer fake;
   fake.service = std::make_unique<FakeSurrogateService>();
+  fake.training = std::make_unique<FakeTrainingService>(admin_token);
+  fake.admin = std::make_unique<FakeModelAdminService>(admin_token);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat("127.0.0.1:", port), grpc::InsecureServerCredentials(),
                            &fake.port);
   builder.RegisterService(fake.service.get());
+  builder.RegisterService(fake.training.get());
+  builder.RegisterService(fake.admin.get());
   fake.server = builder.BuildAndStart();
   return fake;
 }

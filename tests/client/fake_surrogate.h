@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dino/v1/surrogate.grpc.pb.h"
+#include "tests/client/fake_training.h"
 
 namespace dino::testing {
 
@@ -49,17 +50,21 @@ std::vector<double> LinearJacobian(int64_t version);
 // The "linear" model's output shift b.
 std::vector<double> LinearShift();
 
-// A running server with the fake service and gRPC's default health service.
+// A running server with the fake services (Surrogate, and Training and ModelAdmin from
+// fake_training.h) and gRPC's default health service.
 struct FakeServer {
   std::unique_ptr<FakeSurrogateService> service;
+  std::unique_ptr<FakeTrainingService> training;
+  std::unique_ptr<FakeModelAdminService> admin;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::string target() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
-// Starts a server on 127.0.0.1:`port` (0 picks a free port). Returns a FakeServer with a null
-// server on failure.
-FakeServer StartFakeServer(int port = 0);
+// Starts a server on 127.0.0.1:`port` (0 picks a free port). A non-empty `admin_token` is
+// required (as "authorization: Bearer <token>") by the Training and ModelAdmin RPCs. Returns a
+// FakeServer with a null server on failure.
+FakeServer StartFakeServer(int port = 0, const std::string& admin_token = "");
 
 }  // namespace dino::testing
 
