@@ -54,7 +54,7 @@ ABSL_FLAG(int32_t, max_training_jobs, 1,
           "Fine-tune jobs that may exist at once (receiving or training); more are refused "
           "with RESOURCE_EXHAUSTED. Each job trains on one thread, so this bounds the cores "
           "training takes from inference.");
-ABSL_FLAG(int32_t, training_nice, 10,
+ABSL_FLAG(int32_t, training_nice, 19,
           "Added to the nice value of training threads (0-19), so that inference gets the CPU "
           "first while a job trains.");
 ABSL_FLAG(int64_t, max_samples_per_job, 100000, "Most samples one fine-tune job accepts.");

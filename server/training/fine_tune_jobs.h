@@ -165,7 +165,7 @@ class FineTuneJobManager {
     int max_concurrent_jobs = 1;  // Jobs not yet ended; more get RESOURCE_EXHAUSTED.
     int64_t max_samples_per_job = 100000;
     int64_t max_bytes_per_job = int64_t{8} << 30;
-    int training_nice = 10;            // Added to the job threads' nice value (Linux).
+    int training_nice = 19;            // Added to the job threads' nice value (Linux).
     int64_t finished_jobs_kept = 100;  // Ended jobs listed before the oldest are forgotten.
     JobObserver observer;
   };

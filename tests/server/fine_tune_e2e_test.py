@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 import numpy as np
 
@@ -90,10 +91,16 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [os.path.join(BIN, "dino-server"), "--model_repository=" + repository, "--port=0",
-             "--metrics_port=-1", "--repository_poll_seconds=0.3", "--threads=2"] + list(flags),
+             "--repository_poll_seconds=0.3", "--threads=2"] +
+            ([] if any(f.startswith("--metrics_port") for f in flags) else ["--metrics_port=-1"]) +
+            list(flags),
             stdout=subprocess.PIPE, stderr=self.log, text=True,
             env=dict(os.environ, **(env or {})))
+        self.metrics_url = None
         for line in self.process.stdout:
+            metrics = re.search(r"metrics on (http://\S+)", line)
+            if metrics:
+                self.metrics_url = metrics.group(1)
             match = re.search(r"listening on .*:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
@@ -205,7 +212,7 @@ class FineTuneTest(unittest.TestCase):
 
     def test_h1_fine_tune_raises_h1_accuracy_publishes_and_gate_rejects_poison(self):
         repository = self.fresh_repository()
-        server = Server(repository)
+        server = Server(repository, "--metrics_port=0")
         try:
             self.assertEqual(versions(server), ([1], 1))
             m_probe = self.data["m"][:4]
@@ -283,6 +290,22 @@ class FineTuneTest(unittest.TestCase):
             self.assertEqual([j.state for j in jobs],
                              [training_pb2.SUCCEEDED, training_pb2.REJECTED,
                               training_pb2.SUCCEEDED])
+            # The training metrics.
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+                text = reply.read().decode()
+            samples = {}
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    name, value = line.rsplit(" ", 1)
+                    samples[name] = float(value)
+            self.assertEqual(samples['dino_training_jobs{state="succeeded"}'], 2)
+            self.assertEqual(samples['dino_training_jobs{state="rejected"}'], 1)
+            self.assertEqual(samples['dino_training_jobs{state="training"}'], 0)
+            self.assertEqual(samples[f'dino_training_samples_received_total{{model="{MODEL}"}}'],
+                             200 + 240 + 120)
+            self.assertEqual(samples["dino_training_epoch_seconds_count"], 40 + 20 + 5)
+            self.assertIn(f'dino_training_validation_accuracy{{metric="h1",model="{MODEL}"}}',
+                          samples)
         finally:
             server.stop()
 
