@@ -87,7 +87,14 @@ def main():
         # Training and test sets from different seeds: independent samples of the prior.
         for name, n, seed in (("train", max(train_sizes), 1), ("test", a.test_samples, 2)):
             folder = os.path.join(root, name)
-            if not os.path.exists(os.path.join(folder, "generate.json")):
+            manifest = os.path.join(folder, "generate.json")
+            have = 0
+            if os.path.exists(manifest):
+                with open(manifest) as f:
+                    have = json.load(f)["samples"]
+            # Sample i depends only on (seed, i): a larger set extends a smaller one, so runs
+            # already made on its first samples stay valid (and so do its bases).
+            if have < n:
                 run([dino_train, "generate", "--samples", str(n), "--out", folder, "--seed",
                      str(seed), "--progress", "lines"] + common, log)
         train, test = os.path.join(root, "train"), os.path.join(root, "test")

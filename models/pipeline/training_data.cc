@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -33,10 +34,15 @@ absl::StatusOr<torch::Tensor> ReadRows(const NpzReader& reader, const std::strin
   std::vector<int64_t> shape = wide->shape;
   const int64_t row = shape.size() > 1 ? wide->num_elements() / std::max<int64_t>(n, 1) : 1;
   shape[0] = end - first;
-  torch::Tensor rows = torch::empty(shape, torch::kFloat64);
-  std::memcpy(rows.data_ptr<double>(), wide->bytes.data() + first * row * sizeof(double),
-              static_cast<size_t>(shape[0] * row) * sizeof(double));
-  return rows.to(dtype);
+  // A view of the decoded bytes (kept alive by the tensor) rather than a copy: the Jacobian
+  // arrays of a few thousand samples are gigabytes, and the conversion to `dtype` (or the
+  // clone of a row subset) is the only copy made.
+  auto owner = std::make_shared<NpyArray>(*std::move(wide));
+  double* rows_begin = reinterpret_cast<double*>(owner->bytes.data()) + first * row;
+  torch::Tensor rows = torch::from_blob(
+      rows_begin, shape, [owner](void*) {}, torch::kFloat64);
+  if (dtype != torch::kFloat64) return rows.to(dtype);
+  return end - first == n ? rows : rows.clone();
 }
 
 absl::StatusOr<NpzReader> OpenIn(const std::string& dir, const std::string& file) {
