@@ -245,27 +245,31 @@ absl::StatusOr<v1::JobStatus> TrainingClient::WatchJob(absl::string_view job_id,
   return *std::move(last);
 }
 
+template <typename Stub, typename Request, typename Response>
+absl::Status TrainingClient::Unary(
+    Stub& stub, grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request, Response* response, const CallOptions& call) const {
+  grpc::ClientContext context;
+  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
+  return FromGrpcStatus((stub.*rpc)(&context, request, response));
+}
+
 absl::StatusOr<v1::JobStatus> TrainingClient::GetJob(absl::string_view job_id,
                                                      const CallOptions& call) const {
   v1::GetJobRequest request;
   request.set_job_id(std::string(job_id));
   v1::JobStatus response;
-  grpc::ClientContext context;
-  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
-  if (grpc::Status s = training_stub_->GetJob(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
-  }
+  absl::Status s =
+      Unary(*training_stub_, &v1::Training::StubInterface::GetJob, request, &response, call);
+  if (!s.ok()) return s;
   return response;
 }
 
 absl::StatusOr<std::vector<v1::JobStatus>> TrainingClient::ListJobs(const CallOptions& call) const {
-  v1::ListJobsRequest request;
   v1::ListJobsResponse response;
-  grpc::ClientContext context;
-  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
-  if (grpc::Status s = training_stub_->ListJobs(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
-  }
+  absl::Status s = Unary(*training_stub_, &v1::Training::StubInterface::ListJobs,
+                         v1::ListJobsRequest(), &response, call);
+  if (!s.ok()) return s;
   return std::vector<v1::JobStatus>(response.jobs().begin(), response.jobs().end());
 }
 
@@ -274,11 +278,9 @@ absl::StatusOr<v1::JobStatus> TrainingClient::CancelJob(absl::string_view job_id
   v1::CancelJobRequest request;
   request.set_job_id(std::string(job_id));
   v1::JobStatus response;
-  grpc::ClientContext context;
-  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
-  if (grpc::Status s = training_stub_->CancelJob(&context, request, &response); !s.ok()) {
-    return FromGrpcStatus(s);
-  }
+  absl::Status s =
+      Unary(*training_stub_, &v1::Training::StubInterface::CancelJob, request, &response, call);
+  if (!s.ok()) return s;
   return response;
 }
 
@@ -288,9 +290,8 @@ absl::Status TrainingClient::SetDefaultVersion(absl::string_view model, int64_t 
   request.set_name(std::string(model));
   request.set_version(version);
   v1::SetDefaultVersionResponse response;
-  grpc::ClientContext context;
-  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
-  return FromGrpcStatus(admin_stub_->SetDefaultVersion(&context, request, &response));
+  return Unary(*admin_stub_, &v1::ModelAdmin::StubInterface::SetDefaultVersion, request, &response,
+               call);
 }
 
 absl::Status TrainingClient::UnloadVersion(absl::string_view model, int64_t version,
@@ -299,9 +300,8 @@ absl::Status TrainingClient::UnloadVersion(absl::string_view model, int64_t vers
   request.set_name(std::string(model));
   request.set_version(version);
   v1::UnloadVersionResponse response;
-  grpc::ClientContext context;
-  ConfigureContext(options_, call.timeout.value_or(options_.timeout), &context);
-  return FromGrpcStatus(admin_stub_->UnloadVersion(&context, request, &response));
+  return Unary(*admin_stub_, &v1::ModelAdmin::StubInterface::UnloadVersion, request, &response,
+               call);
 }
 
 }  // namespace dino::client

@@ -155,6 +155,12 @@ class TrainingClient {
  private:
   ClientOptions options_;
   std::shared_ptr<grpc::ChannelInterface> channel_;
+  // One unary call of `stub` with this client's metadata and the call's deadline.
+  template <typename Stub, typename Request, typename Response>
+  absl::Status Unary(Stub& stub,
+                     grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+                     const Request& request, Response* response, const CallOptions& call) const;
+
   std::unique_ptr<v1::Training::StubInterface> training_stub_;
   std::unique_ptr<v1::ModelAdmin::StubInterface> admin_stub_;
 };

@@ -71,18 +71,7 @@ void CheckOrthonormalFactors(const torch::Tensor& factor, const char* field) {
 
 template <typename Fn>
 void ForEachField(const Dataset& data, Fn fn) {
-  const std::pair<const torch::Tensor*, const char*> fields[] = {
-      {&data.m, "m"},
-      {&data.q, "q"},
-      {&data.jacobian, "jacobian"},
-      {&data.svd_u, "svd_u"},
-      {&data.svd_sigma, "svd_sigma"},
-      {&data.svd_v, "svd_v"},
-      {&data.reduced_jacobian, "reduced_jacobian"},
-      {&data.jacobian_norm_sq, "jacobian_norm_sq"}};
-  for (const auto& [tensor, name] : fields) {
-    if (tensor->defined()) fn(*tensor, name);
-  }
+  for (const auto& [tensor, name] : data.Fields()) fn(*tensor, name);
 }
 
 // A dataset whose defined fields are f(field) (undefined ones stay undefined).
@@ -239,6 +228,22 @@ Dataset Dataset::Select(const torch::Tensor& indices) const {
 
 Dataset Dataset::To(torch::Device device, torch::Dtype dtype) const {
   return MapFields(*this, [&](const torch::Tensor& t) { return t.to(device, dtype); });
+}
+
+std::vector<std::pair<const torch::Tensor*, const char*>> Dataset::Fields() const {
+  std::vector<std::pair<const torch::Tensor*, const char*>> fields;
+  for (const auto& field : std::initializer_list<std::pair<const torch::Tensor*, const char*>>{
+           {&m, "m"},
+           {&q, "q"},
+           {&jacobian, "jacobian"},
+           {&svd_u, "svd_u"},
+           {&svd_sigma, "svd_sigma"},
+           {&svd_v, "svd_v"},
+           {&reduced_jacobian, "reduced_jacobian"},
+           {&jacobian_norm_sq, "jacobian_norm_sq"}}) {
+    if (field.first->defined()) fields.push_back(field);
+  }
+  return fields;
 }
 
 Dataset ConcatDatasets(const std::vector<Dataset>& parts) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dino::training {
@@ -45,6 +46,9 @@ struct Dataset {
   int64_t size() const { return m.defined() ? m.size(0) : 0; }
   int64_t input_dim() const { return m.size(1); }
   int64_t output_dim() const { return q.size(1); }
+  // The defined fields with their names ("m", "q", "jacobian", "svd_u", "svd_sigma",
+  // "svd_v", "reduced_jacobian", "jacobian_norm_sq"), in that order.
+  std::vector<std::pair<const torch::Tensor*, const char*>> Fields() const;
   // Throws std::invalid_argument when more than one form is present.
   JacobianForm jacobian_form() const;
   // Rank r of the truncated SVD; [r_Q, r_M] of the reduced form; 0 otherwise.

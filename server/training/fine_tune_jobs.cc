@@ -79,9 +79,8 @@ int64_t FirstNonFinite(const torch::Tensor& t) {
 
 int64_t TensorBytes(const Dataset& data) {
   int64_t bytes = 0;
-  for (const torch::Tensor* t : {&data.m, &data.q, &data.jacobian, &data.svd_u, &data.svd_sigma,
-                                 &data.svd_v, &data.reduced_jacobian, &data.jacobian_norm_sq}) {
-    if (t->defined()) bytes += t->numel() * static_cast<int64_t>(t->element_size());
+  for (const auto& [t, name] : data.Fields()) {
+    bytes += t->numel() * static_cast<int64_t>(t->element_size());
   }
   return bytes;
 }
@@ -306,17 +305,7 @@ absl::Status FineTuneJob::AddBatch(SampleBatch batch, int64_t wire_bytes) {
   }
   // Finite values, naming the job-wide index of the first bad sample of each field.
   std::optional<std::pair<int64_t, std::string>> bad;
-  for (const auto& [tensor, field] :
-       std::initializer_list<std::pair<const torch::Tensor*, const char*>>{
-           {&data.m, "m"},
-           {&data.q, "q"},
-           {&data.jacobian, "jacobian"},
-           {&data.svd_u, "svd_u"},
-           {&data.svd_sigma, "svd_sigma"},
-           {&data.svd_v, "svd_v"},
-           {&data.reduced_jacobian, "reduced_jacobian"},
-           {&data.jacobian_norm_sq, "jacobian_norm_sq"}}) {
-    if (!tensor->defined()) continue;
+  for (const auto& [tensor, field] : data.Fields()) {
     const int64_t i = FirstNonFinite(*tensor);
     if (i >= 0 && (!bad || i < bad->first)) bad = {i, WireField(field)};
   }
