@@ -61,6 +61,8 @@ SurrogateModel::SurrogateModel(torch::jit::Module module, ModelInfo info, Comput
     input_basis_ = module_.attr(dm::kInputBasis).toTensor();
     output_basis_ = module_.attr(dm::kOutputBasis).toTensor();
     output_shift_ = module_.attr(dm::kOutputShift).toTensor();
+    reduced_network_ =
+        std::make_shared<const training::Network>(module_, /*allow_layer_propagation=*/true);
   }
 }
 
@@ -253,15 +255,7 @@ absl::StatusOr<torch::Tensor> SurrogateModel::Point(const torch::Tensor& t,
 
 std::pair<torch::Tensor, torch::Tensor> SurrogateModel::ReducedJacobianAt(
     const torch::Tensor& z) const {
-  const int64_t batch = z.size(0), r_q = info_.output_rank, r_m = info_.input_rank;
-  torch::AutoGradMode grad_mode(true);
-  // Row b·r_Q + i of `copies` is z_b; seeding its output with e_i yields row i of J_φ(z_b).
-  torch::Tensor copies = z.repeat_interleave(r_q, 0).detach().requires_grad_(true);
-  torch::Tensor outputs = ReducedForward(copies);
-  torch::Tensor seeds = torch::eye(r_q, z.options()).repeat({batch, 1});
-  torch::Tensor rows = ReverseProduct(outputs, copies, seeds);
-  torch::Tensor phi = outputs.detach().view({batch, r_q, r_q}).select(1, 0);
-  return {phi, rows.view({batch, r_q, r_m})};
+  return training::ReducedValueAndJacobian(*reduced_network_, z, /*create_graph=*/false);
 }
 
 std::pair<torch::Tensor, torch::Tensor> SurrogateModel::GenericVjpRows(

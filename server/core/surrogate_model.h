@@ -9,8 +9,10 @@
 // Derivatives:
 //  * Reduced-basis (DIPNet) models f(m) = U φ(Vᵀm) + b: everything is computed from the
 //    reduced Jacobian J_φ(z) ∈ R^{r_Q × r_M} at z = Vᵀm (paper §2.3): Jv = U J_φ Vᵀv,
-//    Jᵀw = V J_φᵀ Uᵀw, UᵀJV = J_φ. J_φ comes from one batched reverse-mode pass over r_Q
-//    copies of z, so beyond the two projections a derivative costs O(r_Q r_M) per layer width.
+//    Jᵀw = V J_φᵀ Uᵀw, UᵀJV = J_φ. J_φ comes from models/training's ReducedValueAndJacobian
+//    (the code the trainer differentiates): explicit layer propagation for the project's
+//    DIPNets, one batched reverse pass over r_Q copies of z for other reduced models; beyond
+//    the two projections a derivative costs O(r_Q r_M) per layer width.
 //  * Generic models use LibTorch autograd on the full input: vector-Jacobian products by
 //    one reverse pass over k copies of m; Jacobian-vector products by the double-backward
 //    identity Jv = ∂/∂u ⟨Jᵀu, v⟩ for few directions, or from the full Jacobian when
@@ -25,6 +27,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "models/training/network.h"
 
 namespace dino::serving {
 
@@ -111,6 +114,9 @@ class SurrogateModel {
   ModelInfo info_;
   ComputeLimits limits_;
   torch::Tensor input_basis_, output_basis_, output_shift_;  // Reduced-basis models only.
+  // The trainer's view of a reduced-basis model, so that serving and training compute J_φ
+  // with the same code (layer propagation for the project's DIPNets, autograd otherwise).
+  std::shared_ptr<const training::Network> reduced_network_;
 };
 
 }  // namespace dino::serving
