@@ -1,6 +1,7 @@
 // A trained model served by dino-server returns the Jacobians the trainer computes: the
 // bundled DIPNet (trained by dino-train fit) is loaded by the serving core and by the
-// trainer's network view, and their reduced Jacobians, Jvp and Vjp agree.
+// trainer's network view (its autograd path, independent of the layer propagation that
+// serving shares with training), and their reduced Jacobians, Jvp and Vjp agree.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -29,7 +30,9 @@ TEST(ServedJacobianTest, ServerAndTrainerAgreeOnTheBundledModel) {
   ASSERT_TRUE((*served)->info().has_reduced_bases);
   models::LoadedModelFile file = models::LoadModelFile(path);
   EXPECT_TRUE(file.metadata.value("trained", false)) << "the bundled model is a trained one";
-  training::Network network(file.module);
+  // The autograd path: independent of the layer propagation that serving uses.
+  training::Network network(file.module, /*allow_layer_propagation=*/false);
+  ASSERT_EQ(network.reduced_jacobian_method(), training::ReducedJacobianMethod::kAutograd);
 
   torch::manual_seed(3);
   const torch::Tensor m = torch::randn({4, (*served)->info().input_dim}, torch::kFloat64);
