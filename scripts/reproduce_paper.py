@@ -189,7 +189,8 @@ def write_docs(rows, a):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("training samples N")
             ax.set_ylabel(label)
-            ax.set_title(f"{PROBLEM_LABELS.get(problem, problem)}: {label}")
+            ax.set_title(f"{PROBLEM_LABELS.get(problem, problem)}: {label}"
+                         + (f" ({a.equal_steps} Adam steps per run)" if a.equal_steps else ""))
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
             fig.tight_layout()
