@@ -13,6 +13,7 @@
 
 #include "models/io/npz.h"
 #include "tests/client/test_util.h"
+#include "tests/common/file_contents.h"
 
 namespace dino::cli {
 namespace {
@@ -328,16 +329,6 @@ TEST(FormatTest, JobStatusJson) {
   EXPECT_EQ(nlohmann::json::parse(JobListJson({}))["jobs"].size(), 0u);
 }
 
-std::string ReadAll(std::FILE* f) {
-  std::fflush(f);
-  std::rewind(f);
-  std::string out;
-  char buffer[256];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) out.append(buffer, n);
-  return out;
-}
-
 TEST(ProgressPrinterTest, LinesWhenNotATerminal) {
   std::FILE* f = std::tmpfile();
   ASSERT_NE(f, nullptr);
@@ -348,7 +339,7 @@ TEST(ProgressPrinterTest, LinesWhenNotATerminal) {
     printer.Update("c", /*force=*/true);
     printer.Update("c", /*force=*/true);  // Same line again: skipped.
   }
-  EXPECT_EQ(ReadAll(f), "a\nc\n");
+  EXPECT_EQ(::dino::testing::Contents(f), "a\nc\n");
   std::fclose(f);
 }
 
@@ -362,7 +353,7 @@ TEST(ProgressPrinterTest, OverwritesOnATerminal) {
     printer.Finish();
     printer.Update("three");
   }
-  EXPECT_EQ(ReadAll(f), "\rone\033[K\rtwo\033[K\n\rthree\033[K\n");
+  EXPECT_EQ(::dino::testing::Contents(f), "\rone\033[K\rtwo\033[K\n\rthree\033[K\n");
   std::fclose(f);
 }
 

@@ -9,21 +9,15 @@
 #include <limits>
 #include <string>
 
+#include "tests/common/file_contents.h"
+
 namespace dino::pipeline {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-std::string Contents(std::FILE* file) {
-  std::fflush(file);
-  std::rewind(file);
-  std::string text;
-  char buffer[4096];
-  size_t got;
-  while ((got = std::fread(buffer, 1, sizeof(buffer), file)) > 0) text.append(buffer, got);
-  return text;
-}
+using ::dino::testing::Contents;
 
 TEST(FormatDuration, UsesTheLargestSensibleUnits) {
   EXPECT_EQ(FormatDuration(0.4), "0s");
