@@ -494,16 +494,18 @@ class FineTuneTest(unittest.TestCase):
         repository = self.fresh_repository()
         env = {"DINO_FAILPOINT": failpoint} if failpoint else None
         server = Server(repository, env=env)
-        reply = self.start(server, [config(epochs=5000 if during_training else 3)],
-                           batches(self.data, count=120))
-        if during_training:
-            deadline = time.time() + 60
-            while server.training.GetJob(training_pb2.GetJobRequest(
-                    job_id=reply.job_id)).epoch < 2 and time.time() < deadline:
-                time.sleep(0.05)
-        else:
-            server.wait_for_stderr(f"failpoint {failpoint} reached")
-        server.kill9()
+        try:
+            reply = self.start(server, [config(epochs=5000 if during_training else 3)],
+                               batches(self.data, count=120))
+            if during_training:
+                deadline = time.time() + 60
+                while server.training.GetJob(training_pb2.GetJobRequest(
+                        job_id=reply.job_id)).epoch < 2 and time.time() < deadline:
+                    time.sleep(0.05)
+            else:
+                server.wait_for_stderr(f"failpoint {failpoint} reached")
+        finally:
+            server.kill9()  # Also when the test failed: no server outlives it.
         restarted = Server(repository)
         try:
             listed = versions(restarted)
