@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "models/io/npy.h"
+#include "tests/common/scratch_dir.h"
 
 #ifndef DINO_PYTHON
 #define DINO_PYTHON "/usr/bin/python3"
@@ -20,36 +21,7 @@
 
 namespace dino::testing {
 
-// A fresh directory under the test temp dir, unique per instance (tests may run in
-// parallel), removed with its contents on destruction.
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string pattern = ::testing::TempDir() + "dino_client_test_XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    const char* dir = mkdtemp(buffer.data());
-    EXPECT_NE(dir, nullptr) << "mkdtemp " << pattern;
-    if (dir != nullptr) path_ = dir;
-  }
-  ScopedTempDir(const ScopedTempDir&) = delete;
-  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
-  ~ScopedTempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-inline std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+inline std::string ReadFile(const std::string& path) { return FileContents(path); }
 
 inline void WriteFile(const std::string& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary);

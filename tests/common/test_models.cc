@@ -74,13 +74,4 @@ void WriteModel(const torch::jit::Module& module, const std::string& metadata_js
                     root + "/" + name + "/" + std::to_string(version) + "/model.pt");
 }
 
-std::string MakeTempDir(const std::string& prefix) {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base != nullptr ? base : "/tmp") + "/" + prefix + "XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr) {
-    throw std::runtime_error("mkdtemp failed for " + pattern);
-  }
-  return pattern;
-}
-
 }  // namespace dino::testing

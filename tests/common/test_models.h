@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "tests/common/scratch_dir.h"
+
 namespace dino::testing {
 
 struct SmallDims {
@@ -31,8 +33,5 @@ std::string SmallMetadata(const std::string& architecture, int64_t d_m);
 // Writes `module` as <root>/<name>/<version>/model.pt with the given metadata JSON.
 void WriteModel(const torch::jit::Module& module, const std::string& metadata_json,
                 const std::string& root, const std::string& name, int64_t version);
-
-// A fresh empty folder under the system temporary folder.
-std::string MakeTempDir(const std::string& prefix);
 
 }  // namespace dino::testing

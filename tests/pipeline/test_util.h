@@ -12,38 +12,16 @@
 
 #include "models/io/npz.h"
 #include "models/pipeline/generate.h"
+#include "tests/common/scratch_dir.h"
 
 namespace dino::pipeline::test_util {
 
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-class ScratchDir {
+// A scratch folder removed at the end of the test; file contents (tests/common).
+class ScratchDir : public ::dino::testing::ScopedTempDir {
  public:
-  ScratchDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "dino_pipeline_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  ScratchDir() : ScopedTempDir("dino_pipeline_test.") {}
 };
-
-inline std::string FileContents(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+using ::dino::testing::FileContents;
 
 // Poisson on an 8 × 8 mesh (d_M = 81, d_Q = 50): milliseconds per sample.
 inline GenerateOptions SmallOptions(const std::string& out_dir, int64_t samples) {
