@@ -138,13 +138,7 @@ absl::StatusOr<serving::SampleBatch> BatchFromWire(const dino::v1::SampleBatch& 
       break;
   }
   if (!s.ok()) return s;
-  // The trainer needs one dtype per dataset; the job converts to the model's dtype anyway.
-  if (d.q.scalar_type() != d.m.scalar_type()) d.q = d.q.to(d.m.scalar_type());
-  for (torch::Tensor* t :
-       {&d.jacobian, &d.svd_u, &d.svd_sigma, &d.svd_v, &d.reduced_jacobian, &d.jacobian_norm_sq}) {
-    if (t->defined() && t->scalar_type() != d.m.scalar_type()) *t = t->to(d.m.scalar_type());
-  }
-  return batch;
+  return batch;  // The job converts every field to the model's dtype.
 }
 
 void AccuraciesToWire(const training::Accuracies& a, dino::v1::Accuracies* out) {
@@ -232,8 +226,7 @@ grpc::Status TrainingService::StartFineTune(grpc::ServerContext* context,
       auto batch = BatchFromWire(message.samples());
       if (!batch.ok()) return batch.status();
       try {
-        return (*job)->AddBatch(*std::move(batch),
-                                static_cast<int64_t>(message.samples().ByteSizeLong()));
+        return (*job)->AddBatch(*std::move(batch));
       } catch (const std::exception& e) {
         return absl::InternalError(e.what());
       }

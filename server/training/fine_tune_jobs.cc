@@ -215,7 +215,7 @@ bool FineTuneJob::EnterState(JobState state, const std::string& message) {
   return true;
 }
 
-absl::Status FineTuneJob::AddBatch(SampleBatch batch, int64_t wire_bytes) {
+absl::Status FineTuneJob::AddBatch(SampleBatch batch) {
   const ModelInfo& info = base_.model->info();
   Dataset& data = batch.data;
   if (!data.m.defined()) return absl::InvalidArgumentError("samples.m is required");
@@ -336,7 +336,7 @@ absl::Status FineTuneJob::AddBatch(SampleBatch batch, int64_t wire_bytes) {
   status_.validation_samples = upload_.validation_samples;
   Touch();
   if (manager_->options_.observer.on_samples) {
-    manager_->options_.observer.on_samples(base_.name, b, wire_bytes > 0 ? wire_bytes : bytes);
+    manager_->options_.observer.on_samples(base_.name, b, bytes);
   }
   return absl::OkStatus();
 }

@@ -121,7 +121,7 @@ class FineTuneJob : public std::enable_shared_from_this<FineTuneJob> {
   // NaN/Inf value (with the job-wide index of its sample); RESOURCE_EXHAUSTED past the
   // per-job caps; FAILED_PRECONDITION when the job is no longer receiving (e.g. cancelled).
   // A refused batch leaves the job as it was.
-  absl::Status AddBatch(SampleBatch batch, int64_t wire_bytes);
+  absl::Status AddBatch(SampleBatch batch);
 
   // The client closed its side: the upload is complete and the job is queued for training.
   // INVALID_ARGUMENT (and the job FAILED) when the data cannot train or gate this model.
