@@ -156,7 +156,7 @@ absl::StatusOr<ServableHandle> ModelManager::Get(const std::string& name, int64_
     return absl::NotFoundError(absl::StrCat("model.version: model '", name, "' has no version ",
                                             version, " (loaded: ", loaded, ")"));
   }
-  return ServableHandle{name, version_it->first, version_it->second, model.executor};
+  return ServableHandle{name, version_it->first, version_it->second, model.executor, model.config};
 }
 
 std::vector<ModelListing> ModelManager::List() const {

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/core/executor.h"
+#include "server/core/model_config.h"
 #include "server/core/surrogate_model.h"
 
 namespace dino::serving {
@@ -26,6 +27,8 @@ struct ServableHandle {
   int64_t version = 0;
   std::shared_ptr<const SurrogateModel> model;
   std::shared_ptr<Executor> executor;  // Where this model's work runs.
+  // The model's config.json as of this call (never null): batching knobs for the scheduler.
+  std::shared_ptr<const ModelConfig> config;
 };
 
 struct ModelListing {
@@ -92,6 +95,7 @@ class ModelManager {
     std::map<int64_t, std::shared_ptr<const SurrogateModel>> versions;
     int64_t pinned_default = 0;  // 0: the highest version.
     std::shared_ptr<Executor> executor;
+    std::shared_ptr<const ModelConfig> config = std::make_shared<const ModelConfig>();
   };
   // The repository file a version came from, identified by its modification time and size,
   // so that a changed file is noticed.
