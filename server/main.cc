@@ -19,6 +19,7 @@
 #include "models/architectures/compute_threads.h"
 #include "server/core/log.h"
 #include "server/core/model_manager.h"
+#include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
 #include "server/frontend/surrogate_service.h"
 #include "server/frontend/training_service.h"
@@ -35,10 +36,24 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it.");
-ABSL_FLAG(int32_t, threads, 0, "Worker threads per model executor; 0 means one per CPU core.");
+ABSL_FLAG(int32_t, threads, 0,
+          "Compute threads per model (a model's config.json \"executors\" overrides it); 0 "
+          "means one per CPU core.");
+ABSL_FLAG(int64_t, max_queue_size, 256,
+          "Requests that may wait in a model's queue (config.json batching.max_queue_size "
+          "overrides it); more are refused with RESOURCE_EXHAUSTED. 0: unbounded.");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "How long a request may wait for others to be batched with it (config.json "
+          "batching.max_queue_delay_us); 0 batches only what is already queued.");
+ABSL_FLAG(int64_t, preferred_batch_size, 0,
+          "Rows at which a waiting batch starts before max_queue_delay_us (config.json "
+          "batching.preferred_batch_size); 0: none.");
+ABSL_FLAG(int64_t, max_batch_rows, 1024,
+          "Most points (rows of m) stacked into one batched computation (config.json "
+          "batching.max_batch_size).");
 ABSL_FLAG(int32_t, torch_threads, 1,
           "LibTorch intra-op threads per computation. Requests already run in parallel on "
-          "the executors, so more threads per computation oversubscribe the cores.");
+          "the compute threads, so more threads per computation oversubscribe the cores.");
 ABSL_FLAG(int32_t, blas_threads, 1,
           "OpenBLAS threads per matrix product (they multiply with --torch_threads).");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response accepted.");
@@ -126,10 +141,17 @@ int Run() {
   }
   dino::models::ConfigureComputeThreads(absl::GetFlag(FLAGS_torch_threads),
                                         absl::GetFlag(FLAGS_blas_threads));
+  if (const std::string core = dino::models::BlasCoreName(); !core.empty()) {
+    LogInfo("OpenBLAS kernels: ", core);
+  }
 
   dino::serving::ModelManager::Options options;
   options.repository = absl::GetFlag(FLAGS_model_repository);
-  options.executor_threads = executor_threads;
+  options.default_config.executors = executor_threads;
+  options.default_config.batching.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  options.default_config.batching.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  options.default_config.batching.preferred_batch_size = absl::GetFlag(FLAGS_preferred_batch_size);
+  options.default_config.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_rows);
   options.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.limits.max_jacobian_elements = absl::GetFlag(FLAGS_max_jacobian_elements);
   dino::serving::ModelManager manager(options);
@@ -170,8 +192,13 @@ int Run() {
   dino::serving::FineTuneJobManager jobs(manager, job_options);
 
   const int64_t max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  dino::serving::RequestScheduler::Options scheduler_options;
+  scheduler_options.default_executors = executor_threads;
+  scheduler_options.max_response_bytes = max_message_bytes;
+  scheduler_options.observer = metrics.get();
+  dino::serving::RequestScheduler scheduler(manager, scheduler_options);
   dino::frontend::SurrogateService service(
-      manager, metrics.get(), max_message_bytes,
+      manager, scheduler, metrics.get(),
       absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::TrainingService training_service(jobs, admin_auth);
   dino::frontend::ModelAdminService admin_service(manager, admin_auth);
@@ -214,7 +241,7 @@ int Run() {
   jobs.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + grace);
   manager.StopPolling();
-  manager.Shutdown();
+  scheduler.Shutdown();
   server->Wait();
   LogInfo("shut down cleanly");
   return 0;
@@ -223,6 +250,7 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  dino::models::UseNativeBlasKernels(argv);
   absl::SetProgramUsageMessage(
       "Serves DINO surrogates and their derivatives over gRPC.\n"
       "  dino-server --model_repository=models/repository --port=50051");

@@ -36,7 +36,7 @@ std::string AddDenseStack(torch::jit::Module& module, int64_t in_dim,
     body << "    h = ";
     if (!last) body << "torch.softplus(";
     body << "torch.addmm(self.b" << layer << ", h, self.W" << layer << ")";
-    if (!last) body << ", 1.0, 20.0)";
+    if (!last) body << ", 1.0, " << std::fixed << kSoftplusThreshold << ")";
     body << "\n";
   }
   return body.str();
@@ -71,14 +71,14 @@ torch::jit::Module BuildDipnet(const DipnetSpec& spec) {
   module.register_buffer(kInputBasis, spec.input_basis.to(spec.dtype).contiguous());
   module.register_buffer(kOutputBasis, spec.output_basis.to(spec.dtype).contiguous());
   module.register_buffer(kOutputShift, shift.to(spec.dtype).contiguous());
-  module.register_buffer("reduced_input_shift", torch::zeros({r_m}, spec.dtype));
-  module.register_buffer("reduced_input_scale", torch::ones({r_m}, spec.dtype));
+  module.register_buffer(kWhiteningShift, torch::zeros({r_m}, spec.dtype));
+  module.register_buffer(kWhiteningScale, torch::ones({r_m}, spec.dtype));
   const std::string stack =
       AddDenseStack(module, r_m, spec.hidden_widths, r_q, spec.dtype, spec.seed);
   module.define(
       "def reduced_forward(self, z: Tensor) -> Tensor:\n"
-      "    h = (z - self.reduced_input_shift) * self.reduced_input_scale\n" +
-      stack +
+      "    h = (z - self." +
+      std::string(kWhiteningShift) + ") * self." + kWhiteningScale + "\n" + stack +
       "    return h\n"
       "\n"
       "def forward(self, m: Tensor) -> Tensor:\n"

@@ -20,6 +20,12 @@ inline constexpr char kInputBasis[] = "input_basis";    // V [d_M, r_M]
 inline constexpr char kOutputBasis[] = "output_basis";  // U [d_Q, r_Q]
 inline constexpr char kOutputShift[] = "output_shift";  // b [d_Q]
 inline constexpr char kReducedForward[] = "reduced_forward";
+// The hidden layers' activation: torch.softplus(a, beta = 1, threshold), which is a itself
+// above the threshold (the layer formula of models/architectures/network.cc relies on it).
+inline constexpr double kSoftplusThreshold = 20.0;
+// The whitening buffers of the project's DIPNets ([r_M] each; see DipnetSpec).
+inline constexpr char kWhiteningShift[] = "reduced_input_shift";
+inline constexpr char kWhiteningScale[] = "reduced_input_scale";
 
 // Architecture names recorded in model metadata.
 inline constexpr char kDipnetArchitecture[] = "dipnet";

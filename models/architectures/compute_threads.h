@@ -10,3 +10,24 @@ namespace dino::models {
 void ConfigureComputeThreads(int torch_threads, int blas_threads);
 
 }  // namespace dino::models
+
+#include <string>
+
+namespace dino::models {
+
+// OpenBLAS picks its kernels for the processor it finds when it is loaded. Debian 12's
+// OpenBLAS 0.3.21 does not know processors newer than itself (Sapphire and Emerald Rapids
+// among them) and falls back to its Prescott (SSE3) kernels: a 1024 × 4225 × 100 DGEMM ran
+// at 16 GFLOP/s there instead of 71 with the AVX-512 (SkylakeX) kernels on the development
+// machine. Since OpenBLAS reads OPENBLAS_CORETYPE only when it is loaded, a program that finds
+// itself on that fallback re-executes itself once with the best core type the processor
+// supports (SkylakeX with AVX-512, Haswell with AVX2). An OPENBLAS_CORETYPE set by the user
+// is always respected (OPENBLAS_CORETYPE=Prescott keeps the fallback). Call first thing in
+// main(); returns when no re-execution was needed or possible.
+void UseNativeBlasKernels(char** argv);
+
+// The kernels OpenBLAS runs ("SkylakeX", "Prescott", …), or "" when the BLAS in use is not
+// OpenBLAS.
+std::string BlasCoreName();
+
+}  // namespace dino::models

@@ -7,10 +7,12 @@
 //   dino-train evaluate --data data/poisson_test --model models/repository/poisson/1/model.pt
 #include <CLI/CLI.hpp>
 
+#include "models/architectures/compute_threads.h"
 #include "models/pipeline/commands.h"
 #include "models/pipeline/train_commands.h"
 
 int main(int argc, char** argv) {
+  dino::models::UseNativeBlasKernels(argv);
   CLI::App app{
       "dino-train: training data and reduced bases for derivative-informed neural "
       "operators (DINOs)"};

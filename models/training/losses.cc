@@ -127,7 +127,7 @@ torch::Tensor SketchedSquaredNorm(const torch::Tensor& a, const torch::Tensor& q
   return scale * SquaredNorm2(torch::matmul(q_left.transpose(-2, -1), torch::matmul(a, q_right)));
 }
 
-Loss::Loss(const Network& network, const Dataset& data, const LossConfig& config)
+Loss::Loss(const models::Network& network, const Dataset& data, const LossConfig& config)
     : network_(network), config_(config) {
   config_.Validate();
   const JacobianLoss loss = config_.jacobian_loss;
@@ -226,7 +226,7 @@ LossTerms Loss::Evaluate(const torch::Tensor& indices, bool create_graph) const 
     torch::Tensor z = p.z.index_select(0, index);
     torch::Tensor phi, j_phi;
     if (want_jacobian) {
-      std::tie(phi, j_phi) = ReducedValueAndJacobian(network_, z, create_graph);
+      std::tie(phi, j_phi) = models::ReducedValueAndJacobian(network_, z, create_graph);
     } else {
       phi = network_.ReducedForward(z);
     }
@@ -280,7 +280,7 @@ LossTerms Loss::Evaluate(const torch::Tensor& indices, bool create_graph) const 
         break;
     }
     if (want_jacobian) {
-      std::tie(f, products) = ValueAndLeftProducts(network_, m, left, create_graph);
+      std::tie(f, products) = models::ValueAndLeftProducts(network_, m, left, create_graph);
     } else {
       f = network_.Forward(m);
     }

@@ -36,8 +36,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "models/architectures/network.h"
 #include "models/training/dataset.h"
-#include "models/training/network.h"
 #include "models/training/prepared.h"
 
 namespace dino::training {
@@ -125,7 +125,7 @@ class Loss {
   // when the data lack what the loss needs (e.g. reduced H¹ from reduced-basis data, which
   // does not determine the per-sample SVD; any Jacobian loss of a generic model on data in a
   // DIPNet's bases).
-  Loss(const Network& network, const Dataset& data, const LossConfig& config);
+  Loss(const models::Network& network, const Dataset& data, const LossConfig& config);
 
   // Redraws the subsets (kReducedH1Subsampled) and sketches (kSketchedH1); the trainer calls
   // it once per epoch. A no-op for the deterministic losses. New sketches cost one pass over
@@ -141,13 +141,13 @@ class Loss {
 
   int64_t size() const { return prepared_.size; }
   const LossConfig& config() const { return config_; }
-  const Network& network() const { return network_; }
+  const models::Network& network() const { return network_; }
 
  private:
   // Q_lᵀ J Q_r of every sample [n, s_Q, s_M], from full J or the truncated SVD.
   torch::Tensor SketchData() const;
 
-  Network network_;
+  models::Network network_;
   LossConfig config_;
   PreparedData prepared_;
   torch::Tensor subsets_;  // [n, k] (kReducedH1Subsampled), redrawn by Resample.

@@ -43,7 +43,7 @@ nlohmann::json Accuracies::ToJson() const {
   return json;
 }
 
-AccuracyEvaluator::AccuracyEvaluator(const Network& network, const Dataset& data,
+AccuracyEvaluator::AccuracyEvaluator(const models::Network& network, const Dataset& data,
                                      const MetricsOptions& options)
     : network_(network), options_(options) {
   if (options_.chunk < 1) Fail("the metrics chunk size must be >= 1");
@@ -75,7 +75,7 @@ Accuracies AccuracyEvaluator::Evaluate() const {
       torch::Tensor z = p.z.narrow(0, start, count);
       torch::Tensor phi, j_phi;
       if (want_jacobian) {
-        std::tie(phi, j_phi) = ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
+        std::tie(phi, j_phi) = models::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
       }
       torch::NoGradGuard no_grad;
       if (!want_jacobian) phi = network_.ReducedForward(z);
@@ -101,15 +101,15 @@ Accuracies AccuracyEvaluator::Evaluate() const {
     torch::Tensor f;
     if (has_h1_) {
       auto [value, jacobian] =
-          ValueAndLeftProducts(network_, m, torch::eye(p.data.output_dim(), m.options()),
-                               /*create_graph=*/false);
+          models::ValueAndLeftProducts(network_, m, torch::eye(p.data.output_dim(), m.options()),
+                                       /*create_graph=*/false);
       f = value;
       torch::NoGradGuard no_grad;
       h1.Add(SquaredNorm2(FullJacobianRows(p.data, index) - jacobian),
              p.j_norm_sq.narrow(0, start, count));
     }
     if (has_reduced_) {
-      auto [value, left_products] = ValueAndLeftProducts(
+      auto [value, left_products] = models::ValueAndLeftProducts(
           network_, m, p.svd_left.narrow(0, start, count), /*create_graph=*/false);
       f = value;
       torch::NoGradGuard no_grad;
@@ -140,7 +140,7 @@ Accuracies AccuracyEvaluator::Evaluate() const {
 
 Accuracies EvaluateAccuracies(const torch::jit::Module& module, const Dataset& data,
                               const MetricsOptions& options) {
-  return AccuracyEvaluator(Network(module), data, options).Evaluate();
+  return AccuracyEvaluator(models::Network(module), data, options).Evaluate();
 }
 
 }  // namespace dino::training

@@ -17,8 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "models/architectures/network.h"
 #include "models/training/dataset.h"
-#include "models/training/network.h"
 #include "models/training/prepared.h"
 
 namespace dino::training {
@@ -58,14 +58,14 @@ class AccuracyEvaluator {
  public:
   // Throws std::invalid_argument on invalid data, data the model does not fit, an invalid
   // reduced_rank, or a sample whose normaliser (‖q‖, ‖∇q‖, ‖Σ_r‖) is zero.
-  AccuracyEvaluator(const Network& network, const Dataset& data,
+  AccuracyEvaluator(const models::Network& network, const Dataset& data,
                     const MetricsOptions& options = {});
 
   // The metrics for the model's current weights, without gradients of the weights.
   Accuracies Evaluate() const;
 
  private:
-  Network network_;
+  models::Network network_;
   MetricsOptions options_;
   bool has_h1_ = false;
   bool has_reduced_ = false;

@@ -29,7 +29,7 @@ void CheckNormalizers(const Dataset& data, bool jacobian) {
   RequirePositive(norms, "the Jacobian");
 }
 
-PreparedData Prepare(const Network& network, const Dataset& input,
+PreparedData Prepare(const models::Network& network, const Dataset& input,
                      const PreparationRequest& request) {
   input.Validate();
   network.CheckDimensions(input.input_dim(), input.output_dim());

@@ -12,8 +12,8 @@
 
 #include <cstdint>
 
+#include "models/architectures/network.h"
 #include "models/training/dataset.h"
-#include "models/training/network.h"
 
 namespace dino::training {
 
@@ -60,7 +60,7 @@ struct PreparedData {
 // Validates the data and checks that the model fits them. Throws std::invalid_argument
 // naming the first sample whose normaliser (‖q‖, ‖J‖, ‖Σ_r‖) is zero, or when the data
 // cannot provide what is requested (the SVD of reduced data, Jacobians from outputs only).
-PreparedData Prepare(const Network& network, const Dataset& data,
+PreparedData Prepare(const models::Network& network, const Dataset& data,
                      const PreparationRequest& request);
 
 // Throws std::invalid_argument naming the first sample of `data` whose ‖q‖ is zero, and, with

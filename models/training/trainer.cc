@@ -8,7 +8,7 @@
 #include <stdexcept>
 
 #include "models/architectures/architectures.h"
-#include "models/training/network.h"
+#include "models/architectures/network.h"
 
 namespace dino::training {
 namespace {
@@ -16,8 +16,6 @@ namespace {
 [[noreturn]] void Fail(const std::string& why) { throw std::invalid_argument(why); }
 
 constexpr double kPi = 3.14159265358979323846;
-constexpr char kWhiteningShift[] = "reduced_input_shift";
-constexpr char kWhiteningScale[] = "reduced_input_scale";
 
 const char* ScheduleName(LearningRateSchedule schedule) {
   switch (schedule) {
@@ -175,14 +173,15 @@ nlohmann::json EpochReport::ToJson() const {
 
 std::string ApplyWhitening(torch::jit::Module& module, const torch::Tensor& m, Whitening mode) {
   if (mode == Whitening::kNever) return "disabled";
-  const Network network(module, /*allow_layer_propagation=*/false);  // Only the bases needed.
+  const models::Network network(module,
+                                /*allow_layer_propagation=*/false);  // Only the bases needed.
   if (!network.reduced() || !network.has_whitening()) return "unavailable";
   if (m.dim() != 2 || m.size(1) != network.input_basis().size(0) || m.size(0) == 0) {
     Fail("whitening needs samples m [n, d_M] with d_M = " +
          std::to_string(network.input_basis().size(0)));
   }
-  torch::Tensor shift = module.attr(kWhiteningShift).toTensor();
-  torch::Tensor scale = module.attr(kWhiteningScale).toTensor();
+  torch::Tensor shift = module.attr(models::kWhiteningShift).toTensor();
+  torch::Tensor scale = module.attr(models::kWhiteningScale).toTensor();
   torch::NoGradGuard no_grad;
   if (mode == Whitening::kIfIdentity &&
       !(shift.eq(0).all().item<bool>() && scale.eq(1).all().item<bool>())) {
@@ -216,7 +215,7 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
   config.Validate();
   if (split.train.size() == 0) Fail("there are no training samples");
   split.train.Validate();
-  const Network network(module, config.allow_layer_propagation);
+  const models::Network network(module, config.allow_layer_propagation);
   network.CheckDimensions(split.train.input_dim(), split.train.output_dim());
   CheckNormalizers(split.train, /*jacobian=*/true);
   if (split.validation.size() > 0) {
@@ -238,7 +237,7 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
   }
 
   TrainingResult result;
-  result.network_jacobian = ReducedJacobianMethodName(network.reduced_jacobian_method());
+  result.network_jacobian = models::ReducedJacobianMethodName(network.reduced_jacobian_method());
   result.whitening = ApplyWhitening(module, split.train.m, config.whitening);
   if (validating && config.evaluation_interval > 0) {
     result.initial_validation_accuracy = validation_evaluator->Evaluate();

@@ -34,8 +34,8 @@ namespace dino::serving {
 struct VersionPolicy {
   enum class Kind { kLatest, kAll, kSpecific };
   Kind kind = Kind::kLatest;
-  int64_t latest = 1;              // kLatest: how many of the highest versions.
-  std::set<int64_t> specific;      // kSpecific: exactly these.
+  int64_t latest = 1;          // kLatest: how many of the highest versions.
+  std::set<int64_t> specific;  // kSpecific: exactly these.
 };
 
 // The dynamic batcher's knobs (Triton's dynamic_batching).

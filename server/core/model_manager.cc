@@ -14,10 +14,7 @@ namespace dino::serving {
 
 ModelManager::ModelManager(Options options) : options_(std::move(options)) {}
 
-ModelManager::~ModelManager() {
-  StopPolling();
-  Shutdown();
-}
+ModelManager::~ModelManager() { StopPolling(); }
 
 namespace {
 
@@ -130,9 +127,7 @@ void ModelManager::Add(const std::string& name, int64_t version,
                        std::shared_ptr<const SurrogateModel> model) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
   Model& entry = models_[name];
-  if (!entry.executor) {
-    entry.executor = std::make_shared<Executor>(name, options_.executor_threads);
-  }
+  if (!entry.config) entry.config = std::make_shared<const ModelConfig>(options_.default_config);
   entry.versions[version] = std::move(model);
 }
 
@@ -156,7 +151,7 @@ absl::StatusOr<ServableHandle> ModelManager::Get(const std::string& name, int64_
     return absl::NotFoundError(absl::StrCat("model.version: model '", name, "' has no version ",
                                             version, " (loaded: ", loaded, ")"));
   }
-  return ServableHandle{name, version_it->first, version_it->second, model.executor, model.config};
+  return ServableHandle{name, version_it->first, version_it->second, model.config};
 }
 
 std::vector<ModelListing> ModelManager::List() const {
@@ -217,15 +212,6 @@ size_t ModelManager::loaded_versions() const {
   size_t count = 0;
   for (const auto& [name, model] : models_) count += model.versions.size();
   return count;
-}
-
-void ModelManager::Shutdown() {
-  std::vector<std::shared_ptr<Executor>> executors;
-  {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    for (const auto& [name, model] : models_) executors.push_back(model.executor);
-  }
-  for (auto& executor : executors) executor->Shutdown();
 }
 
 }  // namespace dino::serving

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/core/executor.h"
 #include "server/core/model_config.h"
 #include "server/core/surrogate_model.h"
 
@@ -26,7 +25,6 @@ struct ServableHandle {
   std::string name;
   int64_t version = 0;
   std::shared_ptr<const SurrogateModel> model;
-  std::shared_ptr<Executor> executor;  // Where this model's work runs.
   // The model's config.json as of this call (never null): batching knobs for the scheduler.
   std::shared_ptr<const ModelConfig> config;
 };
@@ -49,8 +47,9 @@ class ModelManager {
  public:
   struct Options {
     std::string repository;
-    int executor_threads = 1;  // Worker threads per model name.
     ComputeLimits limits;
+    // A model's configuration where its config.json says nothing (the server's flags).
+    ModelConfig default_config;
   };
 
   explicit ModelManager(Options options);
@@ -87,15 +86,11 @@ class ModelManager {
   std::vector<ModelListing> List() const;  // Sorted by name.
   size_t loaded_versions() const;
 
-  // Runs the work already queued on every executor, then stops them. Idempotent.
-  void Shutdown();
-
  private:
   struct Model {
     std::map<int64_t, std::shared_ptr<const SurrogateModel>> versions;
     int64_t pinned_default = 0;  // 0: the highest version.
-    std::shared_ptr<Executor> executor;
-    std::shared_ptr<const ModelConfig> config = std::make_shared<const ModelConfig>();
+    std::shared_ptr<const ModelConfig> config;
   };
   // The repository file a version came from, identified by its modification time and size,
   // so that a changed file is noticed.

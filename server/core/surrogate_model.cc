@@ -4,7 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <sstream>
+#include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +16,7 @@ namespace dino::serving {
 namespace {
 
 namespace dm = dino::models;
+using Layout = PreparedQuery::Layout;
 
 std::string ShapeString(const torch::Tensor& t) {
   return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
@@ -26,10 +27,32 @@ double OrthonormalityTolerance(torch::Dtype dtype) {
   return dtype == torch::kFloat64 ? 1e-6 : 1e-4;
 }
 
+// Whether every element is finite, by the exponent bits (all ones for Inf and NaN): an
+// integer OR-reduction the compiler vectorizes, one pass without temporaries, so that
+// checking a large request costs a fraction of computing it.
+template <typename Bits>
+bool AllFiniteBits(const void* data, int64_t n, Bits exponent_mask) {
+  const auto* bits = static_cast<const Bits*>(data);
+  Bits non_finite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    non_finite |= static_cast<Bits>((bits[i] & exponent_mask) == exponent_mask);
+  }
+  return non_finite == 0;
+}
+
+bool AllFinite(const torch::Tensor& t) {
+  if (t.is_contiguous() && t.scalar_type() == torch::kFloat64) {
+    return AllFiniteBits<uint64_t>(t.data_ptr(), t.numel(), 0x7FF0000000000000ULL);
+  }
+  if (t.is_contiguous() && t.scalar_type() == torch::kFloat32) {
+    return AllFiniteBits<uint32_t>(t.data_ptr(), t.numel(), 0x7F800000U);
+  }
+  return torch::isfinite(t).all().item<bool>();
+}
+
 absl::Status CheckFinite(const torch::Tensor& t, const char* field) {
-  torch::Tensor bad = torch::logical_not(torch::isfinite(t));
-  if (!bad.any().item<bool>()) return absl::OkStatus();
-  torch::Tensor where = bad.nonzero().select(0, 0);
+  if (AllFinite(t)) return absl::OkStatus();
+  torch::Tensor where = torch::logical_not(torch::isfinite(t)).nonzero().select(0, 0);
   return absl::InvalidArgumentError(
       absl::StrCat(field, " contains a non-finite value (NaN or Inf) at index [",
                    absl::StrJoin(std::vector<int64_t>(where.data_ptr<int64_t>(),
@@ -38,32 +61,355 @@ absl::Status CheckFinite(const torch::Tensor& t, const char* field) {
                    "]"));
 }
 
-bool HasAttribute(const torch::jit::Module& module, const char* name) {
-  return module.hasattr(name) && module.attr(name).isTensor();
+// Rows of the queries' tensors stacked into one, without a copy for a batch of one.
+template <typename Get>
+torch::Tensor Stack(const std::vector<const PreparedQuery*>& queries, Get get) {
+  if (queries.size() == 1) return get(*queries[0]);
+  std::vector<torch::Tensor> parts;
+  parts.reserve(queries.size());
+  for (const PreparedQuery* query : queries) parts.push_back(get(*query));
+  return torch::cat(parts, 0);
 }
 
-// Reverse-mode products ∂⟨cotangents, outputs⟩/∂inputs, with zeros where the outputs do
-// not depend on the inputs (a constant model is a valid, if dull, model).
-torch::Tensor ReverseProduct(const torch::Tensor& outputs, const torch::Tensor& inputs,
-                             const torch::Tensor& cotangents, bool create_graph = false) {
-  if (!outputs.requires_grad()) return torch::zeros_like(inputs);
-  auto grads = torch::autograd::grad({outputs}, {inputs}, {cotangents},
-                                     /*retain_graph=*/create_graph, create_graph,
-                                     /*allow_unused=*/true);
-  return grads[0].defined() ? grads[0] : torch::zeros_like(inputs);
+// Per-point results [P, k, n] in the query's layout: [k, n], [P, n] or [P, k, n].
+torch::Tensor InLayout(const torch::Tensor& values, Layout layout) {
+  switch (layout) {
+    case Layout::kSinglePoint:
+      return values[0];
+    case Layout::kOnePerPoint:
+      return values.select(1, 0);
+    case Layout::kPerPoint:
+      return values;
+  }
+  return values;
 }
+
+// q [P, d_Q] of a query: [d_Q] in the single-point form.
+torch::Tensor QInLayout(const torch::Tensor& q, Layout layout) {
+  return layout == Layout::kSinglePoint ? q[0] : q;
+}
+
+// ---------------------------------------------------------------------------------------
+// f(m) = U φ(Vᵀm) + b.
+class ReducedBasisModel final : public SurrogateModel {
+ public:
+  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits)
+      : SurrogateModel(std::move(info), limits), network_(std::move(network)) {}
+
+  absl::StatusOr<Bases> GetBases() const override {
+    return Bases{network_.input_basis(), network_.output_basis(), network_.output_shift()};
+  }
+
+ protected:
+  std::vector<Answer> ComputeBatch(absl::Span<const PreparedQuery* const> batch) const override {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor& v = network_.input_basis();
+    const torch::Tensor& u = network_.output_basis();
+    std::vector<Answer> answers(batch.size());
+    std::vector<const PreparedQuery*> evaluations, derivatives;
+    std::vector<size_t> evaluation_index, derivative_index;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const bool evaluate = batch[i]->method == Method::kEvaluate;
+      (evaluate ? evaluations : derivatives).push_back(batch[i]);
+      (evaluate ? evaluation_index : derivative_index).push_back(i);
+    }
+    if (!evaluations.empty()) {
+      torch::Tensor q =
+          network_.Forward(Stack(evaluations, [](const PreparedQuery& p) { return p.points; }));
+      int64_t offset = 0;
+      for (size_t j = 0; j < evaluations.size(); ++j) {
+        const int64_t rows = evaluations[j]->points_count();
+        answers[evaluation_index[j]].values = q.narrow(0, offset, rows);
+        offset += rows;
+      }
+    }
+    if (derivatives.empty()) return answers;
+
+    // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
+    torch::Tensor z =
+        torch::mm(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
+    auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
+    torch::Tensor q_all = torch::addmm(network_.output_shift(), phi, u.t());
+
+    // The Jvp directions and Vjp cotangents of all queries, each projected once: Vᵀv, Uᵀw.
+    std::vector<const PreparedQuery*> jvps, vjps;
+    std::vector<size_t> jvp_index, vjp_index;  // Positions in `batch`.
+    for (size_t j = 0; j < derivatives.size(); ++j) {
+      const Method method = derivatives[j]->method;
+      if (method == Method::kJvp) {
+        jvps.push_back(derivatives[j]);
+        jvp_index.push_back(derivative_index[j]);
+      } else if (method == Method::kVjp) {
+        vjps.push_back(derivatives[j]);
+        vjp_index.push_back(derivative_index[j]);
+      }
+    }
+    auto flat_vectors = [](const PreparedQuery& p) { return p.vectors.flatten(0, 1); };
+    torch::Tensor reduced_directions =
+        jvps.empty() ? torch::Tensor() : torch::mm(Stack(jvps, flat_vectors), v);
+    torch::Tensor reduced_cotangents =
+        vjps.empty() ? torch::Tensor() : torch::mm(Stack(vjps, flat_vectors), u);
+    std::vector<torch::Tensor> jvp_parts, vjp_parts;  // [P_i·k_i, r_Q] and [P_i·k_i, r_M]
+    int64_t point = 0, direction_row = 0, cotangent_row = 0;
+    for (size_t j = 0; j < derivatives.size(); ++j) {
+      const PreparedQuery& query = *derivatives[j];
+      Answer& answer = answers[derivative_index[j]];
+      const int64_t points = query.points_count();
+      torch::Tensor jacobian = jacobians.narrow(0, point, points);  // [P_i, r_Q, r_M]
+      torch::Tensor q = q_all.narrow(0, point, points);
+      point += points;
+      switch (query.method) {
+        case Method::kJvp: {
+          const int64_t rows = points * query.vectors.size(1);
+          // (Vᵀv) J_φᵀ per point: [P_i, k_i, r_M] × [P_i, r_M, r_Q].
+          jvp_parts.push_back(torch::bmm(reduced_directions.narrow(0, direction_row, rows)
+                                             .view({points, query.vectors.size(1), -1}),
+                                         jacobian.transpose(1, 2))
+                                  .flatten(0, 1));
+          direction_row += rows;
+          if (query.want_q) answer.q = QInLayout(q, query.layout);
+          break;
+        }
+        case Method::kVjp: {
+          const int64_t rows = points * query.vectors.size(1);
+          // (Uᵀw) J_φ per point: [P_i, k_i, r_Q] × [P_i, r_Q, r_M].
+          vjp_parts.push_back(torch::bmm(reduced_cotangents.narrow(0, cotangent_row, rows)
+                                             .view({points, query.vectors.size(1), -1}),
+                                         jacobian)
+                                  .flatten(0, 1));
+          cotangent_row += rows;
+          if (query.want_q) answer.q = QInLayout(q, query.layout);
+          break;
+        }
+        case Method::kReducedJacobian:
+          answer.q = q;
+          answer.values =
+              query.output_basis.defined()
+                  ? torch::matmul(torch::matmul(torch::mm(query.output_basis.t(), u), jacobian),
+                                  torch::mm(v.t(), query.input_basis))
+                  : jacobian;
+          break;
+        case Method::kJacobian:
+          answer.values = torch::mm(torch::mm(u, jacobian[0]), v.t());
+          if (query.want_q) answer.q = q[0];
+          break;
+        case Method::kEvaluate:
+          break;
+      }
+    }
+    // Back to full space, once for all queries: U(J_φVᵀv) and V(J_φᵀUᵀw).
+    auto scatter = [&answers](const std::vector<const PreparedQuery*>& queries,
+                              const std::vector<size_t>& index,
+                              const std::vector<torch::Tensor>& parts, const torch::Tensor& basis) {
+      if (queries.empty()) return;
+      torch::Tensor full =
+          torch::mm(parts.size() == 1 ? parts[0] : torch::cat(parts, 0), basis.t());
+      int64_t row = 0;
+      for (size_t j = 0; j < queries.size(); ++j) {
+        const int64_t points = queries[j]->points_count(), k = queries[j]->vectors.size(1);
+        answers[index[j]].values =
+            InLayout(full.narrow(0, row, points * k).view({points, k, -1}), queries[j]->layout);
+        row += points * k;
+      }
+    };
+    scatter(jvps, jvp_index, jvp_parts, u);
+    scatter(vjps, vjp_index, vjp_parts, v);
+    return answers;
+  }
+
+ private:
+  const dm::Network network_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Any model that follows the contract: autograd on the full input.
+class GenericModel final : public SurrogateModel {
+ public:
+  GenericModel(dm::Network network, ModelInfo info, ComputeLimits limits)
+      : SurrogateModel(std::move(info), limits), network_(std::move(network)) {}
+
+  absl::StatusOr<Bases> GetBases() const override {
+    return absl::FailedPreconditionError("this model has no reduced bases");
+  }
+
+ protected:
+  // Reverse rows (point copy, seed): Vjp cotangents, ReducedJacobian seeds U_c, Jacobian and
+  // many-direction Jvp seeds I; forward-mode rows (point copy, direction) for few-direction
+  // Jvp. Each kind is one pass for the whole batch.
+  struct Rows {
+    std::vector<torch::Tensor> points, seeds;
+    int64_t count = 0;
+    int64_t Add(const torch::Tensor& copies, const torch::Tensor& seed_rows) {
+      points.push_back(copies);
+      seeds.push_back(seed_rows);
+      const int64_t first = count;
+      count += copies.size(0);
+      return first;
+    }
+  };
+
+  std::vector<Answer> ComputeBatch(absl::Span<const PreparedQuery* const> batch) const override {
+    const int64_t d_q = info_.output_dim;
+    const auto options = torch::dtype(info_.dtype);
+    std::vector<Answer> answers(batch.size());
+    std::vector<int64_t> first_row(batch.size(), -1);
+    Rows reverse, forward_mode;
+    std::vector<const PreparedQuery*> evaluations;
+    std::vector<size_t> evaluation_index;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const PreparedQuery& query = *batch[i];
+      const int64_t points = query.points_count();
+      switch (query.method) {
+        case Method::kEvaluate:
+          evaluations.push_back(&query);
+          evaluation_index.push_back(i);
+          break;
+        case Method::kVjp: {
+          const int64_t k = query.vectors.size(1);
+          first_row[i] =
+              reverse.Add(query.points.repeat_interleave(k, 0), query.vectors.flatten(0, 1));
+          break;
+        }
+        case Method::kReducedJacobian: {
+          const int64_t k = query.output_basis.size(1);
+          first_row[i] = reverse.Add(query.points.repeat_interleave(k, 0),
+                                     query.output_basis.t().repeat({points, 1}));
+          break;
+        }
+        case Method::kJacobian:
+          first_row[i] =
+              reverse.Add(query.points.expand({d_q, info_.input_dim}), torch::eye(d_q, options));
+          break;
+        case Method::kJvp: {
+          const int64_t k = query.vectors.size(1);
+          if (k >= d_q) {  // Cheaper from the Jacobian rows at each point.
+            first_row[i] = reverse.Add(query.points.repeat_interleave(d_q, 0),
+                                       torch::eye(d_q, options).repeat({points, 1}));
+          } else {
+            first_row[i] =
+                forward_mode.Add(query.points.repeat_interleave(k, 0), query.vectors.flatten(0, 1));
+          }
+          break;
+        }
+      }
+    }
+    if (!evaluations.empty()) {
+      torch::NoGradGuard no_grad;
+      torch::Tensor q =
+          network_.Forward(Stack(evaluations, [](const PreparedQuery& p) { return p.points; }));
+      int64_t offset = 0;
+      for (size_t j = 0; j < evaluations.size(); ++j) {
+        const int64_t rows = evaluations[j]->points_count();
+        answers[evaluation_index[j]].values = q.narrow(0, offset, rows);
+        offset += rows;
+      }
+    }
+    torch::Tensor reverse_values, reverse_rows, forward_values, forward_rows;
+    if (reverse.count > 0) {
+      torch::AutoGradMode grad_mode(true);
+      torch::Tensor inputs = Cat(reverse.points).detach().contiguous().requires_grad_(true);
+      torch::Tensor outputs = network_.Forward(inputs);
+      reverse_rows = dm::ReverseProduct(outputs, inputs, Cat(reverse.seeds), false);
+      reverse_values = outputs.detach();
+    }
+    if (forward_mode.count > 0) {
+      // Double backward: g(u) = J(m)ᵀu is linear in u, so ∂⟨g(u), v⟩/∂u = J(m) v.
+      torch::AutoGradMode grad_mode(true);
+      torch::Tensor inputs = Cat(forward_mode.points).detach().contiguous().requires_grad_(true);
+      torch::Tensor outputs = network_.Forward(inputs);
+      torch::Tensor cotangent = torch::zeros_like(outputs).requires_grad_(true);
+      torch::Tensor g = dm::ReverseProduct(outputs, inputs, cotangent, /*create_graph=*/true);
+      forward_rows = dm::ReverseProduct(g, cotangent, Cat(forward_mode.seeds), false).detach();
+      forward_values = outputs.detach();
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const PreparedQuery& query = *batch[i];
+      Answer& answer = answers[i];
+      const int64_t points = query.points_count();
+      switch (query.method) {
+        case Method::kEvaluate:
+          break;
+        case Method::kVjp: {
+          const int64_t k = query.vectors.size(1);
+          answer.values = InLayout(
+              reverse_rows.narrow(0, first_row[i], points * k).view({points, k, -1}), query.layout);
+          if (query.want_q)
+            answer.q =
+                QInLayout(PointValues(reverse_values, i, k, points, first_row), query.layout);
+          break;
+        }
+        case Method::kReducedJacobian: {
+          const int64_t k = query.output_basis.size(1);
+          answer.values =
+              torch::matmul(reverse_rows.narrow(0, first_row[i], points * k).view({points, k, -1}),
+                            query.input_basis);
+          answer.q = PointValues(reverse_values, i, k, points, first_row);
+          break;
+        }
+        case Method::kJacobian:
+          answer.values = reverse_rows.narrow(0, first_row[i], d_q);
+          if (query.want_q) answer.q = reverse_values[first_row[i]];
+          break;
+        case Method::kJvp: {
+          const int64_t k = query.vectors.size(1);
+          torch::Tensor values, q;
+          if (k >= d_q) {
+            torch::Tensor jacobians =
+                reverse_rows.narrow(0, first_row[i], points * d_q).view({points, d_q, -1});
+            values = torch::bmm(query.vectors, jacobians.transpose(1, 2));
+            q = PointValues(reverse_values, i, d_q, points, first_row);
+          } else {
+            values = forward_rows.narrow(0, first_row[i], points * k).view({points, k, d_q});
+            q = PointValues(forward_values, i, k, points, first_row);
+          }
+          answer.values = InLayout(values, query.layout);
+          if (query.want_q) answer.q = QInLayout(q, query.layout);
+          break;
+        }
+      }
+    }
+    return answers;
+  }
+
+ private:
+  static torch::Tensor Cat(const std::vector<torch::Tensor>& parts) {
+    return parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
+  }
+  // f at each of a query's points: the first of its `copies` rows per point.
+  static torch::Tensor PointValues(const torch::Tensor& values, size_t query, int64_t copies,
+                                   int64_t points, const std::vector<int64_t>& first_row) {
+    return values.narrow(0, first_row[query], points * copies)
+        .view({points, copies, -1})
+        .select(1, 0);
+  }
+
+  const dm::Network network_;
+};
 
 }  // namespace
 
-SurrogateModel::SurrogateModel(torch::jit::Module module, ModelInfo info, ComputeLimits limits)
-    : module_(std::move(module)), info_(std::move(info)), limits_(limits) {
-  if (info_.has_reduced_bases) {
-    input_basis_ = module_.attr(dm::kInputBasis).toTensor();
-    output_basis_ = module_.attr(dm::kOutputBasis).toTensor();
-    output_shift_ = module_.attr(dm::kOutputShift).toTensor();
-    reduced_network_ =
-        std::make_shared<const training::Network>(module_, /*allow_layer_propagation=*/true);
+const char* MethodName(Method method) {
+  switch (method) {
+    case Method::kEvaluate:
+      return "Evaluate";
+    case Method::kJvp:
+      return "Jvp";
+    case Method::kVjp:
+      return "Vjp";
+    case Method::kReducedJacobian:
+      return "ReducedJacobian";
+    case Method::kJacobian:
+      return "Jacobian";
   }
+  return "?";
+}
+
+int64_t Answer::bytes() const {
+  int64_t total = 0;
+  for (const torch::Tensor* t : {&values, &q}) {
+    if (t->defined()) total += t->numel() * static_cast<int64_t>(t->element_size());
+  }
+  return total;
 }
 
 absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::Load(const std::string& path,
@@ -92,27 +438,23 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
 
     ModelInfo info;
     info.metadata = std::move(metadata);
-    const bool has_v = HasAttribute(module, dm::kInputBasis);
-    const bool has_u = HasAttribute(module, dm::kOutputBasis);
-    const bool has_b = HasAttribute(module, dm::kOutputShift);
-    const bool has_reduced = module.find_method(dm::kReducedForward).has_value();
-    const bool any = has_v || has_u || has_b || has_reduced;
-    info.has_reduced_bases = has_v && has_u && has_b && has_reduced;
-    if (any && !info.has_reduced_bases) {
-      return fail(
-          "a reduced-basis model needs all of the buffers input_basis, output_basis, "
-          "output_shift and the method reduced_forward; this one has only some of them");
+    const std::optional<torch::Dtype> declared_dtype = info.metadata.value("dtype", "") == "fp64"
+                                                           ? std::optional(torch::kFloat64)
+                                                           : std::optional(torch::kFloat32);
+    // The one reading of the contract (models/architectures/network.h): reduced or generic,
+    // dtype, and the verified direct DIPNet path where it applies.
+    std::optional<dm::Network> network;
+    try {
+      network.emplace(module, /*allow_layer_propagation=*/true, declared_dtype);
+    } catch (const std::invalid_argument& e) {
+      return fail(e.what());
     }
-
+    info.has_reduced_bases = network->reduced();
+    info.dtype = network->dtype();
     if (info.has_reduced_bases) {
-      const torch::Tensor v = module.attr(dm::kInputBasis).toTensor();
-      const torch::Tensor u = module.attr(dm::kOutputBasis).toTensor();
-      const torch::Tensor b = module.attr(dm::kOutputShift).toTensor();
-      if (v.dim() != 2 || u.dim() != 2 || b.dim() != 1 || b.size(0) != u.size(0)) {
-        return fail(absl::StrCat("inconsistent basis shapes: input_basis ", ShapeString(v),
-                                 ", output_basis ", ShapeString(u), ", output_shift ",
-                                 ShapeString(b)));
-      }
+      const torch::Tensor& v = network->input_basis();
+      const torch::Tensor& u = network->output_basis();
+      const torch::Tensor& b = network->output_shift();
       if (v.scalar_type() != u.scalar_type() || v.scalar_type() != b.scalar_type() ||
           !torch::isFloatingType(v.scalar_type())) {
         return fail("input_basis, output_basis and output_shift must share one float dtype");
@@ -121,7 +463,6 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       info.input_rank = v.size(1);
       info.output_dim = u.size(0);
       info.output_rank = u.size(1);
-      info.dtype = v.scalar_type();
       const double tolerance = OrthonormalityTolerance(info.dtype);
       if (dm::OrthonormalityDefect(v) > tolerance || dm::OrthonormalityDefect(u) > tolerance) {
         return fail("input_basis and output_basis must have orthonormal columns");
@@ -136,22 +477,6 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       }
       info.input_dim = info.metadata["input_dim"].get<int64_t>();
       if (info.input_dim <= 0) return fail("metadata input_dim must be positive");
-      info.dtype = torch::kFloat32;
-      bool found = false;
-      // The dtype of the first floating-point parameter, else buffer, else the metadata's.
-      for (const auto& p : module.parameters()) {
-        if (!found && torch::isFloatingType(p.scalar_type())) {
-          info.dtype = p.scalar_type();
-          found = true;
-        }
-      }
-      for (const auto& b : module.buffers()) {
-        if (!found && torch::isFloatingType(b.scalar_type())) {
-          info.dtype = b.scalar_type();
-          found = true;
-        }
-      }
-      if (!found && info.metadata.value("dtype", "") == "fp64") info.dtype = torch::kFloat64;
       info.architecture = dm::kGenericArchitecture;
     }
     if (info.dtype != torch::kFloat32 && info.dtype != torch::kFloat64) {
@@ -161,7 +486,8 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       info.architecture = info.metadata["architecture"].get<std::string>();
     }
 
-    // Probe: the output shape, finiteness, and for reduced models the contract identity.
+    // Probe: the output shape, finiteness, and for reduced models the contract identity
+    // between the TorchScript forward and the composition through reduced_forward.
     auto generator = at::make_generator<at::CPUGeneratorImpl>(12345);
     torch::Tensor probe = torch::empty({2, info.input_dim}, torch::kFloat64);
     probe.normal_(0.0, 1.0, generator);
@@ -181,45 +507,40 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
       return fail("forward returned non-finite values on a standard normal probe input");
     }
     if (info.has_reduced_bases) {
-      const torch::Tensor v = module.attr(dm::kInputBasis).toTensor();
-      const torch::Tensor u = module.attr(dm::kOutputBasis).toTensor();
-      const torch::Tensor b = module.attr(dm::kOutputShift).toTensor();
       torch::Tensor reduced =
-          module.get_method(dm::kReducedForward)({torch::mm(probe, v)}).toTensor();
+          module.get_method(dm::kReducedForward)({torch::mm(probe, network->input_basis())})
+              .toTensor();
       if (reduced.dim() != 2 || reduced.size(0) != 2 || reduced.size(1) != info.output_rank) {
         return fail(absl::StrCat("reduced_forward(z [2, ", info.input_rank,
                                  "]) must return [2, r_Q = ", info.output_rank, "], returned ",
                                  ShapeString(reduced)));
       }
-      torch::Tensor composed = torch::addmm(b, reduced, u.t());
       const double scale = std::max(1.0, out.abs().max().item<double>());
-      const double mismatch = (composed - out).abs().max().item<double>() / scale;
       const double tolerance = info.dtype == torch::kFloat64 ? 1e-9 : 1e-4;
-      if (mismatch > tolerance) {
-        return fail(
-            absl::StrCat("forward(m) differs from reduced_forward(m·input_basis)·output_basisᵀ + "
-                         "output_shift by ",
-                         mismatch, " (relative); the model contract requires them to agree"));
+      for (const torch::Tensor& composed :
+           {torch::addmm(network->output_shift(), reduced, network->output_basis().t()),
+            network->Forward(probe)}) {
+        const double mismatch = (composed - out).abs().max().item<double>() / scale;
+        if (mismatch > tolerance) {
+          return fail(
+              absl::StrCat("forward(m) differs from reduced_forward(m·input_basis)·output_basisᵀ + "
+                           "output_shift by ",
+                           mismatch, " (relative); the model contract requires them to agree"));
+        }
       }
+      return std::shared_ptr<const SurrogateModel>(
+          new ReducedBasisModel(*std::move(network), std::move(info), limits));
     }
     return std::shared_ptr<const SurrogateModel>(
-        new SurrogateModel(std::move(module), std::move(info), limits));
+        new GenericModel(*std::move(network), std::move(info), limits));
   } catch (const std::exception& e) {
     std::string what = e.what();
     return fail(what.substr(0, what.find('\n')));
   }
 }
 
-torch::Tensor SurrogateModel::Forward(const torch::Tensor& m) const {
-  return module_.forward({m}).toTensor();
-}
-
-torch::Tensor SurrogateModel::ReducedForward(const torch::Tensor& z) const {
-  return module_.get_method(dm::kReducedForward)({z}).toTensor();
-}
-
-absl::StatusOr<torch::Tensor> SurrogateModel::Batch(const torch::Tensor& t, const char* field,
-                                                    int64_t cols) const {
+absl::StatusOr<torch::Tensor> SurrogateModel::Matrix(const torch::Tensor& t, const char* field,
+                                                     int64_t cols) const {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   if (!torch::isFloatingType(t.scalar_type())) {
     return absl::InvalidArgumentError(absl::StrCat(field, " must be float32 or float64"));
@@ -241,202 +562,236 @@ absl::StatusOr<torch::Tensor> SurrogateModel::Batch(const torch::Tensor& t, cons
   return matrix.to(info_.dtype).contiguous();
 }
 
-absl::StatusOr<torch::Tensor> SurrogateModel::Point(const torch::Tensor& t,
-                                                    const char* field) const {
-  auto matrix = Batch(t, field, info_.input_dim);
-  if (!matrix.ok()) return matrix.status();
-  if (matrix->size(0) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must be one point, shape [",
-                                                   info_.input_dim, "] or [1, ", info_.input_dim,
-                                                   "], got ", ShapeString(t)));
+absl::StatusOr<torch::Tensor> SurrogateModel::PerPointVectors(const torch::Tensor& t,
+                                                              const char* field, int64_t cols,
+                                                              const torch::Tensor& m,
+                                                              int64_t points,
+                                                              Layout* layout) const {
+  if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  if (t.dim() == 3) {
+    *layout = Layout::kPerPoint;
+    if (!torch::isFloatingType(t.scalar_type())) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " must be float32 or float64"));
+    }
+    if (t.size(0) != points || t.size(1) < 1 || t.size(2) != cols) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " of rank 3 must have shape [B, k, ", cols, "] with B = ", points,
+                       " (the rows of m) and k ≥ 1, got ", ShapeString(t)));
+    }
+    if (t.size(0) * t.size(1) > limits_.max_batch_size) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(field, " has ", t.size(0) * t.size(1),
+                       " vectors in all, above the server's limit of ", limits_.max_batch_size));
+    }
+    if (auto status = CheckFinite(t, field); !status.ok()) return status;
+    return t.to(info_.dtype).contiguous();
   }
-  return matrix;
+  if (points == 1) {  // One point, k vectors: [k, cols] or [cols].
+    *layout = Layout::kSinglePoint;
+    auto matrix = Matrix(t, field, cols);
+    if (!matrix.ok()) return matrix.status();
+    return matrix->unsqueeze(0);
+  }
+  *layout = Layout::kOnePerPoint;
+  if (t.dim() != 2 || t.size(0) != points) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " must have shape [B, ", cols, "] (one per point) or [B, k, ", cols,
+        "] with B = ", points, " (m has shape ", ShapeString(m), "), got ", ShapeString(t)));
+  }
+  auto matrix = Matrix(t, field, cols);
+  if (!matrix.ok()) return matrix.status();
+  return matrix->unsqueeze(1);
 }
 
-std::pair<torch::Tensor, torch::Tensor> SurrogateModel::ReducedJacobianAt(
-    const torch::Tensor& z) const {
-  return training::ReducedValueAndJacobian(*reduced_network_, z, /*create_graph=*/false);
+absl::Status SurrogateModel::PrepareClientBases(const Query& query, PreparedQuery* prepared) const {
+  const bool client_bases = query.output_basis.defined() || query.input_basis.defined();
+  if (client_bases && !(query.output_basis.defined() && query.input_basis.defined())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("give both output_basis and input_basis, or neither; ",
+                     query.output_basis.defined() ? "input_basis" : "output_basis", " is missing"));
+  }
+  if (!client_bases) {
+    if (!info_.has_reduced_bases) {
+      return absl::FailedPreconditionError(
+          "this model has no reduced bases of its own; supply output_basis [d_Q, k_Q] and "
+          "input_basis [d_M, k_M]");
+    }
+    return absl::OkStatus();
+  }
+  const std::pair<const torch::Tensor*, const char*> checks[] = {
+      {&query.output_basis, "output_basis"}, {&query.input_basis, "input_basis"}};
+  const int64_t rows[] = {info_.output_dim, info_.input_dim};
+  torch::Tensor* outs[] = {&prepared->output_basis, &prepared->input_basis};
+  for (int i = 0; i < 2; ++i) {
+    const torch::Tensor& basis = *checks[i].first;
+    const char* field = checks[i].second;
+    if (!torch::isFloatingType(basis.scalar_type()) || basis.dim() != 2 ||
+        basis.size(0) != rows[i] || basis.size(1) < 1 || basis.size(1) > rows[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " must have shape [", rows[i],
+                                                     ", k] with 1 ≤ k ≤ ", rows[i], ", got ",
+                                                     ShapeString(basis)));
+    }
+    if (auto status = CheckFinite(basis, field); !status.ok()) return status;
+    const double defect = dm::OrthonormalityDefect(basis);
+    const double tolerance = OrthonormalityTolerance(basis.scalar_type());
+    if (defect > tolerance) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " must have orthonormal columns: max |BᵀB − I| = ", defect, " > ", tolerance));
+    }
+    *outs[i] = basis.to(info_.dtype).contiguous();
+  }
+  return absl::OkStatus();
 }
 
-std::pair<torch::Tensor, torch::Tensor> SurrogateModel::GenericVjpRows(
-    const torch::Tensor& m_rows, const torch::Tensor& cotangents) const {
-  torch::AutoGradMode grad_mode(true);
-  torch::Tensor inputs = m_rows.detach().contiguous().requires_grad_(true);
-  torch::Tensor outputs = Forward(inputs);
-  torch::Tensor products = ReverseProduct(outputs, inputs, cotangents);
-  return {outputs.detach(), products};
+absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const {
+  PreparedQuery prepared;
+  prepared.method = query.method;
+  prepared.want_q = query.want_q;
+  prepared.output_dtype = query.output_dtype.value_or(info_.dtype);
+  if (query.method == Method::kJacobian) {
+    const int64_t elements = info_.output_dim * info_.input_dim;
+    if (elements > limits_.max_jacobian_elements) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the full Jacobian has d_Q·d_M = ", info_.output_dim, "·", info_.input_dim,
+                       " = ", elements, " elements, above the server's limit of ",
+                       limits_.max_jacobian_elements, "; use Jvp, Vjp or ReducedJacobian"));
+    }
+  }
+  auto points = Matrix(query.m, "m", info_.input_dim);
+  if (!points.ok()) return points.status();
+  prepared.points = *std::move(points);
+  const int64_t count = prepared.points.size(0);
+  switch (query.method) {
+    case Method::kEvaluate:
+      break;
+    case Method::kJvp:
+    case Method::kVjp: {
+      const bool jvp = query.method == Method::kJvp;
+      auto vectors = PerPointVectors(
+          jvp ? query.directions : query.cotangents, jvp ? "directions" : "cotangents",
+          jvp ? info_.input_dim : info_.output_dim, query.m, count, &prepared.layout);
+      if (!vectors.ok()) return vectors.status();
+      prepared.vectors = *std::move(vectors);
+      break;
+    }
+    case Method::kJacobian:
+      if (count != 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("m must be one point, shape [", info_.input_dim, "] or [1, ",
+                         info_.input_dim, "], got ", ShapeString(query.m)));
+      }
+      prepared.layout = Layout::kSinglePoint;
+      break;
+    case Method::kReducedJacobian:
+      prepared.want_q = true;
+      if (auto status = PrepareClientBases(query, &prepared); !status.ok()) return status;
+      break;
+  }
+  return prepared;
+}
+
+std::vector<absl::StatusOr<Answer>> SurrogateModel::Compute(
+    absl::Span<const PreparedQuery* const> batch) const {
+  auto failed = [](const std::exception& e) {
+    std::string what = e.what();
+    return absl::InternalError(
+        absl::StrCat("the model failed while computing: ", what.substr(0, what.find('\n'))));
+  };
+  auto converted = [](Answer answer, torch::Dtype dtype) {
+    for (torch::Tensor* t : {&answer.values, &answer.q}) {
+      if (t->defined() && t->scalar_type() != dtype) *t = t->to(dtype);
+    }
+    return answer;
+  };
+  std::vector<absl::StatusOr<Answer>> results;
+  results.reserve(batch.size());
+  try {
+    std::vector<Answer> answers = ComputeBatch(batch);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      results.push_back(converted(std::move(answers[i]), batch[i]->output_dtype));
+    }
+    return results;
+  } catch (const std::exception& e) {
+    if (batch.size() == 1) {
+      results.push_back(failed(e));
+      return results;
+    }
+  }
+  // Some query broke the batched computation: each alone, so only the culprit fails.
+  results.clear();
+  for (const PreparedQuery* query : batch) {
+    try {
+      results.push_back(converted(std::move(ComputeBatch({&query, 1})[0]), query->output_dtype));
+    } catch (const std::exception& e) {
+      results.push_back(failed(e));
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<Answer> SurrogateModel::Run(const Query& query) const {
+  auto prepared = Prepare(query);
+  if (!prepared.ok()) return prepared.status();
+  const PreparedQuery* one = &*prepared;
+  return std::move(Compute({&one, 1})[0]);
 }
 
 absl::StatusOr<torch::Tensor> SurrogateModel::Evaluate(const torch::Tensor& m) const {
-  auto batch = Batch(m, "m", info_.input_dim);
-  if (!batch.ok()) return batch.status();
-  torch::NoGradGuard no_grad;
-  return Forward(*batch);
+  Query query;
+  query.m = m;
+  auto answer = Run(query);
+  if (!answer.ok()) return answer.status();
+  return answer->values;
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jvp(const torch::Tensor& m,
                                                              const torch::Tensor& directions,
                                                              bool want_q) const {
-  auto point = Point(m, "m");
-  if (!point.ok()) return point.status();
-  auto dirs = Batch(directions, "directions", info_.input_dim);
-  if (!dirs.ok()) return dirs.status();
-  const int64_t k = dirs->size(0);
-  Products result;
-  if (info_.has_reduced_bases) {
-    auto [phi, jacobian] = ReducedJacobianAt(torch::mm(*point, input_basis_));
-    // J v = U J_φ (Vᵀ v), for all directions at once: [k, d_Q].
-    result.values =
-        torch::mm(torch::mm(torch::mm(*dirs, input_basis_), jacobian[0].t()), output_basis_.t());
-    if (want_q) result.q = torch::addmm(output_shift_, phi, output_basis_.t())[0];
-    return result;
-  }
-  if (k >= info_.output_dim) {
-    torch::Tensor q;
-    auto jacobian = GenericJacobian(*point, &q);
-    if (!jacobian.ok()) return jacobian.status();
-    result.values = torch::mm(*dirs, jacobian->t());
-    if (want_q) result.q = q;
-    return result;
-  }
-  // Double backward: g(u) = J(m)ᵀu is linear in u, so ∂⟨g(u), v⟩/∂u = J(m) v.
-  torch::AutoGradMode grad_mode(true);
-  torch::Tensor inputs =
-      point->expand({k, info_.input_dim}).detach().contiguous().requires_grad_(true);
-  torch::Tensor outputs = Forward(inputs);
-  torch::Tensor u = torch::zeros_like(outputs).requires_grad_(true);
-  torch::Tensor g = ReverseProduct(outputs, inputs, u, /*create_graph=*/true);
-  result.values = ReverseProduct(g, u, *dirs).detach();
-  if (want_q) result.q = outputs.detach()[0];
-  return result;
+  Query query;
+  query.method = Method::kJvp;
+  query.m = m;
+  query.directions = directions;
+  query.want_q = want_q;
+  auto answer = Run(query);
+  if (!answer.ok()) return answer.status();
+  return Products{answer->values, answer->q};
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Vjp(const torch::Tensor& m,
                                                              const torch::Tensor& cotangents,
                                                              bool want_q) const {
-  auto point = Point(m, "m");
-  if (!point.ok()) return point.status();
-  auto weights = Batch(cotangents, "cotangents", info_.output_dim);
-  if (!weights.ok()) return weights.status();
-  const int64_t k = weights->size(0);
-  Products result;
-  if (info_.has_reduced_bases) {
-    auto [phi, jacobian] = ReducedJacobianAt(torch::mm(*point, input_basis_));
-    // Jᵀ w = V J_φᵀ (Uᵀ w): [k, d_M].
-    result.values =
-        torch::mm(torch::mm(torch::mm(*weights, output_basis_), jacobian[0]), input_basis_.t());
-    if (want_q) result.q = torch::addmm(output_shift_, phi, output_basis_.t())[0];
-    return result;
-  }
-  auto [outputs, products] = GenericVjpRows(point->expand({k, info_.input_dim}), *weights);
-  result.values = products;
-  if (want_q) result.q = outputs[0];
-  return result;
-}
-
-absl::StatusOr<torch::Tensor> SurrogateModel::GenericJacobian(const torch::Tensor& m,
-                                                              torch::Tensor* q) const {
-  const int64_t d_q = info_.output_dim;
-  auto [outputs, rows] =
-      GenericVjpRows(m.expand({d_q, info_.input_dim}), torch::eye(d_q, m.options()));
-  if (q != nullptr) *q = outputs[0];
-  return rows;
+  Query query;
+  query.method = Method::kVjp;
+  query.m = m;
+  query.cotangents = cotangents;
+  query.want_q = want_q;
+  auto answer = Run(query);
+  if (!answer.ok()) return answer.status();
+  return Products{answer->values, answer->q};
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jacobian(const torch::Tensor& m,
                                                                   bool want_q) const {
-  const int64_t elements = info_.output_dim * info_.input_dim;
-  if (elements > limits_.max_jacobian_elements) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the full Jacobian has d_Q·d_M = ", info_.output_dim, "·", info_.input_dim,
-                     " = ", elements, " elements, above the server's limit of ",
-                     limits_.max_jacobian_elements, "; use Jvp, Vjp or ReducedJacobian"));
-  }
-  auto point = Point(m, "m");
-  if (!point.ok()) return point.status();
-  Products result;
-  if (info_.has_reduced_bases) {
-    auto [phi, jacobian] = ReducedJacobianAt(torch::mm(*point, input_basis_));
-    result.values = torch::mm(torch::mm(output_basis_, jacobian[0]), input_basis_.t());
-    if (want_q) result.q = torch::addmm(output_shift_, phi, output_basis_.t())[0];
-    return result;
-  }
-  torch::Tensor q;
-  auto jacobian = GenericJacobian(*point, &q);
-  if (!jacobian.ok()) return jacobian.status();
-  result.values = *jacobian;
-  if (want_q) result.q = q;
-  return result;
+  Query query;
+  query.method = Method::kJacobian;
+  query.m = m;
+  query.want_q = want_q;
+  auto answer = Run(query);
+  if (!answer.ok()) return answer.status();
+  return Products{answer->values, answer->q};
 }
 
 absl::StatusOr<SurrogateModel::ReducedJacobians> SurrogateModel::ReducedJacobian(
     const torch::Tensor& m, const torch::Tensor& output_basis,
     const torch::Tensor& input_basis) const {
-  auto batch = Batch(m, "m", info_.input_dim);
-  if (!batch.ok()) return batch.status();
-  const bool client_bases = output_basis.defined() || input_basis.defined();
-  if (client_bases && !(output_basis.defined() && input_basis.defined())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("give both output_basis and input_basis, or neither; ",
-                     output_basis.defined() ? "input_basis" : "output_basis", " is missing"));
-  }
-  if (!client_bases && !info_.has_reduced_bases) {
-    return absl::FailedPreconditionError(
-        "this model has no reduced bases of its own; supply output_basis [d_Q, k_Q] and "
-        "input_basis [d_M, k_M]");
-  }
-  torch::Tensor u_c, v_c;
-  if (client_bases) {
-    const std::pair<const torch::Tensor*, const char*> checks[] = {{&output_basis, "output_basis"},
-                                                                   {&input_basis, "input_basis"}};
-    const int64_t rows[] = {info_.output_dim, info_.input_dim};
-    torch::Tensor* outs[] = {&u_c, &v_c};
-    for (int i = 0; i < 2; ++i) {
-      const torch::Tensor& basis = *checks[i].first;
-      const char* field = checks[i].second;
-      if (!torch::isFloatingType(basis.scalar_type()) || basis.dim() != 2 ||
-          basis.size(0) != rows[i] || basis.size(1) < 1 || basis.size(1) > rows[i]) {
-        return absl::InvalidArgumentError(absl::StrCat(field, " must have shape [", rows[i],
-                                                       ", k] with 1 ≤ k ≤ ", rows[i], ", got ",
-                                                       ShapeString(basis)));
-      }
-      if (auto status = CheckFinite(basis, field); !status.ok()) return status;
-      const double defect = dm::OrthonormalityDefect(basis);
-      const double tolerance = OrthonormalityTolerance(basis.scalar_type());
-      if (defect > tolerance) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, " must have orthonormal columns: max |BᵀB − I| = ", defect, " > ", tolerance));
-      }
-      *outs[i] = basis.to(info_.dtype).contiguous();
-    }
-  }
-  const int64_t batch_size = batch->size(0);
-  ReducedJacobians result;
-  if (info_.has_reduced_bases) {
-    auto [phi, jacobian] = ReducedJacobianAt(torch::mm(*batch, input_basis_));
-    result.q = torch::addmm(output_shift_, phi, output_basis_.t());
-    result.reduced_jacobian =
-        client_bases ? torch::matmul(torch::matmul(torch::mm(u_c.t(), output_basis_), jacobian),
-                                     torch::mm(input_basis_.t(), v_c))
-                     : jacobian;
-    return result;
-  }
-  // Generic model: k_Q reverse passes per point, batched: row b·k_Q + i is m_b seeded with
-  // column i of U_c, giving (U_cᵀ ∇f(m_b))_i; then project onto V_c.
-  const int64_t k_q = u_c.size(1);
-  torch::Tensor copies = batch->repeat_interleave(k_q, 0);
-  torch::Tensor seeds = u_c.t().repeat({batch_size, 1});
-  auto [outputs, rows] = GenericVjpRows(copies, seeds);
-  result.q = outputs.view({batch_size, k_q, info_.output_dim}).select(1, 0);
-  result.reduced_jacobian = torch::mm(rows, v_c).view({batch_size, k_q, v_c.size(1)});
-  return result;
-}
-
-absl::StatusOr<SurrogateModel::Bases> SurrogateModel::GetBases() const {
-  if (!info_.has_reduced_bases) {
-    return absl::FailedPreconditionError("this model has no reduced bases");
-  }
-  return Bases{input_basis_, output_basis_, output_shift_};
+  Query query;
+  query.method = Method::kReducedJacobian;
+  query.m = m;
+  query.output_basis = output_basis;
+  query.input_basis = input_basis;
+  auto answer = Run(query);
+  if (!answer.ok()) return answer.status();
+  return ReducedJacobians{answer->q, answer->values};
 }
 
 }  // namespace dino::serving

@@ -1,22 +1,29 @@
 // A loaded DINO surrogate f: R^{d_M} → R^{d_Q} and its exact derivatives.
 //
 // This is the model layer of the server: it knows TorchScript and the model contract
-// (docs/model-contract.md) and nothing of gRPC or files beyond loading one model file.
-// Argument names match the wire protocol's field names, so that the errors returned here
-// (absl::Status, INVALID_ARGUMENT / FAILED_PRECONDITION / RESOURCE_EXHAUSTED) name the
+// (docs/model-contract.md) and nothing of gRPC, queues or files beyond loading one model
+// file. Argument names match the wire protocol's field names, so that the errors returned
+// here (absl::Status, INVALID_ARGUMENT / FAILED_PRECONDITION / RESOURCE_EXHAUSTED) name the
 // field the client got wrong.
 //
-// Derivatives:
-//  * Reduced-basis (DIPNet) models f(m) = U φ(Vᵀm) + b: everything is computed from the
-//    reduced Jacobian J_φ(z) ∈ R^{r_Q × r_M} at z = Vᵀm (paper §2.3): Jv = U J_φ Vᵀv,
-//    Jᵀw = V J_φᵀ Uᵀw, UᵀJV = J_φ. J_φ comes from models/training's ReducedValueAndJacobian
-//    (the code the trainer differentiates): explicit layer propagation for the project's
-//    DIPNets, one batched reverse pass over r_Q copies of z for other reduced models; beyond
-//    the two projections a derivative costs O(r_Q r_M) per layer width.
-//  * Generic models use LibTorch autograd on the full input: vector-Jacobian products by
-//    one reverse pass over k copies of m; Jacobian-vector products by the double-backward
-//    identity Jv = ∂/∂u ⟨Jᵀu, v⟩ for few directions, or from the full Jacobian when
-//    k ≥ d_Q.
+// A request is a Query. Prepare() checks it against the model (shapes, dtypes, finiteness,
+// limits) and brings it into canonical form; Compute() answers any number of prepared
+// queries of this model together, as one batched computation, which is how the scheduler's
+// dynamic batcher stacks concurrent requests. Each query's answer equals what it would get
+// alone (up to the rounding of a batched matrix product).
+//
+// There are two kinds of models, two subclasses:
+//  * ReducedBasisModel, f(m) = U φ(Vᵀm) + b: every derivative comes from the reduced
+//    Jacobian J_φ(z) ∈ R^{r_Q × r_M} at z = Vᵀm (paper §2.3): Jv = U J_φ Vᵀv,
+//    Jᵀw = V J_φᵀ Uᵀw, UᵀJV = J_φ. J_φ comes from models::ReducedValueAndJacobian (the code
+//    the trainer differentiates): explicit layer propagation for the project's DIPNets, one
+//    batched reverse pass over r_Q copies of z for other reduced models. A batch of
+//    derivative requests is one projection of all its points, one J_φ computation and one
+//    projection of all its directions or cotangents.
+//  * GenericModel: LibTorch autograd on the full input. A batch's vector-Jacobian rows
+//    (Vjp cotangents, ReducedJacobian seeds, Jacobian rows, Jvp with many directions) are one
+//    reverse pass over copies of their points; its Jvp rows with few directions are one
+//    double-backward pass (Jv = ∂/∂u ⟨Jᵀu, v⟩).
 #pragma once
 
 #include <torch/script.h>
@@ -24,10 +31,13 @@
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
-#include "models/training/network.h"
+#include "absl/types/span.h"
+#include "models/architectures/network.h"
 
 namespace dino::serving {
 
@@ -48,11 +58,49 @@ struct ComputeLimits {
   int64_t max_jacobian_elements = 1 << 22;  // d_Q · d_M of a full Jacobian.
 };
 
+enum class Method { kEvaluate, kJvp, kVjp, kReducedJacobian, kJacobian };
+// The RPC name: "Evaluate", "Jvp", "Vjp", "ReducedJacobian", "Jacobian".
+const char* MethodName(Method method);
+
+// One request as the client sent it (any floating dtype; see surrogate.proto for shapes).
+struct Query {
+  Method method = Method::kEvaluate;
+  torch::Tensor m;
+  torch::Tensor directions;    // Jvp.
+  torch::Tensor cotangents;    // Vjp.
+  torch::Tensor output_basis;  // ReducedJacobian client bases (both or neither).
+  torch::Tensor input_basis;
+  bool want_q = false;                       // Jvp, Vjp, Jacobian; ReducedJacobian always.
+  std::optional<torch::Dtype> output_dtype;  // Default: the model's dtype.
+};
+
+// A query checked against one model, in canonical form: the model's dtype, contiguous,
+// points as rows. Made by SurrogateModel::Prepare; read by SurrogateModel::Compute.
+struct PreparedQuery {
+  Method method = Method::kEvaluate;
+  torch::Tensor points;   // [P, d_M]
+  torch::Tensor vectors;  // Jvp: directions [P, k, d_M]; Vjp: cotangents [P, k, d_Q].
+  torch::Tensor output_basis, input_basis;  // Client bases, or undefined.
+  bool want_q = false;
+  // Jvp/Vjp: the single-point form (one point, results [k, ·], q [d_Q]) or, for B points with
+  // one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q].
+  enum class Layout { kSinglePoint, kOnePerPoint, kPerPoint } layout = Layout::kPerPoint;
+  torch::Dtype output_dtype = torch::kFloat64;
+  int64_t points_count() const { return points.size(0); }
+};
+
+// Results in the requested output dtype.
+struct Answer {
+  torch::Tensor values;   // q (Evaluate), jvp, vjp, reduced_jacobian or jacobian.
+  torch::Tensor q;        // When asked for (always for ReducedJacobian), else undefined.
+  int64_t bytes() const;  // Payload size of both tensors.
+};
+
 class SurrogateModel {
  public:
   struct Products {
-    torch::Tensor values;  // [k, d_Q] (Jvp), [k, d_M] (Vjp) or [d_Q, d_M] (Jacobian).
-    torch::Tensor q;       // [d_Q] when requested, else undefined.
+    torch::Tensor values;
+    torch::Tensor q;
   };
   struct ReducedJacobians {
     torch::Tensor q;                 // [B, d_Q]
@@ -73,12 +121,21 @@ class SurrogateModel {
                                                                           nlohmann::json metadata,
                                                                           const std::string& origin,
                                                                           ComputeLimits limits);
+  virtual ~SurrogateModel() = default;
 
   const ModelInfo& info() const { return info_; }
 
-  // All inputs may have any floating dtype; they are converted to the model's dtype and
-  // results are in the model's dtype. m: [B, d_M] or [d_M] (B = 1) for the batched methods,
-  // [d_M] or [1, d_M] for the single-point ones.
+  // Checks a query (errors name its fields) and converts it for Compute.
+  absl::StatusOr<PreparedQuery> Prepare(const Query& query) const;
+  // Answers prepared queries of this model in one batched computation; one result per
+  // query, in order. Should the batched computation fail (a LibTorch exception), each query
+  // is recomputed alone, so that one failing query cannot fail the others.
+  std::vector<absl::StatusOr<Answer>> Compute(absl::Span<const PreparedQuery* const> batch) const;
+  // Prepare + Compute of one query: the unbatched call.
+  absl::StatusOr<Answer> Run(const Query& query) const;
+
+  // The methods one query at a time (the shapes of surrogate.proto; results in the model's
+  // dtype), for in-process callers and tests.
   absl::StatusOr<torch::Tensor> Evaluate(const torch::Tensor& m) const;
   absl::StatusOr<Products> Jvp(const torch::Tensor& m, const torch::Tensor& directions,
                                bool want_q) const;
@@ -90,33 +147,28 @@ class SurrogateModel {
   absl::StatusOr<ReducedJacobians> ReducedJacobian(const torch::Tensor& m,
                                                    const torch::Tensor& output_basis,
                                                    const torch::Tensor& input_basis) const;
-  absl::StatusOr<Bases> GetBases() const;
+  // FAILED_PRECONDITION for a model without reduced bases.
+  virtual absl::StatusOr<Bases> GetBases() const = 0;
+
+ protected:
+  SurrogateModel(ModelInfo info, ComputeLimits limits) : info_(std::move(info)), limits_(limits) {}
+
+  // Answers in the model's dtype, in the layouts of PreparedQuery; may throw.
+  virtual std::vector<Answer> ComputeBatch(absl::Span<const PreparedQuery* const> batch) const = 0;
+
+  const ModelInfo info_;
+  const ComputeLimits limits_;
 
  private:
-  SurrogateModel(torch::jit::Module module, ModelInfo info, ComputeLimits limits);
-
-  torch::Tensor Forward(const torch::Tensor& m) const;
-  torch::Tensor ReducedForward(const torch::Tensor& z) const;
-  // φ(z) [B, r_Q] and J_φ(z) [B, r_Q, r_M].
-  std::pair<torch::Tensor, torch::Tensor> ReducedJacobianAt(const torch::Tensor& z) const;
-  // Rows of the cotangents [B·k, d_Q] times the Jacobians at the rows of m_rows [B·k, d_M]:
-  // returns (f(m_rows) [B·k, d_Q], ∇f(m_rows)ᵀ-products [B·k, d_M]).
-  std::pair<torch::Tensor, torch::Tensor> GenericVjpRows(const torch::Tensor& m_rows,
-                                                         const torch::Tensor& cotangents) const;
-  absl::StatusOr<torch::Tensor> GenericJacobian(const torch::Tensor& m, torch::Tensor* q) const;
-
-  // Shape, dtype and finiteness checks; return the input as [rows, cols] in the model dtype.
-  absl::StatusOr<torch::Tensor> Batch(const torch::Tensor& t, const char* field,
-                                      int64_t cols) const;
-  absl::StatusOr<torch::Tensor> Point(const torch::Tensor& t, const char* field) const;
-
-  mutable torch::jit::Module module_;  // Running methods mutates no state; see Load().
-  ModelInfo info_;
-  ComputeLimits limits_;
-  torch::Tensor input_basis_, output_basis_, output_shift_;  // Reduced-basis models only.
-  // The trainer's view of a reduced-basis model, so that serving and training compute J_φ
-  // with the same code (layer propagation for the project's DIPNets, autograd otherwise).
-  std::shared_ptr<const training::Network> reduced_network_;
+  // Shape, dtype and finiteness checks; the input as [rows, cols] in the model dtype.
+  absl::StatusOr<torch::Tensor> Matrix(const torch::Tensor& t, const char* field,
+                                       int64_t cols) const;
+  // The directions/cotangents of a Jvp/Vjp query against its points [P, d_M], as [P, k, cols].
+  absl::StatusOr<torch::Tensor> PerPointVectors(const torch::Tensor& t, const char* field,
+                                                int64_t cols, const torch::Tensor& m,
+                                                int64_t points,
+                                                PreparedQuery::Layout* layout) const;
+  absl::Status PrepareClientBases(const Query& query, PreparedQuery* prepared) const;
 };
 
 }  // namespace dino::serving

@@ -1,6 +1,7 @@
 #include "server/frontend/surrogate_service.h"
 
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "server/frontend/tensor_codec.h"
@@ -9,24 +10,30 @@ namespace dino::frontend {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using serving::ServableHandle;
-using serving::SurrogateModel;
+using serving::Method;
+using serving::Query;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Runs model code, turning a LibTorch exception (a model failing at run time, memory
-// exhausted) into INTERNAL with its first line, so one bad call never takes the server down.
-template <typename Fn>
-absl::Status Guarded(Fn&& fn) {
-  try {
-    return fn();
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    return absl::InternalError(
-        absl::StrCat("the model failed while computing: ", what.substr(0, what.find('\n'))));
-  }
+// A query of `method` with the request's output_dtype, or the error naming the field.
+absl::StatusOr<Query> NewQuery(Method method, dino::v1::DType output_dtype) {
+  if (auto status = CheckOutputDtype(output_dtype); !status.ok()) return status;
+  Query query;
+  query.method = method;
+  if (output_dtype == dino::v1::FP32) query.output_dtype = torch::kFloat32;
+  if (output_dtype == dino::v1::FP64) query.output_dtype = torch::kFloat64;
+  return query;
+}
+
+// Decodes a tensor field into `*out`, or returns why not.
+absl::Status Decode(const dino::v1::Tensor& message, bool present, const char* field,
+                    torch::Tensor* out, bool required = true) {
+  auto tensor = DecodeTensor(message, present, field, required);
+  if (!tensor.ok()) return tensor.status();
+  *out = *std::move(tensor);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -36,9 +43,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-SurrogateService::SurrogateService(serving::ModelManager& manager, metrics::ServerMetrics* metrics,
-                                   int64_t max_response_bytes, const BearerTokenAuth* auth)
-    : manager_(manager), metrics_(metrics), max_response_bytes_(max_response_bytes), auth_(auth) {}
+SurrogateService::SurrogateService(const serving::ModelManager& models,
+                                   serving::RequestScheduler& scheduler,
+                                   metrics::ServerMetrics* metrics, const BearerTokenAuth* auth)
+    : models_(models), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
 
 bool SurrogateService::Refused(const char* method, grpc::CallbackServerContext* context,
                                grpc::ServerUnaryReactor* reactor) {
@@ -52,60 +60,27 @@ bool SurrogateService::Refused(const char* method, grpc::CallbackServerContext* 
   return true;
 }
 
-template <typename Request, typename Response, typename Work>
-grpc::ServerUnaryReactor* SurrogateService::Dispatch(const char* method,
-                                                     grpc::CallbackServerContext* context,
-                                                     const Request* request, Response* response,
-                                                     Work work) {
+template <typename Response, typename Encode>
+grpc::ServerUnaryReactor* SurrogateService::Infer(Method method,
+                                                  grpc::CallbackServerContext* context,
+                                                  const dino::v1::ModelRef& model,
+                                                  absl::StatusOr<Query> query, Response* response,
+                                                  Encode encode) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Clock::time_point start = Clock::now();
-  auto finish = [this, reactor, method, start](const std::string& model,
-                                               const absl::Status& status) {
-    if (metrics_ != nullptr)
-      metrics_->RecordRequest(method, model, status.code(), SecondsSince(start));
-    reactor->Finish(ToGrpcStatus(status));
-  };
-  if (Refused(method, context, reactor)) return reactor;
-  auto handle = manager_.Get(request->model().name(), request->model().version());
-  if (!handle.ok()) {
-    // The model label stays empty: clients must not be able to mint label values.
-    finish("", handle.status());
-    return reactor;
-  }
-  if (metrics_ != nullptr) metrics_->AddInFlight(handle->name, 1);
-  auto finish_in_flight = [this, finish](const std::string& model, const absl::Status& status) {
-    if (metrics_ != nullptr) metrics_->AddInFlight(model, -1);
-    finish(model, status);
-  };
-  const bool queued =
-      handle->executor->Submit([context, request, response, work, finish = finish_in_flight,
-                                max_response_bytes = max_response_bytes_, handle = *handle] {
-        // An expired call also counts as cancelled, so the deadline is checked first.
-        if (context->deadline() <= std::chrono::system_clock::now()) {
-          finish(handle.name,
-                 absl::DeadlineExceededError("the deadline passed before the call ran"));
-          return;
-        }
-        if (context->IsCancelled()) {
-          finish(handle.name, absl::CancelledError("the call was cancelled before it ran"));
-          return;
-        }
-        absl::Status status = Guarded([&] { return work(*handle.model, *request, response); });
-        if (status.ok()) {
-          response->set_version(handle.version);
-          const size_t bytes = response->ByteSizeLong();
-          if (static_cast<int64_t>(bytes) > max_response_bytes) {
-            response->Clear();
-            status = absl::ResourceExhaustedError(absl::StrCat(
-                "the response would be ", bytes, " bytes, above the server's limit of ",
-                max_response_bytes, " (--max_message_bytes); ask for fewer rows at a time"));
-          }
-        }
-        finish(handle.name, status);
-      });
-  if (!queued) {
-    finish_in_flight(handle->name, absl::UnavailableError("the server is shutting down"));
-  }
+  if (Refused(serving::MethodName(method), context, reactor)) return reactor;
+  serving::CallControl control;
+  control.deadline = context->deadline();
+  control.is_cancelled = [context] { return context->IsCancelled(); };
+  scheduler_.Submit(method, serving::ModelTarget{model.name(), model.version(), model.label()},
+                    std::move(query), std::move(control),
+                    [reactor, response, encode](const absl::Status& status, int64_t version,
+                                                serving::Answer answer) {
+                      if (status.ok()) {
+                        response->set_version(version);
+                        encode(answer, response);
+                      }
+                      reactor->Finish(ToGrpcStatus(status));
+                    });
   return reactor;
 }
 
@@ -115,7 +90,7 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
   if (Refused("ListModels", context, reactor)) return reactor;
-  for (const auto& listing : manager_.List()) {
+  for (const auto& listing : models_.List()) {
     auto* model = response->add_models();
     model->set_name(listing.name);
     for (int64_t version : listing.versions) {
@@ -136,7 +111,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
   if (Refused("GetModelInfo", context, reactor)) return reactor;
-  auto handle = manager_.Get(request->model().name(), request->model().version());
+  auto handle = models_.Get(request->model().name(), request->model().version());
   if (!handle.ok()) {
     if (metrics_ != nullptr)
       metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), SecondsSince(start));
@@ -146,7 +121,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   const serving::ModelInfo& info = handle->model->info();
   response->set_name(handle->name);
   response->set_version(handle->version);
-  for (const auto& listing : manager_.List()) {
+  for (const auto& listing : models_.List()) {
     if (listing.name != handle->name) continue;
     for (int64_t version : listing.versions) response->add_versions(version);
   }
@@ -169,117 +144,134 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
 grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext* context,
                                                      const dino::v1::GetBasesRequest* request,
                                                      dino::v1::GetBasesResponse* response) {
-  return Dispatch(
-      "GetBases", context, request, response,
-      [](const SurrogateModel& model, const dino::v1::GetBasesRequest& req,
-         dino::v1::GetBasesResponse* resp) -> absl::Status {
-        if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-        auto bases = model.GetBases();
-        if (!bases.ok()) return bases.status();
-        EncodeTensor(bases->input_basis, req.output_dtype(), resp->mutable_input_basis());
-        EncodeTensor(bases->output_basis, req.output_dtype(), resp->mutable_output_basis());
-        EncodeTensor(bases->output_shift, req.output_dtype(), resp->mutable_output_shift());
-        return absl::OkStatus();
-      });
+  const Clock::time_point start = Clock::now();
+  auto* reactor = context->DefaultReactor();
+  if (Refused("GetBases", context, reactor)) return reactor;
+  std::string model_label;
+  absl::Status status = [&]() -> absl::Status {
+    if (auto s = CheckOutputDtype(request->output_dtype()); !s.ok()) return s;
+    auto handle = models_.Get(request->model().name(), request->model().version());
+    if (!handle.ok()) return handle.status();
+    model_label = handle->name;
+    auto bases = handle->model->GetBases();
+    if (!bases.ok()) return bases.status();
+    const int64_t bytes =
+        (bases->input_basis.numel() + bases->output_basis.numel() + bases->output_shift.numel()) *
+        static_cast<int64_t>(bases->input_basis.element_size());
+    if (bytes > scheduler_.max_response_bytes()) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the bases are ", bytes, " bytes, above the server's response limit of ",
+                       scheduler_.max_response_bytes(), " (--max_message_bytes)"));
+    }
+    response->set_version(handle->version);
+    EncodeTensor(bases->input_basis, request->output_dtype(), response->mutable_input_basis());
+    EncodeTensor(bases->output_basis, request->output_dtype(), response->mutable_output_basis());
+    EncodeTensor(bases->output_shift, request->output_dtype(), response->mutable_output_shift());
+    return absl::OkStatus();
+  }();
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest("GetBases", model_label, status.code(), SecondsSince(start));
+  }
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Evaluate(grpc::CallbackServerContext* context,
                                                      const dino::v1::EvaluateRequest* request,
                                                      dino::v1::EvaluateResponse* response) {
-  return Dispatch("Evaluate", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::EvaluateRequest& req,
-                     dino::v1::EvaluateResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
-                    if (!m.ok()) return m.status();
-                    auto q = model.Evaluate(*m);
-                    if (!q.ok()) return q.status();
-                    EncodeTensor(*q, req.output_dtype(), resp->mutable_q());
-                    return absl::OkStatus();
-                  });
+  auto query = NewQuery(Method::kEvaluate, request->output_dtype());
+  if (query.ok()) {
+    if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
+  }
+  return Infer(Method::kEvaluate, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::EvaluateResponse* out) {
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+               });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* context,
                                                 const dino::v1::JvpRequest* request,
                                                 dino::v1::JvpResponse* response) {
-  return Dispatch("Jvp", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::JvpRequest& req,
-                     dino::v1::JvpResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
-                    if (!m.ok()) return m.status();
-                    auto v = DecodeTensor(req.directions(), req.has_directions(), "directions");
-                    if (!v.ok()) return v.status();
-                    auto result = model.Jvp(*m, *v, req.return_q());
-                    if (!result.ok()) return result.status();
-                    EncodeTensor(result->values, req.output_dtype(), resp->mutable_jvp());
-                    if (req.return_q())
-                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
-                    return absl::OkStatus();
-                  });
+  auto query = NewQuery(Method::kJvp, request->output_dtype());
+  if (query.ok()) {
+    query->want_q = request->return_q();
+    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
+    if (s.ok()) {
+      s = Decode(request->directions(), request->has_directions(), "directions",
+                 &query->directions);
+    }
+    if (!s.ok()) query = s;
+  }
+  return Infer(Method::kJvp, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::JvpResponse* out) {
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_jvp());
+                 if (answer.q.defined()) {
+                   EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+                 }
+               });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* context,
                                                 const dino::v1::VjpRequest* request,
                                                 dino::v1::VjpResponse* response) {
-  return Dispatch("Vjp", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::VjpRequest& req,
-                     dino::v1::VjpResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
-                    if (!m.ok()) return m.status();
-                    auto w = DecodeTensor(req.cotangents(), req.has_cotangents(), "cotangents");
-                    if (!w.ok()) return w.status();
-                    auto result = model.Vjp(*m, *w, req.return_q());
-                    if (!result.ok()) return result.status();
-                    EncodeTensor(result->values, req.output_dtype(), resp->mutable_vjp());
-                    if (req.return_q())
-                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
-                    return absl::OkStatus();
-                  });
+  auto query = NewQuery(Method::kVjp, request->output_dtype());
+  if (query.ok()) {
+    query->want_q = request->return_q();
+    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
+    if (s.ok()) {
+      s = Decode(request->cotangents(), request->has_cotangents(), "cotangents",
+                 &query->cotangents);
+    }
+    if (!s.ok()) query = s;
+  }
+  return Infer(Method::kVjp, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::VjpResponse* out) {
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_vjp());
+                 if (answer.q.defined()) {
+                   EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+                 }
+               });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
     grpc::CallbackServerContext* context, const dino::v1::ReducedJacobianRequest* request,
     dino::v1::ReducedJacobianResponse* response) {
-  return Dispatch("ReducedJacobian", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::ReducedJacobianRequest& req,
-                     dino::v1::ReducedJacobianResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
-                    if (!m.ok()) return m.status();
-                    auto u =
-                        DecodeTensor(req.output_basis(), req.has_output_basis(), "output_basis",
-                                     /*required=*/false);
-                    if (!u.ok()) return u.status();
-                    auto v = DecodeTensor(req.input_basis(), req.has_input_basis(), "input_basis",
-                                          /*required=*/false);
-                    if (!v.ok()) return v.status();
-                    auto result = model.ReducedJacobian(*m, *u, *v);
-                    if (!result.ok()) return result.status();
-                    EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
-                    EncodeTensor(result->reduced_jacobian, req.output_dtype(),
-                                 resp->mutable_reduced_jacobian());
-                    return absl::OkStatus();
-                  });
+  auto query = NewQuery(Method::kReducedJacobian, request->output_dtype());
+  if (query.ok()) {
+    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
+    if (s.ok()) {
+      s = Decode(request->output_basis(), request->has_output_basis(), "output_basis",
+                 &query->output_basis, /*required=*/false);
+    }
+    if (s.ok()) {
+      s = Decode(request->input_basis(), request->has_input_basis(), "input_basis",
+                 &query->input_basis, /*required=*/false);
+    }
+    if (!s.ok()) query = s;
+  }
+  return Infer(Method::kReducedJacobian, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::ReducedJacobianResponse* out) {
+                 EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED,
+                              out->mutable_reduced_jacobian());
+               });
 }
 
 grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext* context,
                                                      const dino::v1::JacobianRequest* request,
                                                      dino::v1::JacobianResponse* response) {
-  return Dispatch("Jacobian", context, request, response,
-                  [](const SurrogateModel& model, const dino::v1::JacobianRequest& req,
-                     dino::v1::JacobianResponse* resp) -> absl::Status {
-                    if (auto s = CheckOutputDtype(req.output_dtype()); !s.ok()) return s;
-                    auto m = DecodeTensor(req.m(), req.has_m(), "m");
-                    if (!m.ok()) return m.status();
-                    auto result = model.Jacobian(*m, req.return_q());
-                    if (!result.ok()) return result.status();
-                    EncodeTensor(result->values, req.output_dtype(), resp->mutable_jacobian());
-                    if (req.return_q())
-                      EncodeTensor(result->q, req.output_dtype(), resp->mutable_q());
-                    return absl::OkStatus();
-                  });
+  auto query = NewQuery(Method::kJacobian, request->output_dtype());
+  if (query.ok()) {
+    query->want_q = request->return_q();
+    if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
+  }
+  return Infer(Method::kJacobian, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::JacobianResponse* out) {
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_jacobian());
+                 if (answer.q.defined()) {
+                   EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+                 }
+               });
 }
 
 }  // namespace dino::frontend

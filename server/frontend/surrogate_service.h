@@ -1,6 +1,7 @@
 // gRPC frontend of the Surrogate service (callback API). It only translates: protos ⇄
-// tensors, absl::Status ⇄ grpc::Status, and hands the model work to the model's executor so
-// that LibTorch never runs on a gRPC thread.
+// serving::Query / serving::Answer and absl::Status ⇄ grpc::Status. Queueing, batching,
+// deadlines, limits and metrics belong to the core's RequestScheduler, which every frontend
+// shares; LibTorch never runs on a gRPC thread.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -9,6 +10,7 @@
 
 #include "dino/v1/surrogate.grpc.pb.h"
 #include "server/core/model_manager.h"
+#include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
 #include "server/metrics/server_metrics.h"
 
@@ -18,11 +20,11 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class SurrogateService final : public dino::v1::Surrogate::CallbackService {
  public:
-  // `metrics` may be null. Responses larger than `max_response_bytes` are refused with
-  // RESOURCE_EXHAUSTED (gRPC would fail them anyway, without saying which field).
-  // `auth` (may be null: open) is checked on every call (--require_token_for_inference).
-  SurrogateService(serving::ModelManager& manager, metrics::ServerMetrics* metrics,
-                   int64_t max_response_bytes, const BearerTokenAuth* auth = nullptr);
+  // `metrics` (may be null) counts the calls answered here rather than by the scheduler:
+  // discovery RPCs and refused authentication. `auth` (may be null: open) is checked on
+  // every call (--require_token_for_inference).
+  SurrogateService(const serving::ModelManager& models, serving::RequestScheduler& scheduler,
+                   metrics::ServerMetrics* metrics, const BearerTokenAuth* auth = nullptr);
 
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const dino::v1::ListModelsRequest* request,
@@ -50,20 +52,22 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
                                      dino::v1::JacobianResponse* response) override;
 
  private:
-  // Resolves the model, then runs `work(model, response)` on the model's executor unless
-  // the call was cancelled or its deadline passed meanwhile, and finishes the call.
-  template <typename Request, typename Response, typename Work>
-  grpc::ServerUnaryReactor* Dispatch(const char* method, grpc::CallbackServerContext* context,
-                                     const Request* request, Response* response, Work work);
+  // Hands the decoded query to the scheduler; `encode(answer, response)` fills the response
+  // when the answer comes back.
+  template <typename Response, typename Encode>
+  grpc::ServerUnaryReactor* Infer(serving::Method method, grpc::CallbackServerContext* context,
+                                  const dino::v1::ModelRef& model,
+                                  absl::StatusOr<serving::Query> query, Response* response,
+                                  Encode encode);
 
   // True (and the call finished UNAUTHENTICATED) when the inference token is required and
   // missing or wrong.
   bool Refused(const char* method, grpc::CallbackServerContext* context,
                grpc::ServerUnaryReactor* reactor);
 
-  serving::ModelManager& manager_;
+  const serving::ModelManager& models_;
+  serving::RequestScheduler& scheduler_;
   metrics::ServerMetrics* metrics_;
-  const int64_t max_response_bytes_;
   const BearerTokenAuth* auth_;
 };
 

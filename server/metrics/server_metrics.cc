@@ -10,6 +10,20 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return bounds;
 }
 
+// 10 µs … ~20 s in factors of 2: a queue wait from none to a saturated server.
+prometheus::Histogram::BucketBoundaries QueueBuckets() {
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (double b = 10e-6; b < 30.0; b *= 2.0) bounds.push_back(b);
+  return bounds;
+}
+
+// 1 … 4096 in factors of 2: batch sizes up to the largest --max_batch_size default.
+prometheus::Histogram::BucketBoundaries BatchBuckets() {
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (double b = 1; b <= 4096; b *= 2.0) bounds.push_back(b);
+  return bounds;
+}
+
 // 10 ms … ~1.5 h in factors of 4.
 prometheus::Histogram::BucketBoundaries EpochBuckets() {
   prometheus::Histogram::BucketBoundaries bounds;
@@ -38,6 +52,22 @@ ServerMetrics::ServerMetrics()
                      .Name("dino_requests_in_flight")
                      .Help("Calls accepted and not yet answered (queued or running), by model.")
                      .Register(*registry_)),
+      queue_depth_(prometheus::BuildGauge()
+                       .Name("dino_queue_depth")
+                       .Help("Requests waiting in a model's queue for a compute thread.")
+                       .Register(*registry_)),
+      queue_seconds_(prometheus::BuildHistogram()
+                         .Name("dino_queue_seconds")
+                         .Help("Time a request waited in its model's queue before computing.")
+                         .Register(*registry_)),
+      batch_rows_(prometheus::BuildHistogram()
+                      .Name("dino_batch_rows")
+                      .Help("Points (rows of m) per batched computation, by model.")
+                      .Register(*registry_)),
+      batch_requests_(prometheus::BuildHistogram()
+                          .Name("dino_batch_requests")
+                          .Help("Requests answered by one batched computation, by model.")
+                          .Register(*registry_)),
       jobs_(prometheus::BuildGauge()
                 .Name("dino_training_jobs")
                 .Help("Fine-tune jobs by state (ended ones counted since the server started).")
@@ -71,6 +101,21 @@ void ServerMetrics::RecordRequest(const std::string& method, const std::string& 
 
 void ServerMetrics::AddInFlight(const std::string& model, double delta) {
   in_flight_.Add({{"model", model}}).Increment(delta);
+}
+
+void ServerMetrics::QueueDepthChanged(const std::string& model, int64_t delta) {
+  queue_depth_.Add({{"model", model}}).Increment(static_cast<double>(delta));
+}
+
+void ServerMetrics::BatchStarted(const std::string& model, int64_t requests, int64_t rows) {
+  static const auto buckets = BatchBuckets();
+  batch_rows_.Add({{"model", model}}, buckets).Observe(static_cast<double>(rows));
+  batch_requests_.Add({{"model", model}}, buckets).Observe(static_cast<double>(requests));
+}
+
+void ServerMetrics::QueueWait(const std::string& model, double seconds) {
+  static const auto buckets = QueueBuckets();
+  queue_seconds_.Add({{"model", model}}, buckets).Observe(seconds);
 }
 
 void ServerMetrics::SetModelsLoaded(size_t versions) {

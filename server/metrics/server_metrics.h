@@ -1,5 +1,6 @@
 // Prometheus metrics of the serving core: requests by method, model and status code, latency
-// by method, and the number of loaded model versions; and of the fine-tune jobs: jobs by
+// by method, in-flight requests, queue depth, queue wait and batch sizes by model, and the
+// number of loaded model versions; and of the fine-tune jobs: jobs by
 // state, samples received, epoch durations and the latest validation accuracies.
 // Transport-agnostic: codes are canonical (absl) status codes, which gRPC shares.
 #pragma once
@@ -15,12 +16,25 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "server/core/request_observer.h"
 
 namespace dino::metrics {
 
-class ServerMetrics {
+class ServerMetrics final : public serving::RequestObserver {
  public:
   ServerMetrics();
+
+  // The serving core's request path (serving::RequestObserver).
+  void RequestFinished(const char* method, const std::string& model, absl::StatusCode code,
+                       double seconds) override {
+    RecordRequest(method, model, code, seconds);
+  }
+  void InFlightChanged(const std::string& model, int64_t delta) override {
+    AddInFlight(model, static_cast<double>(delta));
+  }
+  void QueueDepthChanged(const std::string& model, int64_t delta) override;
+  void BatchStarted(const std::string& model, int64_t requests, int64_t rows) override;
+  void QueueWait(const std::string& model, double seconds) override;
 
   // `model` must be a name the server knows (or empty): label values come only from loaded
   // models, so clients cannot grow the label set without bound.
@@ -46,6 +60,10 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& latency_;
   prometheus::Gauge& models_loaded_;
   prometheus::Family<prometheus::Gauge>& in_flight_;
+  prometheus::Family<prometheus::Gauge>& queue_depth_;
+  prometheus::Family<prometheus::Histogram>& queue_seconds_;
+  prometheus::Family<prometheus::Histogram>& batch_rows_;
+  prometheus::Family<prometheus::Histogram>& batch_requests_;
   prometheus::Family<prometheus::Gauge>& jobs_;
   prometheus::Family<prometheus::Counter>& samples_received_;
   prometheus::Family<prometheus::Counter>& sample_bytes_received_;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "absl/strings/str_cat.h"
 #include "models/architectures/architectures.h"
 #include "nlohmann/json.hpp"
 #include "tests/common/test_models.h"
@@ -177,8 +178,18 @@ TEST(ValidationTest, BadInputsNameTheField) {
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("m contains a non-finite value"));
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("[1, 4]"));
 
-  auto not_point = model->Jvp(Gaussian({2, kDims.d_m}, 1), Gaussian({1, kDims.d_m}, 2), false);
-  EXPECT_THAT(std::string(not_point.status().message()), HasSubstr("m must be one point"));
+  // Two points need one direction each (or [B, k, d_M]); one direction for two is ambiguous.
+  auto not_per_point = model->Jvp(Gaussian({2, kDims.d_m}, 1), Gaussian({1, kDims.d_m}, 2), false);
+  EXPECT_EQ(not_per_point.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(not_per_point.status().message()),
+              HasSubstr("directions must have shape [B, 40] (one per point) or [B, k, 40] with "
+                        "B = 2"));
+  auto wrong_points =
+      model->Vjp(Gaussian({2, kDims.d_m}, 1), Gaussian({3, 1, kDims.d_q}, 2), false);
+  EXPECT_THAT(std::string(wrong_points.status().message()),
+              HasSubstr("cotangents of rank 3 must have shape [B, k, 12] with B = 2"));
+  auto jacobian_of_two = model->Jacobian(Gaussian({2, kDims.d_m}, 1), false);
+  EXPECT_EQ(jacobian_of_two.status().code(), absl::StatusCode::kResourceExhausted);  // d_Q·d_M
 
   auto bad_cotangent = model->Vjp(m, Gaussian({1, kDims.d_q + 3}, 2), false);
   EXPECT_EQ(bad_cotangent.status().code(), absl::StatusCode::kInvalidArgument);
@@ -204,6 +215,141 @@ TEST(ValidationTest, BadInputsNameTheField) {
 
   auto integer = model->Evaluate(torch::ones({1, kDims.d_m}, torch::kInt64));
   EXPECT_THAT(std::string(integer.status().message()), HasSubstr("m must be float32 or float64"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-point batched derivatives: B points, one (or k) directions/cotangents per point.
+
+TEST_P(DerivativeTest, PerPointJvpAndVjpMatchFiniteDifferences) {
+  const int64_t b = 3, k = 2;
+  torch::Tensor points = Gaussian({b, kDims.d_m}, 21);
+  std::vector<torch::Tensor> jacobians;
+  for (int64_t i = 0; i < b; ++i) jacobians.push_back(FiniteDifferenceJacobian(*model_, points[i]));
+
+  // One direction per point: [B, d_M] → [B, d_Q].
+  torch::Tensor v = Gaussian({b, kDims.d_m}, 22);
+  auto jvp = model_->Jvp(points, v, /*want_q=*/true);
+  ASSERT_TRUE(jvp.ok()) << jvp.status();
+  ASSERT_EQ(jvp->values.sizes(), (std::vector<int64_t>{b, kDims.d_q}));
+  ASSERT_EQ(jvp->q.sizes(), (std::vector<int64_t>{b, kDims.d_q}));
+  EXPECT_LE(RelativeError(jvp->q, *model_->Evaluate(points)), 1e-12);
+  // k cotangents per point: [B, k, d_Q] → [B, k, d_M].
+  torch::Tensor w = Gaussian({b, k, kDims.d_q}, 23);
+  auto vjp = model_->Vjp(points, w, /*want_q=*/false);
+  ASSERT_TRUE(vjp.ok()) << vjp.status();
+  ASSERT_EQ(vjp->values.sizes(), (std::vector<int64_t>{b, k, kDims.d_m}));
+  // k directions per point, and one point in the rank-3 form.
+  torch::Tensor vk = Gaussian({b, k, kDims.d_m}, 24);
+  auto jvp_k = model_->Jvp(points, vk, false);
+  ASSERT_TRUE(jvp_k.ok()) << jvp_k.status();
+  auto one = model_->Jvp(points[0], vk.narrow(0, 0, 1), /*want_q=*/true);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->values.sizes(), (std::vector<int64_t>{1, k, kDims.d_q}));
+  ASSERT_EQ(one->q.sizes(), (std::vector<int64_t>{1, kDims.d_q}));
+  for (int64_t i = 0; i < b; ++i) {
+    EXPECT_LE(RelativeError(jvp->values[i], torch::mv(jacobians[i], v[i])), 1e-6) << i;
+    EXPECT_LE(RelativeError(vjp->values[i], torch::mm(w[i], jacobians[i])), 1e-6) << i;
+    EXPECT_LE(RelativeError(jvp_k->values[i], torch::mm(vk[i], jacobians[i].t())), 1e-6) << i;
+  }
+  EXPECT_LE(RelativeError(one->values[0], jvp_k->values[0]), 1e-12);
+}
+
+// A mixed batch of every method against each query computed alone.
+class BatchedTest : public ::testing::TestWithParam<std::tuple<std::string, torch::Dtype>> {};
+
+TEST_P(BatchedTest, BatchedAnswersEqualUnbatchedAnswers) {
+  const auto [architecture, dtype] = GetParam();
+  auto model = Wrap(architecture == "dipnet" ? dino::testing::SmallDipnet(kDims, dtype, 5)
+                                             : dino::testing::SmallGeneric(kDims, dtype, 5));
+  const double tolerance = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+  std::vector<Query> queries;
+  auto add = [&](Method method, torch::Tensor m, bool want_q = false) -> Query& {
+    Query query;
+    query.method = method;
+    query.m = std::move(m);
+    query.want_q = want_q;
+    queries.push_back(query);
+    return queries.back();
+  };
+  add(Method::kEvaluate, Gaussian({3, kDims.d_m}, 31));
+  add(Method::kEvaluate, Gaussian({kDims.d_m}, 32));
+  add(Method::kJvp, Gaussian({kDims.d_m}, 33), true).directions = Gaussian({2, kDims.d_m}, 34);
+  add(Method::kJvp, Gaussian({4, kDims.d_m}, 35), true).directions = Gaussian({4, kDims.d_m}, 36);
+  add(Method::kJvp, Gaussian({2, kDims.d_m}, 37)).directions =
+      Gaussian({2, kDims.d_q + 1, kDims.d_m}, 38);  // k ≥ d_Q: generic models use J's rows.
+  add(Method::kVjp, Gaussian({kDims.d_m}, 39), true).cotangents = Gaussian({3, kDims.d_q}, 40);
+  add(Method::kVjp, Gaussian({2, kDims.d_m}, 41)).cotangents = Gaussian({2, 3, kDims.d_q}, 42);
+  add(Method::kJacobian, Gaussian({kDims.d_m}, 43), true);
+  Query& client = add(Method::kReducedJacobian, Gaussian({2, kDims.d_m}, 44));
+  client.output_basis = dino::models::RandomOrthonormalColumns(kDims.d_q, 3, 45);
+  client.input_basis = dino::models::RandomOrthonormalColumns(kDims.d_m, 4, 46);
+  if (architecture == "dipnet") add(Method::kReducedJacobian, Gaussian({3, kDims.d_m}, 47));
+  queries.back().output_dtype = torch::kFloat32;  // Conversions happen per query.
+
+  std::vector<PreparedQuery> prepared;
+  for (const Query& query : queries) {
+    auto p = model->Prepare(query);
+    ASSERT_TRUE(p.ok()) << p.status();
+    prepared.push_back(*std::move(p));
+  }
+  std::vector<const PreparedQuery*> batch;
+  for (const PreparedQuery& p : prepared) batch.push_back(&p);
+  std::vector<absl::StatusOr<Answer>> batched = model->Compute(batch);
+  ASSERT_EQ(batched.size(), queries.size());
+  for (size_t i = 0; i < queries.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat(MethodName(queries[i].method), " #", i));
+    auto alone = model->Run(queries[i]);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    ASSERT_TRUE(batched[i].ok()) << batched[i].status();
+    ASSERT_EQ(batched[i]->values.sizes(), alone->values.sizes());
+    ASSERT_EQ(batched[i]->values.scalar_type(), alone->values.scalar_type());
+    EXPECT_LE(
+        RelativeError(batched[i]->values.to(torch::kFloat64), alone->values.to(torch::kFloat64)),
+        tolerance);
+    ASSERT_EQ(batched[i]->q.defined(), alone->q.defined());
+    if (alone->q.defined()) {
+      ASSERT_EQ(batched[i]->q.sizes(), alone->q.sizes());
+      EXPECT_LE(RelativeError(batched[i]->q.to(torch::kFloat64), alone->q.to(torch::kFloat64)),
+                tolerance);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothArchitecturesAndDtypes, BatchedTest,
+                         ::testing::Combine(::testing::Values("dipnet", "generic"),
+                                            ::testing::Values(torch::kFloat64, torch::kFloat32)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) +
+                                  (std::get<1>(info.param) == torch::kFloat64 ? "_fp64" : "_fp32");
+                         });
+
+TEST(BatchedTest, OneFailingQueryDoesNotFailTheOthers) {
+  // A model that fails at run time on inputs beyond a bound (as a model with a domain check,
+  // or one running out of memory, would): there a shape mismatch makes LibTorch throw. The
+  // batch is then recomputed query by query.
+  torch::jit::Module module("Picky");
+  module.register_buffer("weight", torch::ones({kDims.d_m + 1, kDims.d_q}, torch::kFloat64));
+  module.define(R"(
+def forward(self, m: Tensor) -> Tensor:
+    rows = m.size(1) + int(bool(torch.abs(m).max() > 100.0))
+    return torch.mm(torch.sin(m), self.weight[:rows])
+)");
+  auto model = Wrap(module);
+  std::vector<Query> queries(3);
+  for (auto& query : queries) query.m = Gaussian({2, kDims.d_m}, 51);
+  queries[1].m = queries[1].m * 1000.0;
+  queries[2].method = Method::kVjp;
+  queries[2].cotangents = Gaussian({2, kDims.d_q}, 52);
+  std::vector<PreparedQuery> prepared;
+  for (const Query& query : queries) prepared.push_back(*model->Prepare(query));
+  std::vector<absl::StatusOr<Answer>> answers =
+      model->Compute({&prepared[0], &prepared[1], &prepared[2]});
+  ASSERT_TRUE(answers[0].ok()) << answers[0].status();
+  EXPECT_EQ(answers[1].status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(answers[1].status().message()),
+              HasSubstr("the model failed while computing"));
+  ASSERT_TRUE(answers[2].ok()) << answers[2].status();
+  EXPECT_LE(RelativeError(answers[0]->values, *model->Evaluate(queries[0].m)), 1e-14);
 }
 
 TEST(LoadTest, ModelBreakingTheContractIsRefused) {

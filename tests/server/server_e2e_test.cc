@@ -430,12 +430,14 @@ int MetricValue(int port, const std::string& series) {
   return at == std::string::npos ? 0 : std::stoi(text.substr(at + series.size() + 1));
 }
 
-// Starts `calls` slow calls and returns once the server has accepted them all. With
-// --threads=2, the first two occupy the slow model's executor for a second or more, so
-// further calls wait in its queue.
+// Starts `calls` slow calls and returns once the server has accepted them all. Each call
+// starts once the previous one has left the queue, so that with --threads=2 the first two
+// occupy the slow model's two compute threads (rather than sharing one batch) for a second
+// or more, and further calls wait in its queue.
 std::vector<std::thread> OccupySlowModel(const dino::testing::ServerProcess& server, int calls) {
   const std::string target = server.target();
   std::vector<std::thread> busy;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   for (int i = 0; i < calls; ++i) {
     busy.emplace_back([target] {
       auto stub =
@@ -444,11 +446,12 @@ std::vector<std::thread> OccupySlowModel(const dino::testing::ServerProcess& ser
       v1::EvaluateResponse response;
       EXPECT_TRUE(stub->Evaluate(&context, SlowRequest(), &response).ok());
     });
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (MetricValue(server.metrics_port(), "dino_requests_in_flight{model=\"slow\"}") < calls &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    while (
+        (MetricValue(server.metrics_port(), "dino_requests_in_flight{model=\"slow\"}") < i + 1 ||
+         (i < 2 && MetricValue(server.metrics_port(), "dino_queue_depth{model=\"slow\"}") > 0)) &&
+        std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
   return busy;
 }

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "models/architectures/architectures.h"
-#include "models/training/network.h"
+#include "models/architectures/network.h"
 #include "tests/training/synthetic.h"
 
 namespace dino::training {
@@ -61,8 +61,8 @@ torch::jit::Module MakeModel(const std::string& architecture) {
                                    : SmallDipnet(p.v, p.u, p.b, {6, 6}, 7, /*rough=*/true);
 }
 
-Network MakeNetwork(const std::string& architecture, const torch::jit::Module& module) {
-  return Network(module, /*allow_layer_propagation=*/architecture != "dipnet_autograd");
+models::Network MakeNetwork(const std::string& architecture, const torch::jit::Module& module) {
+  return models::Network(module, /*allow_layer_propagation=*/architecture != "dipnet_autograd");
 }
 
 const Dataset& DataFor(const std::string& form) {
@@ -100,10 +100,10 @@ void CheckGradient(const std::string& architecture, JacobianLoss jacobian_loss,
                    const std::string& form) {
   SCOPED_TRACE(architecture + ", " + JacobianLossName(jacobian_loss) + ", " + form + " data");
   torch::jit::Module module = MakeModel(architecture);
-  const Network network = MakeNetwork(architecture, module);
-  ASSERT_EQ(network.reduced_jacobian_method(), architecture == "dipnet"
-                                                   ? ReducedJacobianMethod::kLayerPropagation
-                                                   : ReducedJacobianMethod::kAutograd);
+  const models::Network network = MakeNetwork(architecture, module);
+  ASSERT_EQ(network.reduced_jacobian_method(),
+            architecture == "dipnet" ? models::ReducedJacobianMethod::kLayerPropagation
+                                     : models::ReducedJacobianMethod::kAutograd);
   Loss loss(network, DataFor(form), ConfigFor(jacobian_loss));
   auto generator = at::make_generator<at::CPUGeneratorImpl>(11);
   loss.Resample(generator);
@@ -200,7 +200,7 @@ class Prop24 : public ::testing::TestWithParam<std::string> {};
 TEST_P(Prop24, FullH1BetweenTheBasesEqualsTheDirectFrobeniusError) {
   const Problem& p = TheProblem();
   torch::jit::Module module = MakeModel(GetParam());
-  const Network network = MakeNetwork(GetParam(), module);
+  const models::Network network = MakeNetwork(GetParam(), module);
   const DirectTerms direct = Direct(module);
   // The complement term ‖J‖² − ‖UᵀJV‖² carries much of the error: the identity is not
   // trivially satisfied by J lying in the bases.
@@ -248,7 +248,7 @@ torch::Tensor DirectReducedTerm(const torch::Tensor& network_jacobian, int64_t r
 TEST(ReducedH1, MatchesTheDirectProjectedError) {
   for (const char* architecture : {"dipnet", "dipnet_autograd", "generic"}) {
     torch::jit::Module module = MakeModel(architecture);
-    const Network network = MakeNetwork(architecture, module);
+    const models::Network network = MakeNetwork(architecture, module);
     const DirectTerms direct = Direct(module);
     torch::Tensor expected = DirectReducedTerm(direct.network_jacobian, 3);
     for (const char* form : {"full", "svd"}) {
@@ -268,7 +268,7 @@ TEST(ReducedH1, MatchesTheDirectProjectedError) {
 
 TEST(FullH1, GenericModelsMatchTheDirectFrobeniusError) {
   torch::jit::Module module = MakeModel("generic");
-  const Network network(module);
+  const models::Network network(module);
   const DirectTerms direct = Direct(module);
   for (const char* form : {"full", "svd"}) {
     Loss loss(network, DataFor(form), ConfigFor(JacobianLoss::kFullH1));
@@ -287,21 +287,22 @@ TEST(ReducedJacobian, LayerPropagationEqualsAutogradWithWhitening) {
     module.attr("reduced_input_shift").toTensor().copy_(Gaussian({kRm}, 71));
     module.attr("reduced_input_scale").toTensor().copy_(1.0 + 0.5 * Gaussian({kRm}, 72).abs());
   }
-  const Network fast(module), reference(module, /*allow_layer_propagation=*/false);
-  ASSERT_EQ(fast.reduced_jacobian_method(), ReducedJacobianMethod::kLayerPropagation);
-  ASSERT_EQ(reference.reduced_jacobian_method(), ReducedJacobianMethod::kAutograd);
-  EXPECT_STREQ(ReducedJacobianMethodName(fast.reduced_jacobian_method()), "layer_propagation");
+  const models::Network fast(module), reference(module, /*allow_layer_propagation=*/false);
+  ASSERT_EQ(fast.reduced_jacobian_method(), models::ReducedJacobianMethod::kLayerPropagation);
+  ASSERT_EQ(reference.reduced_jacobian_method(), models::ReducedJacobianMethod::kAutograd);
+  EXPECT_STREQ(models::ReducedJacobianMethodName(fast.reduced_jacobian_method()),
+               "layer_propagation");
   // Inputs large enough that some pre-activations pass softplus's threshold of 20.
   const torch::Tensor z = 15.0 * Gaussian({8, kRm}, 73);
-  auto [value, jacobian] = ReducedValueAndJacobian(fast, z, false);
-  auto [value_ref, jacobian_ref] = ReducedValueAndJacobian(reference, z, false);
+  auto [value, jacobian] = models::ReducedValueAndJacobian(fast, z, false);
+  auto [value_ref, jacobian_ref] = models::ReducedValueAndJacobian(reference, z, false);
   EXPECT_LE(RelativeDifference(value, value_ref), 1e-13);
   EXPECT_LE(RelativeDifference(jacobian, jacobian_ref), 1e-12);
   EXPECT_FALSE(jacobian.requires_grad());
   // Gradients of a Jacobian loss agree too.
   std::vector<torch::Tensor> parameters = fast.TrainableParameters();
-  auto loss_of = [&](const Network& network) {
-    auto [v, j] = ReducedValueAndJacobian(network, z, true);
+  auto loss_of = [&](const models::Network& network) {
+    auto [v, j] = models::ReducedValueAndJacobian(network, z, true);
     return torch::autograd::grad({j.square().sum() + v.square().sum()}, parameters);
   };
   std::vector<torch::Tensor> a = loss_of(fast), b = loss_of(reference);
@@ -336,17 +337,18 @@ TEST(ReducedJacobian, OtherModelsGetAutograd) {
   // The same layers as the project's DIPNet: recognised.
   torch::jit::Module same = LookalikeDipnet(
       whitened + "    h = torch.softplus(torch.addmm(self.b0, h, self.W0), 1.0, 20.0)\n" + tail);
-  EXPECT_EQ(Network(same).reduced_jacobian_method(), ReducedJacobianMethod::kLayerPropagation);
+  EXPECT_EQ(models::Network(same).reduced_jacobian_method(),
+            models::ReducedJacobianMethod::kLayerPropagation);
   // Another activation, or whitening buffers that are ignored: not recognised.
   for (const std::string& body :
        {whitened + "    h = torch.tanh(torch.addmm(self.b0, h, self.W0))\n" + tail,
         "    h = torch.softplus(torch.addmm(self.b0, z, self.W0), 1.0, 20.0)\n" + tail}) {
     torch::jit::Module other = LookalikeDipnet(body);
-    const Network network(other);
-    EXPECT_EQ(network.reduced_jacobian_method(), ReducedJacobianMethod::kAutograd) << body;
+    const models::Network network(other);
+    EXPECT_EQ(network.reduced_jacobian_method(), models::ReducedJacobianMethod::kAutograd) << body;
     // And its Jacobian is still right.
-    auto [value, jacobian] =
-        ReducedValueAndJacobian(network, torch::mm(TheProblem().full.m, TheProblem().v), false);
+    auto [value, jacobian] = models::ReducedValueAndJacobian(
+        network, torch::mm(TheProblem().full.m, TheProblem().v), false);
     torch::Tensor direct = DirectJacobian(other, TheProblem().full.m);
     torch::Tensor inside = torch::matmul(torch::matmul(TheProblem().u.t(), direct), TheProblem().v);
     EXPECT_LE(RelativeDifference(jacobian, inside), 1e-12);
@@ -427,7 +429,7 @@ std::pair<torch::Tensor, torch::Tensor> MonteCarloJacobianTerms(Loss& loss, int6
 TEST(Prop22, SubsampledLossIsTheWeightedReducedLossInExpectation) {
   for (const char* architecture : {"dipnet", "generic"}) {
     torch::jit::Module module = MakeModel(architecture);
-    const Network network = MakeNetwork(architecture, module);
+    const models::Network network = MakeNetwork(architecture, module);
     torch::Tensor e;
     DirectReducedTerm(Direct(module).network_jacobian, 3, &e);
     const int64_t r = 3, k = 2;
@@ -476,7 +478,7 @@ TEST(Prop23, ScaledSketchesAreUnbiasedForTheFrobeniusNorm) {
 TEST(Prop23, SketchedLossIsTheFullH1LossInExpectation) {
   for (const char* architecture : {"dipnet", "generic"}) {
     torch::jit::Module module = MakeModel(architecture);
-    const Network network = MakeNetwork(architecture, module);
+    const models::Network network = MakeNetwork(architecture, module);
     const torch::Tensor expected = Direct(module).h1;
     for (const char* form : {"full", "svd"}) {
       Loss loss(network, DataFor(form), ConfigFor(JacobianLoss::kSketchedH1));
@@ -496,7 +498,7 @@ TEST(Prop23, SketchedLossIsTheFullH1LossInExpectation) {
 
 TEST(LossErrors, DataThatALossCannotUse) {
   torch::jit::Module dipnet = MakeModel("dipnet"), generic = MakeModel("generic");
-  const Network reduced_model(dipnet), generic_model(generic);
+  const models::Network reduced_model(dipnet), generic_model(generic);
   const Problem& p = TheProblem();
   EXPECT_THAT([&] { Loss(reduced_model, p.reduced, ConfigFor(JacobianLoss::kReducedH1)); },
               ThrowsMessage<std::invalid_argument>(HasSubstr("determines neither")));

@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "models/architectures/model_file.h"
-#include "models/training/network.h"
+#include "models/architectures/network.h"
 #include "server/core/surrogate_model.h"
 
 namespace dino {
@@ -31,8 +31,8 @@ TEST(ServedJacobianTest, ServerAndTrainerAgreeOnTheBundledModel) {
   models::LoadedModelFile file = models::LoadModelFile(path);
   EXPECT_TRUE(file.metadata.value("trained", false)) << "the bundled model is a trained one";
   // The autograd path: independent of the layer propagation that serving uses.
-  training::Network network(file.module, /*allow_layer_propagation=*/false);
-  ASSERT_EQ(network.reduced_jacobian_method(), training::ReducedJacobianMethod::kAutograd);
+  models::Network network(file.module, /*allow_layer_propagation=*/false);
+  ASSERT_EQ(network.reduced_jacobian_method(), models::ReducedJacobianMethod::kAutograd);
 
   torch::manual_seed(3);
   const torch::Tensor m = torch::randn({4, (*served)->info().input_dim}, torch::kFloat64);
@@ -40,7 +40,7 @@ TEST(ServedJacobianTest, ServerAndTrainerAgreeOnTheBundledModel) {
   ASSERT_TRUE(reduced.ok()) << reduced.status();
   torch::NoGradGuard no_grad;
   const torch::Tensor z = torch::mm(m.to(network.dtype()), network.input_basis());
-  auto [phi, jacobian] = training::ReducedValueAndJacobian(network, z, /*create_graph=*/false);
+  auto [phi, jacobian] = models::ReducedValueAndJacobian(network, z, /*create_graph=*/false);
   const double scale = jacobian.abs().max().item<double>();
   EXPECT_LE((reduced->reduced_jacobian - jacobian.to(torch::kFloat64)).abs().max().item<double>(),
             1e-10 * scale);

@@ -14,8 +14,8 @@
 #include <string>
 
 #include "models/architectures/architectures.h"
+#include "models/architectures/network.h"
 #include "models/training/losses.h"
-#include "models/training/network.h"
 #include "models/training/trainer.h"
 #include "tests/training/synthetic.h"
 
@@ -48,7 +48,7 @@ std::pair<double, double> TimeLoss(const torch::jit::Module& initial, const Data
                                    const LossConfig& loss, bool layer_propagation = true) {
   torch::jit::Module module = initial.deepcopy();
   const auto prepare_start = std::chrono::steady_clock::now();
-  { Loss prepared(Network(module, layer_propagation), data, loss); }
+  { Loss prepared(models::Network(module, layer_propagation), data, loss); }
   const double prepare = Seconds(prepare_start);
   TrainerConfig config;
   config.loss = loss;

@@ -1,4 +1,4 @@
-#include "models/training/network.h"
+#include "models/architectures/network.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -10,7 +10,7 @@
 
 #include "models/architectures/architectures.h"
 
-namespace dino::training {
+namespace dino::models {
 
 // The layers of the project's DIPNet as architectures.cc builds them:
 //   h₀ = (z − shift) ⊙ scale,  a_l = h_l W_l + b_l,  h_{l+1} = softplus(a_l) for l < L,
@@ -25,26 +25,10 @@ namespace {
 
 namespace dm = dino::models;
 
-constexpr char kWhiteningShift[] = "reduced_input_shift";
-constexpr char kWhiteningScale[] = "reduced_input_scale";
-// architectures.cc applies torch.softplus(a, 1.0, 20.0): a itself above the threshold.
-constexpr double kSoftplusThreshold = 20.0;
-
 [[noreturn]] void Fail(const std::string& why) { throw std::invalid_argument(why); }
 
 bool HasTensor(const torch::jit::Module& module, const char* name) {
   return module.hasattr(name) && module.attr(name).isTensor();
-}
-
-// ∂⟨cotangents, outputs⟩/∂inputs; zeros where the outputs do not depend on the inputs (a
-// constant model is a valid model with a zero Jacobian).
-torch::Tensor ReverseProduct(const torch::Tensor& outputs, const torch::Tensor& inputs,
-                             const torch::Tensor& cotangents, bool create_graph) {
-  if (!outputs.requires_grad()) return torch::zeros_like(inputs);
-  auto grads = torch::autograd::grad({outputs}, {inputs}, {cotangents},
-                                     /*retain_graph=*/create_graph, create_graph,
-                                     /*allow_unused=*/true);
-  return grads[0].defined() ? grads[0] : torch::zeros_like(inputs);
 }
 
 // The layers of `module` when its parameters are exactly W0, b0, …, WL, bL chaining
@@ -74,6 +58,19 @@ std::shared_ptr<DenseLayers> MatchLayers(const torch::jit::Module& module, int64
   layers->shift = module.attr(kWhiteningShift).toTensor();
   layers->scale = module.attr(kWhiteningScale).toTensor();
   return layers;
+}
+
+// φ(z) by the layers: the same formula as reduced_forward, without the TorchScript
+// interpreter (a batch-1 call is a few dozen small operations, where the interpreter's
+// per-operation overhead would dominate).
+torch::Tensor PropagateValue(const DenseLayers& layers, const torch::Tensor& z) {
+  const size_t last = layers.weights.size() - 1;
+  torch::Tensor h = (z - layers.shift) * layers.scale;
+  for (size_t l = 0; l < last; ++l) {
+    h = torch::softplus(torch::addmm(layers.biases[l], h, layers.weights[l]), 1.0,
+                        kSoftplusThreshold);
+  }
+  return torch::addmm(layers.biases[last], h, layers.weights[last]);
 }
 
 // φ(z) and J_φ(z) by reverse accumulation through the layers:
@@ -127,12 +124,13 @@ bool PropagationReproducesModel(const torch::jit::Module& module, torch::Dtype d
     auto [value_ref, jacobian_ref] = ReducedValueAndJacobian(reference, z, false);
     torch::NoGradGuard no_grad;
     auto [value, jacobian] = PropagateJacobian(*layers, z);
+    const torch::Tensor value_only = PropagateValue(*layers, z);
     const double tolerance = dtype == torch::kFloat64 ? 1e-9 : 1e-3;
     auto close = [tolerance](const torch::Tensor& a, const torch::Tensor& b) {
       return a.sizes() == b.sizes() && (a - b).abs().max().item<double>() <=
                                            tolerance * std::max(1.0, b.abs().max().item<double>());
     };
-    return close(value, value_ref) && close(jacobian, jacobian_ref);
+    return close(value, value_ref) && close(value_only, value_ref) && close(jacobian, jacobian_ref);
   } catch (const std::exception&) {
     return false;
   }
@@ -140,11 +138,21 @@ bool PropagationReproducesModel(const torch::jit::Module& module, torch::Dtype d
 
 }  // namespace
 
+torch::Tensor ReverseProduct(const torch::Tensor& outputs, const torch::Tensor& inputs,
+                             const torch::Tensor& cotangents, bool create_graph) {
+  if (!outputs.requires_grad()) return torch::zeros_like(inputs);
+  auto grads = torch::autograd::grad({outputs}, {inputs}, {cotangents},
+                                     /*retain_graph=*/create_graph, create_graph,
+                                     /*allow_unused=*/true);
+  return grads[0].defined() ? grads[0] : torch::zeros_like(inputs);
+}
+
 const char* ReducedJacobianMethodName(ReducedJacobianMethod method) {
   return method == ReducedJacobianMethod::kLayerPropagation ? "layer_propagation" : "autograd";
 }
 
-Network::Network(torch::jit::Module module, bool allow_layer_propagation)
+Network::Network(torch::jit::Module module, bool allow_layer_propagation,
+                 std::optional<torch::Dtype> dtype_without_tensors)
     : module_(std::move(module)) {
   if (!module_.find_method("forward")) Fail("the model has no forward method");
   const bool has_v = HasTensor(module_, dm::kInputBasis);
@@ -196,6 +204,10 @@ Network::Network(torch::jit::Module module, bool allow_layer_propagation)
       found = true;
     }
   }
+  if (!found && dtype_without_tensors) {
+    dtype_ = *dtype_without_tensors;
+    found = true;
+  }
   if (!found) Fail("the model has no floating-point parameter or buffer to take its dtype from");
   if (dtype_ != torch::kFloat32 && dtype_ != torch::kFloat64) {
     Fail("the model must compute in float32 or float64");
@@ -210,10 +222,15 @@ Network::Network(torch::jit::Module module, bool allow_layer_propagation)
 }
 
 torch::Tensor Network::Forward(const torch::Tensor& m) const {
+  // The contract's identity forward(m) = φ(mV)Uᵀ + b, through the verified layers.
+  if (layers_)
+    return torch::addmm(output_shift_, ReducedForward(torch::mm(m, input_basis_)),
+                        output_basis_.t());
   return module_.get_method("forward")({m}).toTensor();
 }
 
 torch::Tensor Network::ReducedForward(const torch::Tensor& z) const {
+  if (layers_) return PropagateValue(*layers_, z);
   return module_.get_method(dm::kReducedForward)({z}).toTensor();
 }
 
@@ -297,4 +314,4 @@ std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& netw
   return {value, products};
 }
 
-}  // namespace dino::training
+}  // namespace dino::models

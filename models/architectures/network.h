@@ -9,10 +9,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
-namespace dino::training {
+namespace dino::models {
 
 // How a Network computes the reduced Jacobian J_φ of a DIPNet.
 enum class ReducedJacobianMethod {
@@ -48,7 +49,11 @@ class Network {
   //
   // Throws std::invalid_argument on a partial or inconsistent reduced-basis contract, or when
   // the model has no floating-point parameter or buffer to take its dtype from.
-  explicit Network(torch::jit::Module module, bool allow_layer_propagation = true);
+  //
+  // `dtype_without_tensors` is the dtype of a model that has no floating-point parameter or
+  // buffer at all (a generic model may compute from its input alone; its metadata says).
+  explicit Network(torch::jit::Module module, bool allow_layer_propagation = true,
+                   std::optional<torch::Dtype> dtype_without_tensors = std::nullopt);
 
   bool reduced() const { return reduced_; }
   torch::Dtype dtype() const { return dtype_; }
@@ -69,8 +74,11 @@ class Network {
     return layers_ ? ReducedJacobianMethod::kLayerPropagation : ReducedJacobianMethod::kAutograd;
   }
 
-  torch::Tensor Forward(const torch::Tensor& m) const;         // [B, d_M] → [B, d_Q]
-  torch::Tensor ReducedForward(const torch::Tensor& z) const;  // [B, r_M] → [B, r_Q]
+  // [B, d_M] → [B, d_Q] and [B, r_M] → [B, r_Q]. With kLayerPropagation both run the
+  // verified layer formula directly (φ(mV)Uᵀ + b for forward) instead of the TorchScript
+  // methods: same values, differentiable the same way, without interpreter overhead.
+  torch::Tensor Forward(const torch::Tensor& m) const;
+  torch::Tensor ReducedForward(const torch::Tensor& z) const;
 
   // The trainable tensors (module.parameters()), with requires_grad switched on.
   std::vector<torch::Tensor> TrainableParameters() const;
@@ -93,6 +101,12 @@ class Network {
                                                                          bool);
 };
 
+// ∂⟨cotangents, outputs⟩/∂inputs; zeros where the outputs do not depend on the inputs (a
+// constant model is a valid model with a zero Jacobian). With create_graph the result stays
+// differentiable (double backward).
+torch::Tensor ReverseProduct(const torch::Tensor& outputs, const torch::Tensor& inputs,
+                             const torch::Tensor& cotangents, bool create_graph);
+
 // φ(z) [B, r_Q] and J_φ(z) = ∂φ/∂z [B, r_Q, r_M] of a reduced-basis model, by the network's
 // ReducedJacobianMethod. kAutograd makes one reverse pass over r_Q copies of each z (row
 // b·r_Q + i of the copies is z_b; seeding its output with e_i yields row i of J_φ(z_b)).
@@ -112,4 +126,4 @@ std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& netw
                                                              const torch::Tensor& left,
                                                              bool create_graph);
 
-}  // namespace dino::training
+}  // namespace dino::models

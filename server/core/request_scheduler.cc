@@ -1,0 +1,242 @@
+#include "server/core/request_scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/core/log.h"
+
+namespace dino::serving {
+
+// One model name's queue and compute threads.
+class RequestScheduler::ModelQueue {
+ public:
+  ModelQueue(RequestScheduler& scheduler, std::string name)
+      : scheduler_(scheduler), name_(std::move(name)) {}
+  ~ModelQueue() { Stop(); }
+
+  const std::string& name() const { return name_; }
+
+  // Takes the request unless the queue is full (then `pending` stays with the caller); the
+  // batching knobs and thread count come
+  // from the model's config as of this request, so a config change applies at once.
+  absl::Status Admit(std::unique_ptr<Pending>& pending) {
+    const ModelConfig& config = *pending->servable.config;
+    const int executors =
+        config.executors > 0 ? config.executors : scheduler_.options_.default_executors;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) return absl::UnavailableError("the server is shutting down");
+      batching_ = config.batching;
+      if (batching_.max_queue_size > 0 &&
+          static_cast<int64_t>(pending_.size()) >= batching_.max_queue_size) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model '", name_, "' has ", pending_.size(),
+            " requests queued, its limit (batching.max_queue_size = ", batching_.max_queue_size,
+            "); retry with backoff"));
+      }
+      pending_.push_back(std::move(pending));
+      // More threads start at once; fewer take effect when the server restarts.
+      while (static_cast<int>(threads_.size()) < executors)
+        threads_.emplace_back([this] { Work(); });
+    }
+    // Every thread may be waiting for company (max_queue_delay_us) or idle.
+    wake_.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Runs what is queued, then joins the threads.
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+ private:
+  // Points of queued requests that could join a batch for `model`.
+  int64_t CompatibleRows(const SurrogateModel* model) const {
+    int64_t rows = 0;
+    for (const auto& pending : pending_) {
+      if (pending->servable.model.get() == model) rows += pending->query.points_count();
+    }
+    return rows;
+  }
+
+  void Work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
+      if (pending_.empty()) return;  // Stopping, and everything admitted is answered.
+      const BatchingConfig batching = batching_;
+      const SurrogateModel* model = pending_.front()->servable.model.get();
+      if (batching.max_queue_delay_us > 0 && !stopping_) {
+        // Wait (from the oldest request's arrival) until enough compatible rows are queued.
+        const int64_t wanted = batching.preferred_batch_size > 0 ? batching.preferred_batch_size
+                                                                 : batching.max_batch_size;
+        const Clock::time_point until =
+            pending_.front()->arrived + std::chrono::microseconds(batching.max_queue_delay_us);
+        wake_.wait_until(lock, until, [&] {
+          return stopping_ || pending_.empty() || CompatibleRows(model) >= wanted;
+        });
+        if (pending_.empty()) continue;  // Another thread took them.
+        model = pending_.front()->servable.model.get();
+      }
+      // The oldest request and every queued request for the same version that fits.
+      std::vector<std::unique_ptr<Pending>> batch;
+      int64_t rows = 0;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        const int64_t points = (*it)->query.points_count();
+        if ((*it)->servable.model.get() == model &&
+            (batch.empty() || rows + points <= batching.max_batch_size)) {
+          rows += points;
+          batch.push_back(std::move(*it));
+          it = pending_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      lock.unlock();
+      if (RequestObserver* observer = scheduler_.options_.observer) {
+        observer->QueueDepthChanged(name_, -static_cast<int64_t>(batch.size()));
+      }
+      scheduler_.RunBatch(*this, std::move(batch));
+      lock.lock();
+    }
+  }
+
+  RequestScheduler& scheduler_;
+  const std::string name_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Pending>> pending_;
+  BatchingConfig batching_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+RequestScheduler::RequestScheduler(const ModelManager& models, Options options)
+    : models_(models), options_(options) {}
+
+RequestScheduler::~RequestScheduler() { Shutdown(); }
+
+void RequestScheduler::Shutdown() {
+  std::map<std::string, std::shared_ptr<ModelQueue>> queues;
+  {
+    std::lock_guard<std::mutex> lock(queues_mutex_);
+    stopping_ = true;
+    queues.swap(queues_);
+  }
+  for (auto& [name, queue] : queues) queue->Stop();
+}
+
+std::shared_ptr<RequestScheduler::ModelQueue> RequestScheduler::QueueFor(
+    const ServableHandle& servable) {
+  std::lock_guard<std::mutex> lock(queues_mutex_);
+  if (stopping_) return nullptr;
+  std::shared_ptr<ModelQueue>& queue = queues_[servable.name];
+  if (!queue) queue = std::make_shared<ModelQueue>(*this, servable.name);
+  return queue;
+}
+
+void RequestScheduler::Finish(const char* method, const std::string& model,
+                              Clock::time_point arrived, const absl::Status& status,
+                              int64_t version, Answer answer, const Done& done) {
+  if (options_.observer != nullptr) {
+    options_.observer->RequestFinished(
+        method, model, status.code(),
+        std::chrono::duration<double>(Clock::now() - arrived).count());
+  }
+  done(status, status.ok() ? version : 0, std::move(answer));
+}
+
+void RequestScheduler::Submit(Method method_id, const ModelTarget& target,
+                              absl::StatusOr<Query> query, CallControl control, Done done) {
+  const Clock::time_point arrived = Clock::now();
+  const char* method = MethodName(method_id);
+  auto refuse = [&](const std::string& model, const absl::Status& status) {
+    Finish(method, model, arrived, status, 0, Answer(), done);
+  };
+  // The model first, so that the metrics can name it; then the frontend's decoding result.
+  auto servable = models_.Get(target.name, target.version);
+  if (!servable.ok()) return refuse("", servable.status());
+  if (!query.ok()) return refuse(servable->name, query.status());
+  if (control.deadline <= std::chrono::system_clock::now()) {
+    return refuse(servable->name, absl::DeadlineExceededError("the deadline passed on arrival"));
+  }
+  auto prepared = servable->model->Prepare(*query);
+  if (!prepared.ok()) return refuse(servable->name, prepared.status());
+  std::shared_ptr<ModelQueue> queue = QueueFor(*servable);
+  if (!queue) return refuse(servable->name, absl::UnavailableError("the server is shutting down"));
+  const std::string name = servable->name;
+  auto pending = std::make_unique<Pending>(Pending{*std::move(servable), *std::move(prepared),
+                                                   std::move(control), std::move(done), arrived});
+  // Counted before admission, so that a compute thread's decrement never comes first.
+  if (options_.observer != nullptr) {
+    options_.observer->InFlightChanged(name, 1);
+    options_.observer->QueueDepthChanged(name, 1);
+  }
+  absl::Status admitted = queue->Admit(pending);
+  if (!admitted.ok()) {
+    if (options_.observer != nullptr) {
+      options_.observer->InFlightChanged(name, -1);
+      options_.observer->QueueDepthChanged(name, -1);
+    }
+    Finish(method, name, arrived, admitted, 0, Answer(), pending->done);
+  }
+}
+
+void RequestScheduler::RunBatch(ModelQueue& queue, std::vector<std::unique_ptr<Pending>> batch) {
+  RequestObserver* observer = options_.observer;
+  const Clock::time_point started = Clock::now();
+  const auto now = std::chrono::system_clock::now();
+  std::vector<std::unique_ptr<Pending>> live;
+  std::vector<const PreparedQuery*> queries;
+  live.reserve(batch.size());
+  queries.reserve(batch.size());
+  auto finish = [&](Pending& pending, const absl::Status& status, Answer answer) {
+    Finish(MethodName(pending.query.method), queue.name(), pending.arrived, status,
+           pending.servable.version, std::move(answer), pending.done);
+    if (observer != nullptr) observer->InFlightChanged(queue.name(), -1);
+  };
+  int64_t rows = 0;
+  for (auto& pending : batch) {
+    if (observer != nullptr) {
+      observer->QueueWait(queue.name(),
+                          std::chrono::duration<double>(started - pending->arrived).count());
+    }
+    // An expired call also counts as cancelled, so the deadline is checked first.
+    if (pending->control.deadline <= now) {
+      finish(*pending, absl::DeadlineExceededError("the deadline passed before the call ran"),
+             Answer());
+      continue;
+    }
+    if (pending->control.is_cancelled && pending->control.is_cancelled()) {
+      finish(*pending, absl::CancelledError("the call was cancelled before it ran"), Answer());
+      continue;
+    }
+    rows += pending->query.points_count();
+    queries.push_back(&pending->query);
+    live.push_back(std::move(pending));
+  }
+  if (live.empty()) return;
+  if (observer != nullptr) {
+    observer->BatchStarted(queue.name(), static_cast<int64_t>(live.size()), rows);
+  }
+  std::vector<absl::StatusOr<Answer>> answers = live.front()->servable.model->Compute(queries);
+  for (size_t i = 0; i < live.size(); ++i) {
+    absl::StatusOr<Answer>& answer = answers[i];
+    if (answer.ok() && answer->bytes() > options_.max_response_bytes) {
+      answer = absl::ResourceExhaustedError(absl::StrCat(
+          "the response would be ", answer->bytes(), " bytes, above the server's limit of ",
+          options_.max_response_bytes, " (--max_message_bytes); ask for fewer rows at a time"));
+    }
+    finish(*live[i], answer.status(), answer.ok() ? *std::move(answer) : Answer());
+  }
+}
+
+}  // namespace dino::serving

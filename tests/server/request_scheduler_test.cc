@@ -1,0 +1,259 @@
+// The core's request path without a transport: admission against the queue limit, refusals
+// that name the field, deadlines and cancellation before compute, dynamic batching of
+// concurrent requests (same answers as unbatched), the queue delay, and shutdown.
+#include "server/core/request_scheduler.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "models/architectures/architectures.h"
+#include "nlohmann/json.hpp"
+#include "tests/common/scratch_dir.h"
+#include "tests/common/test_models.h"
+
+namespace dino::serving {
+namespace {
+
+using dino::testing::SmallDims;
+using ::testing::HasSubstr;
+
+constexpr SmallDims kDims{};
+
+// Records what the scheduler reports; lets a test wait until a batch is computing.
+class RecordingObserver final : public RequestObserver {
+ public:
+  void RequestFinished(const char*, const std::string&, absl::StatusCode, double) override {}
+  void InFlightChanged(const std::string&, int64_t delta) override { in_flight_ += delta; }
+  void QueueDepthChanged(const std::string&, int64_t delta) override { queued_ += delta; }
+  void QueueWait(const std::string&, double) override {}
+  void BatchStarted(const std::string&, int64_t requests, int64_t) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    batches_.push_back(requests);
+    changed_.notify_all();
+  }
+  void WaitForBatches(size_t count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return batches_.size() >= count; });
+  }
+  std::vector<int64_t> batches() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return batches_;
+  }
+  int64_t in_flight() const { return in_flight_; }
+  int64_t queued() const { return queued_; }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<int64_t> batches_;  // Requests per batch.
+  std::atomic<int64_t> in_flight_{0}, queued_{0};
+};
+
+struct Outcome {
+  absl::Status status;
+  int64_t version = 0;
+  Answer answer;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  // Serves `module` as model "m" version 1 with `batching`, one compute thread.
+  void Serve(torch::jit::Module module, BatchingConfig batching, int executors = 1) {
+    ModelManager::Options options;
+    options.repository = scratch_.path();
+    options.default_config.batching = batching;
+    options.default_config.executors = executors;
+    manager_ = std::make_unique<ModelManager>(options);
+    auto model = SurrogateModel::FromModule(
+        std::move(module), nlohmann::json::parse(dino::testing::SmallMetadata("test", kDims.d_m)),
+        "test", {});
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    manager_->Add("m", 1, model_);
+    RequestScheduler::Options scheduler_options;
+    scheduler_options.observer = &observer_;
+    scheduler_options.max_response_bytes = 1 << 20;
+    scheduler_ = std::make_unique<RequestScheduler>(*manager_, scheduler_options);
+  }
+
+  std::future<Outcome> Submit(Query query, CallControl control = {},
+                              const std::string& name = "m") {
+    auto promise = std::make_shared<std::promise<Outcome>>();
+    std::future<Outcome> future = promise->get_future();
+    const Method method = query.method;
+    scheduler_->Submit(method, ModelTarget{name, 0, ""}, std::move(query), std::move(control),
+                       [promise](const absl::Status& status, int64_t version, Answer answer) {
+                         promise->set_value(Outcome{status, version, std::move(answer)});
+                       });
+    return future;
+  }
+
+  static Query EvaluateQuery(uint64_t seed, int64_t rows = 1) {
+    torch::manual_seed(seed);
+    Query query;
+    query.m = torch::randn({rows, kDims.d_m}, torch::kFloat64);
+    return query;
+  }
+
+  // Occupies the single compute thread with a slow request; returns its future.
+  std::future<Outcome> Occupy() {
+    Query slow = EvaluateQuery(999);
+    auto future = Submit(slow);
+    observer_.WaitForBatches(1);
+    return future;
+  }
+
+  dino::testing::ScopedTempDir scratch_{"scheduler_test_"};
+  RecordingObserver observer_;
+  std::unique_ptr<ModelManager> manager_;
+  std::shared_ptr<const SurrogateModel> model_;
+  std::unique_ptr<RequestScheduler> scheduler_;
+};
+
+TEST_F(SchedulerTest, ConcurrentRequestsAreBatchedAndAnsweredAsAlone) {
+  // A slow model: the requests that arrive while the first one computes form one batch.
+  Serve(dino::testing::SlowModel(kDims.d_m, kDims.d_q, 5000), BatchingConfig{});
+  std::vector<Query> queries;
+  for (int i = 0; i < 11; ++i) queries.push_back(EvaluateQuery(100 + i, 1 + i % 3));
+  queries[3].method = Method::kVjp;
+  queries[3].cotangents = torch::randn({queries[3].m.size(0), kDims.d_q}, torch::kFloat64);
+  queries[3].want_q = true;
+  queries[5].method = Method::kReducedJacobian;
+  queries[5].output_basis = dino::models::RandomOrthonormalColumns(kDims.d_q, 2, 1);
+  queries[5].input_basis = dino::models::RandomOrthonormalColumns(kDims.d_m, 3, 2);
+  std::vector<std::future<Outcome>> futures;
+  futures.push_back(Occupy());
+  for (const Query& query : queries) futures.push_back(Submit(query));
+  for (size_t i = 0; i < futures.size(); ++i) {
+    Outcome outcome = futures[i].get();
+    ASSERT_TRUE(outcome.status.ok()) << i << ": " << outcome.status;
+    EXPECT_EQ(outcome.version, 1);
+    if (i == 0) continue;
+    auto alone = model_->Run(queries[i - 1]);
+    ASSERT_TRUE(alone.ok());
+    EXPECT_TRUE(torch::allclose(outcome.answer.values, alone->values, 1e-12, 1e-12)) << i;
+  }
+  const std::vector<int64_t> batches = observer_.batches();
+  int64_t requests = 0;
+  for (int64_t b : batches) requests += b;
+  EXPECT_EQ(requests, 12);
+  EXPECT_EQ(batches, (std::vector<int64_t>{1, 11}));
+  EXPECT_EQ(observer_.in_flight(), 0);
+  EXPECT_EQ(observer_.queued(), 0);
+}
+
+TEST_F(SchedulerTest, FullQueueIsRefusedNamingTheLimitAndAdmittedCallsAreAnswered) {
+  BatchingConfig batching;
+  batching.max_queue_size = 3;
+  batching.max_batch_size = 1;  // One request per computation: the queue stays full.
+  Serve(dino::testing::SlowModel(kDims.d_m, kDims.d_q, 20000), batching);
+  auto busy = Occupy();
+  std::vector<std::future<Outcome>> admitted;
+  for (int i = 0; i < 3; ++i) admitted.push_back(Submit(EvaluateQuery(i)));
+  Outcome refused = Submit(EvaluateQuery(9)).get();  // Answered at once, on this thread.
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status.message()), HasSubstr("batching.max_queue_size = 3"));
+  EXPECT_TRUE(busy.get().status.ok());
+  for (auto& future : admitted) EXPECT_TRUE(future.get().status.ok());
+}
+
+TEST_F(SchedulerTest, ExpiredAndCancelledCallsAreNotComputed) {
+  Serve(dino::testing::SlowModel(kDims.d_m, kDims.d_q, 20000), BatchingConfig{});
+  auto busy = Occupy();
+  CallControl short_deadline;
+  short_deadline.deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(1);
+  auto expired = Submit(EvaluateQuery(1), short_deadline);
+  CallControl cancelled;
+  cancelled.is_cancelled = [] { return true; };
+  auto gone = Submit(EvaluateQuery(2), cancelled);
+  CallControl past;
+  past.deadline = std::chrono::system_clock::now() - std::chrono::seconds(1);
+  Outcome late = Submit(EvaluateQuery(3), past).get();
+  EXPECT_EQ(late.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(busy.get().status.ok());
+  Outcome expired_outcome = expired.get();
+  EXPECT_EQ(expired_outcome.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(expired_outcome.status.message()), HasSubstr("before the call ran"));
+  EXPECT_EQ(gone.get().status.code(), absl::StatusCode::kCancelled);
+  // Neither was computed: only the busy request's batch ran.
+  EXPECT_EQ(observer_.batches().size(), 1u);
+}
+
+TEST_F(SchedulerTest, BadRequestsAreRefusedAndTheOthersAnswered) {
+  Serve(dino::testing::SmallDipnet(kDims, torch::kFloat64, 3), BatchingConfig{});
+  Query nan = EvaluateQuery(1, 2);
+  nan.m[1][3] = std::nan("");
+  Query wrong = EvaluateQuery(2);
+  wrong.method = Method::kJvp;
+  wrong.directions = torch::zeros({1, kDims.d_m + 1}, torch::kFloat64);
+  auto good1 = Submit(EvaluateQuery(3));
+  Outcome bad1 = Submit(nan).get();
+  Outcome bad2 = Submit(wrong).get();
+  auto good2 = Submit(EvaluateQuery(4, 3));
+  Outcome unknown = Submit(EvaluateQuery(5), {}, "no_such_model").get();
+  Outcome decode_error = [&] {
+    auto promise = std::make_shared<std::promise<Outcome>>();
+    auto future = promise->get_future();
+    scheduler_->Submit(Method::kEvaluate, ModelTarget{"m", 0, ""},
+                       absl::InvalidArgumentError("m.data has 3 bytes"), {},
+                       [promise](const absl::Status& s, int64_t v, Answer a) {
+                         promise->set_value(Outcome{s, v, std::move(a)});
+                       });
+    return future.get();
+  }();
+  EXPECT_THAT(std::string(bad1.status.message()), HasSubstr("m contains a non-finite value"));
+  EXPECT_THAT(std::string(bad1.status.message()), HasSubstr("[1, 3]"));
+  EXPECT_EQ(bad2.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad2.status.message()), HasSubstr("directions must have shape"));
+  EXPECT_EQ(unknown.status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(decode_error.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(good1.get().status.ok());
+  Outcome three = good2.get();
+  ASSERT_TRUE(three.status.ok());
+  EXPECT_EQ(three.answer.values.size(0), 3);
+}
+
+TEST_F(SchedulerTest, ResponsesOverTheLimitAreRefused) {
+  Serve(dino::testing::SmallDipnet(kDims, torch::kFloat64, 3), BatchingConfig{});
+  Query jacobians = EvaluateQuery(1, 4000);  // 4000 · 6 · 8 · 8 bytes > 1 MiB.
+  jacobians.method = Method::kReducedJacobian;
+  Outcome outcome = Submit(jacobians).get();
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(outcome.status.message()), HasSubstr("above the server's limit"));
+}
+
+TEST_F(SchedulerTest, QueueDelayGathersAPreferredBatch) {
+  BatchingConfig batching;
+  batching.max_queue_delay_us = 5'000'000;  // Far longer than the test: the size ends it.
+  batching.preferred_batch_size = 4;
+  Serve(dino::testing::SmallDipnet(kDims, torch::kFloat64, 3), batching);
+  std::vector<std::future<Outcome>> futures;
+  for (int i = 0; i < 4; ++i) {
+    futures.push_back(Submit(EvaluateQuery(i)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (auto& future : futures) EXPECT_TRUE(future.get().status.ok());
+  EXPECT_EQ(observer_.batches(), (std::vector<int64_t>{4}));
+}
+
+TEST_F(SchedulerTest, ShutdownAnswersAdmittedCallsThenRefuses) {
+  Serve(dino::testing::SlowModel(kDims.d_m, kDims.d_q, 20000), BatchingConfig{});
+  auto busy = Occupy();
+  std::vector<std::future<Outcome>> admitted;
+  for (int i = 0; i < 3; ++i) admitted.push_back(Submit(EvaluateQuery(i)));
+  scheduler_->Shutdown();
+  EXPECT_TRUE(busy.get().status.ok());
+  for (auto& future : admitted) EXPECT_TRUE(future.get().status.ok());
+  EXPECT_EQ(Submit(EvaluateQuery(5)).get().status.code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace dino::serving
