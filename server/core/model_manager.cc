@@ -133,14 +133,16 @@ int64_t ModelManager::DefaultVersion(const Model& model) {
 
 // ---- Loading and unloading ------------------------------------------------------------------
 
-ModelManager::LoadResult ModelManager::LoadVersion(const std::string& name, int64_t version,
-                                                   const std::string& path, bool join_other_load) {
+std::optional<ModelManager::LoadResult> ModelManager::LoadVersion(const std::string& name,
+                                                                  int64_t version,
+                                                                  const std::string& path,
+                                                                  bool join_other_load) {
   const VersionKey key{name, version};
   std::promise<LoadResult> promise;
   {
     std::unique_lock<std::mutex> lock(load_mutex_);
     if (auto it = loading_.find(key); it != loading_.end()) {
-      if (!join_other_load) return absl::UnavailableError("being loaded by another caller");
+      if (!join_other_load) return std::nullopt;
       std::shared_future<LoadResult> pending = it->second;
       lock.unlock();
       return pending.get();
@@ -206,20 +208,19 @@ void ModelManager::Reconcile(const std::string& name, LoadReport* report,
     if (to_load.empty()) break;
     for (const Planned& planned : to_load) {
       attempted.insert(planned.version);
-      LoadResult loaded =
+      std::optional<LoadResult> loaded =
           LoadVersion(name, planned.version, planned.file.path, wait_for_other_loads);
-      if (!wait_for_other_loads && absl::IsUnavailable(loaded.status())) {
-        continue;  // Whoever loads it installs it if the config then still keeps it.
-      }
+      // Whoever is loading it installs it if the config then still keeps it.
+      if (!loaded) continue;
       std::vector<ServableEvent> events;
       {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         Model& model = models_[name];
         const std::string id = VersionId(name, planned.version);
-        if (!loaded.ok()) {
-          model.failed[planned.version] = {planned.file.stamp,
-                                           std::string(loaded.status().message())};
-          if (report) report->failed.push_back(absl::StrCat(id, ": ", loaded.status().message()));
+        if (!loaded->ok()) {
+          const std::string why(loaded->status().message());
+          model.failed[planned.version] = {planned.file.stamp, why};
+          if (report) report->failed.push_back(absl::StrCat(id, ": ", why));
         } else if (model.versions.count(planned.version) != 0) {
           // An admin call installed the same load meanwhile.
         } else if (KeptVersions(model).count(planned.version) == 0) {
@@ -227,7 +228,7 @@ void ModelManager::Reconcile(const std::string& name, LoadReport* report,
           events.push_back(ServableEvent{name, planned.version, ServableState::kUnloaded,
                                          WhyNotKept(model, planned.version)});
         } else {
-          events = InstallLocked(name, planned.version, *std::move(loaded));
+          events = InstallLocked(name, planned.version, **std::move(loaded));
           if (report) report->loaded.push_back(id);
         }
       }
@@ -449,7 +450,7 @@ ModelManager::LoadResult ModelManager::EnsureLoadable(const std::string& name, i
                                                         " does not load: ", failed->second.why));
     }
   }
-  LoadResult loaded = LoadVersion(name, version, file.path, /*join_other_load=*/true);
+  LoadResult loaded = *LoadVersion(name, version, file.path, /*join_other_load=*/true);
   if (!loaded.ok()) {
     {
       std::unique_lock<std::shared_mutex> lock(mutex_);
@@ -465,6 +466,7 @@ ModelManager::LoadResult ModelManager::EnsureLoadable(const std::string& name, i
 absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_version,
                                         std::shared_ptr<const SurrogateModel> keep,
                                         const std::function<absl::Status(ModelConfig&)>& change) {
+  RefreshVersionsOnDisk(name);
   std::vector<ServableEvent> events;
   {
     std::lock_guard<std::mutex> config_lock(config_mutex_);
@@ -477,6 +479,15 @@ absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_ve
           config.status().message(), " (fix or remove the file; nothing was changed)"));
     }
     if (absl::Status s = change(*config); !s.ok()) return s;
+    {
+      // Forget unloads of versions whose folder is gone: a number published again later
+      // (after the highest version was deleted) is a new model and must not stay excluded.
+      std::shared_lock<std::shared_mutex> lock(mutex_);
+      const auto& on_disk = models_.at(name).on_disk;
+      for (auto it = config->unloaded_versions.begin(); it != config->unloaded_versions.end();) {
+        it = on_disk.count(*it) == 0 ? config->unloaded_versions.erase(it) : std::next(it);
+      }
+    }
     if (absl::Status s = WriteModelConfig(path, *config); !s.ok()) return s;
     const std::optional<FileStamp> stamp = StampOf(path);
     std::unique_lock<std::shared_mutex> lock(mutex_);

@@ -217,10 +217,10 @@ class ModelManager {
   static std::string WhyNotKept(const Model& model, int64_t version);
 
   // Loads name/version from `path` with no lock held; concurrent callers for the same
-  // version share one load, or, without `join_other_load`, get UNAVAILABLE at once. Emits
+  // version share one load, or, without `join_other_load`, get nullopt at once. Emits
   // kLoading and, on failure, kLoadFailed.
-  LoadResult LoadVersion(const std::string& name, int64_t version, const std::string& path,
-                         bool join_other_load);
+  std::optional<LoadResult> LoadVersion(const std::string& name, int64_t version,
+                                        const std::string& path, bool join_other_load);
   // Loads what the model's config keeps and is not loaded, then unloads what it no longer
   // keeps; adds what happened to `report` (may be null). Without `wait_for_other_loads`,
   // versions another caller is loading are left to it.

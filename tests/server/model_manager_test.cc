@@ -323,6 +323,18 @@ TEST_F(ModelManagerTest, UnloadRefusesPinsAndLabelsAndRollsBackUnderLatestOne) {
   EXPECT_THAT(ConfigOnDisk("dipnet").unloaded_versions, IsEmpty());
 }
 
+TEST_F(ModelManagerTest, AVersionNumberPublishedAgainIsNotExcludedByAnOldUnload) {
+  for (int v = 2; v <= 3; ++v) Write("dipnet", v, v);
+  Sync();
+  ASSERT_TRUE(manager_->Unload("dipnet", 3).ok());
+  std::filesystem::remove_all(root_ + "/dipnet/3");  // The bad version is deleted...
+  ASSERT_TRUE(manager_->SetVersionLabel("dipnet", "stable", 2).ok());  // ...the file rewritten...
+  EXPECT_THAT(ConfigOnDisk("dipnet").unloaded_versions, IsEmpty());
+  Write("dipnet", 3, 33);  // ...and the number published again.
+  Sync();
+  EXPECT_THAT(Loaded("dipnet"), ElementsAre(2, 3));
+}
+
 // ---- A broken config.json --------------------------------------------------------------------
 
 TEST_F(ModelManagerTest, BrokenConfigKeepsTheLastGoodOneAndNamesTheField) {
