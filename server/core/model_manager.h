@@ -69,7 +69,10 @@ enum class ServableState {
   kAvailable,   // Get returns it.
   kLoadFailed,  // The file did not load; retried only when the file changes.
   kUnloading,   // Get no longer returns it; requests holding a handle finish on it.
-  kUnloaded,    // The last handle is gone and the manager released the model's memory.
+  // The manager released the model: no request held it any more (noticed at the next sync
+  // or admin call, on that thread, never on a request's), or a load finished after the
+  // config stopped keeping the version.
+  kUnloaded,
 };
 const char* ServableStateName(ServableState state);
 
@@ -77,7 +80,9 @@ struct ServableEvent {
   std::string name;
   int64_t version = 0;
   ServableState state = ServableState::kLoading;
-  std::string message;  // kLoadFailed: why; kUnloading: why (file gone, policy, request).
+  // kLoading: the file; kAvailable: what was loaded (architecture, dims, dtype);
+  // kLoadFailed: why; kUnloading: why (file gone, version policy, unloaded on request).
+  std::string message;
   // Versions servable (the sum over List()) when the event is delivered. Events are delivered
   // one at a time, after the change they report, so the last one delivered always carries
   // the current count.
@@ -85,8 +90,8 @@ struct ServableEvent {
 };
 
 // Sees every servable transition. Called on the thread that made the change (a sync, an admin
-// call), never with the serving lock held; it must not call back into the manager's admin
-// methods.
+// call), never with the serving lock held, one event at a time; it should return quickly and
+// must not call the manager's sync or admin methods.
 using ServableObserver = std::function<void(const ServableEvent&)>;
 
 // Why a version is or is not served (GetVersionStatus).
