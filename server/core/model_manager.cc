@@ -467,6 +467,21 @@ absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_ve
                                         std::shared_ptr<const SurrogateModel> keep,
                                         const std::function<absl::Status(ModelConfig&)>& change) {
   RefreshVersionsOnDisk(name);
+  // A version loaded for this change that does not get installed ends its life here.
+  const auto refuse = [&](absl::Status status) {
+    bool fresh = false;
+    if (keep) {
+      std::shared_lock<std::shared_mutex> lock(mutex_);
+      auto it = models_.find(name);
+      fresh = it == models_.end() || it->second.versions.count(keep_version) == 0;
+    }
+    keep.reset();
+    if (fresh) {
+      Notify({ServableEvent{name, keep_version, ServableState::kUnloaded,
+                            absl::StrCat("not installed: ", status.message())}});
+    }
+    return status;
+  };
   std::vector<ServableEvent> events;
   {
     std::lock_guard<std::mutex> config_lock(config_mutex_);
@@ -475,10 +490,10 @@ absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_ve
     // replica that no poll has seen yet is kept.
     absl::StatusOr<ModelConfig> config = ReadModelConfig(path);
     if (!config.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          config.status().message(), " (fix or remove the file; nothing was changed)"));
+      return refuse(absl::FailedPreconditionError(absl::StrCat(
+          config.status().message(), " (fix or remove the file; nothing was changed)")));
     }
-    if (absl::Status s = change(*config); !s.ok()) return s;
+    if (absl::Status s = change(*config); !s.ok()) return refuse(s);
     {
       // Forget unloads of versions whose folder is gone: a number published again later
       // (after the highest version was deleted) is a new model and must not stay excluded.
@@ -488,7 +503,7 @@ absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_ve
         it = on_disk.count(*it) == 0 ? config->unloaded_versions.erase(it) : std::next(it);
       }
     }
-    if (absl::Status s = WriteModelConfig(path, *config); !s.ok()) return s;
+    if (absl::Status s = WriteModelConfig(path, *config); !s.ok()) return refuse(s);
     const std::optional<FileStamp> stamp = StampOf(path);
     std::unique_lock<std::shared_mutex> lock(mutex_);
     Model& model = models_[name];

@@ -354,6 +354,11 @@ TEST_F(ModelManagerTest, BrokenConfigKeepsTheLastGoodOneAndNamesTheField) {
   auto refused = manager_->SetDefaultVersion("dipnet", 2);
   EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(refused.message(), HasSubstr("batching.max_queue_size"));
+  // A version loaded for a refused pin is released again, and the observer hears of it.
+  observer_.TakeLines();
+  EXPECT_EQ(manager_->SetDefaultVersion("dipnet", 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(observer_.TakeLines(), ElementsAre("dipnet/1 loading", "dipnet/1 unloaded"));
+  EXPECT_THAT(Loaded("dipnet"), ElementsAre(2, 3));
 
   // At start-up there is no last good config: the defaults apply, and it is reported.
   manager_ = NewManager();
