@@ -28,10 +28,13 @@
 #include "server/training/fine_tune_jobs.h"
 
 ABSL_FLAG(std::string, model_repository, "models/repository",
-          "Folder holding <model>/<version>/model.pt.");
+          "Folder holding <model>/<version>/model.pt and, per model, an optional "
+          "<model>/config.json: the version policy (default: the latest version only), the "
+          "pinned default version, version labels and batching (docs/model-contract.md).");
 ABSL_FLAG(double, repository_poll_seconds, 2.0,
-          "How often the model repository is scanned for added and removed versions; 0 "
-          "loads it once at start-up.");
+          "How often the model repository is scanned for added and removed versions and "
+          "changed config.json files (the loaded versions follow each model's version "
+          "policy); 0 loads it once at start-up.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
@@ -41,7 +44,7 @@ ABSL_FLAG(int32_t, threads, 0,
           "means one per CPU core.");
 ABSL_FLAG(int64_t, max_queue_size, 256,
           "Requests that may wait in a model's queue (config.json batching.max_queue_size "
-          "overrides it); more are refused with RESOURCE_EXHAUSTED. 0: unbounded.");
+          "overrides it); more are refused with RESOURCE_EXHAUSTED at once.");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "How long a request may wait for others to be batched with it (config.json "
           "batching.max_queue_delay_us); 0 batches only what is already queued.");
@@ -113,6 +116,23 @@ dino::serving::JobObserver TrainingMetricsObserver(dino::metrics::ServerMetrics*
   return observer;
 }
 
+// The one observer of servable state: logs every transition and keeps dino_models_loaded
+// equal to the versions the manager serves (what ListModels reports).
+dino::serving::ServableObserver ServableMetricsObserver(dino::metrics::ServerMetrics* metrics) {
+  return [metrics](const dino::serving::ServableEvent& event) {
+    const std::string line = absl::StrCat("model ", event.name, "/", event.version, ": ",
+                                          dino::serving::ServableStateName(event.state),
+                                          event.message.empty() ? "" : " (", event.message,
+                                          event.message.empty() ? "" : ")");
+    if (event.state == dino::serving::ServableState::kLoadFailed) {
+      LogError(line);
+    } else {
+      LogInfo(line);
+    }
+    metrics->SetModelsLoaded(event.loaded_versions);
+  };
+}
+
 int Run() {
   // Signals are taken synchronously by this thread; every thread created afterwards
   // inherits the blocked mask, so SIGTERM cannot interrupt LibTorch or gRPC mid-call.
@@ -152,8 +172,17 @@ int Run() {
   options.default_config.batching.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.default_config.batching.preferred_batch_size = absl::GetFlag(FLAGS_preferred_batch_size);
   options.default_config.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_rows);
+  if (auto valid = dino::serving::ValidateModelConfig(
+          options.default_config,
+          "the defaults set by --max_batch_rows, --preferred_batch_size, --max_queue_delay_us, "
+          "--max_queue_size and --threads");
+      !valid.ok()) {
+    LogError(valid.message());
+    return 1;
+  }
   options.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.limits.max_jacobian_elements = absl::GetFlag(FLAGS_max_jacobian_elements);
+  options.observer = ServableMetricsObserver(metrics.get());
   dino::serving::ModelManager manager(options);
   auto report = manager.SyncRepository();
   if (!report.ok()) {
@@ -162,11 +191,9 @@ int Run() {
   }
   LogInfo("model repository ", options.repository, ": ", report->loaded.size(),
           " version(s) loaded, ", report->failed.size(), " failed");
-  metrics->SetModelsLoaded(manager.loaded_versions());
   if (const double poll = absl::GetFlag(FLAGS_repository_poll_seconds); poll > 0) {
-    manager.StartPolling(poll, [&manager, metrics = metrics.get()](const auto&) {
-      metrics->SetModelsLoaded(manager.loaded_versions());
-    });
+    // The observer logs and counts every transition; nothing more to do per report.
+    manager.StartPolling(poll, nullptr);
   }
 
   dino::frontend::BearerTokenAuth admin_auth;

@@ -20,6 +20,33 @@ bool IsValidModelName(const std::string& name) {
   });
 }
 
+namespace {
+
+// Appends the versions of one model folder (unsorted); unreadable entries are skipped.
+void AppendModelVersions(const std::filesystem::path& model_dir, const std::string& name,
+                         std::vector<ModelVersionPath>* found) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  for (const auto& version_dir : fs::directory_iterator(model_dir, error)) {
+    int64_t version = 0;
+    const std::string text = version_dir.path().filename().string();
+    if (!version_dir.is_directory() || text.empty() ||
+        !std::all_of(text.begin(), text.end(), ::isdigit) || !absl::SimpleAtoi(text, &version) ||
+        version <= 0) {
+      continue;
+    }
+    const fs::path file = version_dir.path() / kModelFileName;
+    std::error_code inner;
+    if (fs::is_regular_file(file, inner)) found->push_back({name, version, file.string()});
+  }
+}
+
+bool ByNameAndVersion(const ModelVersionPath& a, const ModelVersionPath& b) {
+  return std::tie(a.name, a.version) < std::tie(b.name, b.version);
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::string& root) {
   namespace fs = std::filesystem;
   std::error_code error;
@@ -30,28 +57,21 @@ absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::str
   for (const auto& model_dir : fs::directory_iterator(root, error)) {
     const std::string name = model_dir.path().filename().string();
     if (!model_dir.is_directory() || !IsValidModelName(name)) continue;
-    std::error_code inner;
-    for (const auto& version_dir : fs::directory_iterator(model_dir.path(), inner)) {
-      int64_t version = 0;
-      const std::string text = version_dir.path().filename().string();
-      if (!version_dir.is_directory() || text.empty() ||
-          !std::all_of(text.begin(), text.end(), ::isdigit) || !absl::SimpleAtoi(text, &version) ||
-          version <= 0) {
-        continue;
-      }
-      const fs::path file = version_dir.path() / kModelFileName;
-      if (fs::is_regular_file(file, inner)) {
-        found.push_back({name, version, file.string()});
-      }
-    }
+    AppendModelVersions(model_dir.path(), name, &found);
   }
   if (error) {
     return absl::NotFoundError(
         absl::StrCat("cannot read model repository ", root, ": ", error.message()));
   }
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-    return std::tie(a.name, a.version) < std::tie(b.name, b.version);
-  });
+  std::sort(found.begin(), found.end(), ByNameAndVersion);
+  return found;
+}
+
+std::vector<ModelVersionPath> ScanModelVersions(const std::string& root, const std::string& name) {
+  std::vector<ModelVersionPath> found;
+  if (!IsValidModelName(name)) return found;
+  AppendModelVersions(std::filesystem::path(root) / name, name, &found);
+  std::sort(found.begin(), found.end(), ByNameAndVersion);
   return found;
 }
 

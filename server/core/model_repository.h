@@ -28,6 +28,9 @@ struct ModelVersionPath {
 // NOT_FOUND if the root is not a readable folder.
 absl::StatusOr<std::vector<ModelVersionPath>> ScanModelRepository(const std::string& root);
 
+// The versions of one model, sorted; empty when the folder is missing or the name invalid.
+std::vector<ModelVersionPath> ScanModelVersions(const std::string& root, const std::string& name);
+
 // models::PublishModelVersion for the server: a valid model name, failpoints for the crash
 // tests (server/core/failpoint.h), errors as INTERNAL naming the path.
 absl::StatusOr<int64_t> PublishModelVersion(const std::string& root, const std::string& name,

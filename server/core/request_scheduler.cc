@@ -28,8 +28,7 @@ class RequestScheduler::ModelQueue {
       std::lock_guard<std::mutex> lock(mutex_);
       if (stopping_) return absl::UnavailableError("the server is shutting down");
       batching_ = config.batching;
-      if (batching_.max_queue_size > 0 &&
-          static_cast<int64_t>(pending_.size()) >= batching_.max_queue_size) {
+      if (static_cast<int64_t>(pending_.size()) >= batching_.max_queue_size) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "model '", name_, "' has ", pending_.size(),
             " requests queued, its limit (batching.max_queue_size = ", batching_.max_queue_size,
@@ -162,7 +161,7 @@ void RequestScheduler::Submit(Method method_id, const ModelTarget& target,
     Finish(method, model, arrived, status, 0, Answer(), done);
   };
   // The model first, so that the metrics can name it; then the frontend's decoding result.
-  auto servable = models_.Get(target.name, target.version);
+  auto servable = models_.Get(target.name, target.version, target.label);
   if (!servable.ok()) return refuse("", servable.status());
   if (!query.ok()) return refuse(servable->name, query.status());
   if (control.deadline <= std::chrono::system_clock::now()) {

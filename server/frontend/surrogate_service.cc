@@ -111,7 +111,8 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
   if (Refused("GetModelInfo", context, reactor)) return reactor;
-  auto handle = models_.Get(request->model().name(), request->model().version());
+  auto handle =
+      models_.Get(request->model().name(), request->model().version(), request->model().label());
   if (!handle.ok()) {
     if (metrics_ != nullptr)
       metrics_->RecordRequest("GetModelInfo", "", handle.status().code(), SecondsSince(start));
@@ -150,7 +151,8 @@ grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext
   std::string model_label;
   absl::Status status = [&]() -> absl::Status {
     if (auto s = CheckOutputDtype(request->output_dtype()); !s.ok()) return s;
-    auto handle = models_.Get(request->model().name(), request->model().version());
+    auto handle =
+        models_.Get(request->model().name(), request->model().version(), request->model().label());
     if (!handle.ok()) return handle.status();
     model_label = handle->name;
     auto bases = handle->model->GetBases();

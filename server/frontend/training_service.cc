@@ -310,6 +310,24 @@ grpc::Status ModelAdminService::SetDefaultVersion(grpc::ServerContext* context,
   return ToGrpcStatus(models_.SetDefaultVersion(request->name(), request->version()));
 }
 
+grpc::Status ModelAdminService::SetVersionLabel(grpc::ServerContext* context,
+                                                const dino::v1::SetVersionLabelRequest* request,
+                                                dino::v1::SetVersionLabelResponse*) {
+  if (grpc::Status s = auth_.Check(*context); !s.ok()) return s;
+  if (request->name().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required");
+  }
+  if (request->label().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "label is required");
+  }
+  if (request->version() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "version must be >= 0 (0 removes the label)");
+  }
+  return ToGrpcStatus(
+      models_.SetVersionLabel(request->name(), request->label(), request->version()));
+}
+
 grpc::Status ModelAdminService::UnloadVersion(grpc::ServerContext* context,
                                               const dino::v1::UnloadVersionRequest* request,
                                               dino::v1::UnloadVersionResponse*) {

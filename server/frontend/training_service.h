@@ -46,6 +46,9 @@ class ModelAdminService final : public dino::v1::ModelAdmin::Service {
   grpc::Status SetDefaultVersion(grpc::ServerContext* context,
                                  const dino::v1::SetDefaultVersionRequest* request,
                                  dino::v1::SetDefaultVersionResponse* response) override;
+  grpc::Status SetVersionLabel(grpc::ServerContext* context,
+                               const dino::v1::SetVersionLabelRequest* request,
+                               dino::v1::SetVersionLabelResponse* response) override;
   grpc::Status UnloadVersion(grpc::ServerContext* context,
                              const dino::v1::UnloadVersionRequest* request,
                              dino::v1::UnloadVersionResponse* response) override;

@@ -519,24 +519,31 @@ void FineTuneJob::Run() {
     absl::StatusOr<int64_t> version =
         PublishModelVersion(options.repository, base_.name, module, metadata);
     if (!version.ok()) throw std::runtime_error(std::string(version.status().message()));
-    // Load it now rather than at the next poll, then make it the default.
-    absl::StatusOr<LoadReport> report = manager_->models_.SyncRepository();
-    absl::StatusOr<ServableHandle> loaded = manager_->models_.Get(base_.name, *version);
-    if (!loaded.ok()) {
+    // Load it now rather than at the next poll. The publish never touches the default: with
+    // no pin the new version is the default because it is the highest; an operator's pin
+    // (config.json default_version) stays, and the new version serves by its number.
+    manager_->models_.SyncRepository().IgnoreError();
+    const VersionStatus served = manager_->models_.GetVersionStatus(base_.name, *version);
+    if (served.state == VersionStatus::State::kLoadFailed ||
+        served.state == VersionStatus::State::kNotInRepository) {
       std::error_code ignored;
       fs::remove_all(fs::path(options.repository) / base_.name / std::to_string(*version), ignored);
       manager_->models_.SyncRepository().IgnoreError();
-      throw std::runtime_error(
-          absl::StrCat("the published version ", *version, " did not load; it was removed again"));
+      throw std::runtime_error(absl::StrCat("the published version ", *version, " did not load (",
+                                            served.message, "); it was removed again"));
     }
-    absl::StatusOr<ServableHandle> current = manager_->models_.Get(base_.name, 0);
-    if (!current.ok() || current->version != *version) {
-      manager_->models_.SetDefaultVersion(base_.name, *version).IgnoreError();
+    std::string serving_note;
+    if (served.state != VersionStatus::State::kAvailable) {
+      // The model's version policy (e.g. "specific") does not keep it: published, not served.
+      serving_note = absl::StrCat(" (", served.message, ")");
+    } else if (auto current = manager_->models_.Get(base_.name, 0);
+               current.ok() && current->version != *version) {
+      serving_note = absl::StrCat(" (the default stays the pinned version ", current->version, ")");
     }
     std::lock_guard<std::mutex> lock(mutex_);
     status_.new_version = *version;
-    SetStateLocked(JobState::kSucceeded,
-                   absl::StrCat("published ", base_.name, "/", *version, ": ", comparison));
+    SetStateLocked(JobState::kSucceeded, absl::StrCat("published ", base_.name, "/", *version,
+                                                      serving_note, ": ", comparison));
   } catch (const JobCancelled&) {
     std::lock_guard<std::mutex> lock(mutex_);
     SetStateLocked(JobState::kCancelled, "cancelled; nothing was published");

@@ -4,7 +4,9 @@
 // upload), then trains a copy of the base on its own thread with the trainer and losses of
 // models/training, checks the new weights against the base on validation samples (the gate)
 // and publishes them as a new version of the model (PublishModelVersion, then the manager
-// loads it and makes it the default). Requests keep running on whatever version they hold;
+// loads it if the model's version policy keeps it). A publish never changes the default
+// version: with no pinned default the new version is the default because it is the highest;
+// a pin set by an operator stays. Requests keep running on whatever version they hold;
 // nothing is published unless every step succeeded.
 //
 //   RECEIVING → QUEUED → TRAINING → VALIDATING → PUBLISHING → SUCCEEDED

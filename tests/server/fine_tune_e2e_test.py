@@ -5,7 +5,11 @@ Real Poisson data (dino-train generate on a 16x16 mesh) trains an L2-only DIPNet
 becomes version 1 of a scratch repository; dino-server then fine-tunes it from samples
 streamed over gRPC. Checked here:
   * fine-tuning with H1 data raises the validation H1 accuracy; the new version is
-    published, loaded, made the default, and records its lineage in its metadata;
+    published, loaded, becomes the default as the highest version (the default policy
+    "latest 1" unloads the one before it), and records its lineage in its metadata;
+  * a pinned default survives a publish and a restart; the new version serves by number;
+  * dino_models_loaded (the /metrics endpoint) equals what ListModels lists after every
+    publish, pin and unload;
   * the gate rejects a poisoned upload (q scaled by 10, clean validation samples) and the
     old version keeps serving;
   * zero failed inference requests while versions are published under load;
@@ -154,6 +158,14 @@ def versions(server, metadata=None):
     return [], 0
 
 
+def models_loaded_gauge(server):
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("dino_models_loaded "):
+                return float(line.split()[1])
+    raise AssertionError("dino_models_loaded is not on /metrics")
+
+
 def watch(server, job_id, metadata=None):
     last = None
     for status in server.training.WatchJob(training_pb2.WatchJobRequest(job_id=job_id),
@@ -243,7 +255,10 @@ class FineTuneTest(unittest.TestCase):
                   f"L2 {status.base_validation.l2:.4f} -> {status.validation.l2:.4f}",
                   file=sys.stderr)
             self.assertGreater(new_h1, base_h1 + 0.1)
-            self.assertEqual(versions(server), ([1, 2], 2))
+            # Under the default policy (latest 1) version 1 made way for version 2, while the
+            # requests kept running (none failed, checked below).
+            self.assertEqual(versions(server), ([2], 2))
+            self.assertEqual(models_loaded_gauge(server), 1)
             info = server.surrogate.GetModelInfo(surrogate_pb2.GetModelInfoRequest(
                 model=surrogate_pb2.ModelRef(name=MODEL)))
             self.assertEqual(info.version, 2)
@@ -269,7 +284,7 @@ class FineTuneTest(unittest.TestCase):
             self.assertIn("validation gate", status.message)
             self.assertLess(status.validation.l2, status.base_validation.l2 - 0.1)
             self.assertEqual(status.new_version, 0)
-            self.assertEqual(versions(server), ([1, 2], 2))
+            self.assertEqual(versions(server), ([2], 2))
             self.assertFalse(os.path.exists(os.path.join(repository, MODEL, "3")))
 
             # A second accepted fine-tune (gate on L2 with a tolerance) while under load.
@@ -279,7 +294,8 @@ class FineTuneTest(unittest.TestCase):
                                batches(self.data, count=120))
             status = watch(server, reply.job_id)
             self.assertEqual(status.state, training_pb2.SUCCEEDED, status.message)
-            self.assertEqual(versions(server), ([1, 2, 3], 3))
+            self.assertEqual(versions(server), ([3], 3))
+            self.assertEqual(models_loaded_gauge(server), 1)
             time.sleep(0.5)
             stop.set()
             for w in workers:
@@ -417,24 +433,54 @@ class FineTuneTest(unittest.TestCase):
                         call()
                     self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
                     self.assertIn(fragment, e.exception.details())
-            # Inference stays open.
+            # Inference stays open. The default policy keeps only the latest version.
+            self.assertEqual(versions(server), ([2], 2))
             self.assertEqual(evaluate(server, self.data["m"][:2]).version, 2)
-            # With the token: pin version 1, unload 2, restore the policy.
+            # With the token: pin version 1 (loaded for the pin), unload 2 (persisted), pin 2
+            # again (which brings it back).
             server.admin.SetDefaultVersion(
                 training_pb2.SetDefaultVersionRequest(name=MODEL, version=1), metadata=good)
             self.assertEqual(versions(server), ([1, 2], 1))
             self.assertEqual(evaluate(server, self.data["m"][:2]).version, 1)
+            with self.assertRaises(grpc.RpcError) as e:
+                server.admin.UnloadVersion(
+                    training_pb2.UnloadVersionRequest(name=MODEL, version=1), metadata=good)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("pinned default version", e.exception.details())
             server.admin.UnloadVersion(training_pb2.UnloadVersionRequest(name=MODEL, version=2),
                                        metadata=good)
             self.assertEqual(versions(server), ([1], 1))
+            with open(os.path.join(repository, MODEL, "config.json")) as f:
+                on_disk = json.load(f)
+            self.assertEqual((on_disk["default_version"], on_disk["unloaded_versions"]), (1, [2]))
             with self.assertRaises(grpc.RpcError) as e:
                 server.admin.UnloadVersion(
                     training_pb2.UnloadVersionRequest(name=MODEL, version=7), metadata=good)
             self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
             with self.assertRaises(grpc.RpcError) as e:
                 server.admin.SetDefaultVersion(
-                    training_pb2.SetDefaultVersionRequest(name=MODEL, version=2), metadata=good)
+                    training_pb2.SetDefaultVersionRequest(name=MODEL, version=7), metadata=good)
             self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+            self.assertIn("has no version 7 in the repository", e.exception.details())
+            # A label keeps its version loaded; version 0 removes it.
+            server.admin.SetVersionLabel(
+                training_pb2.SetVersionLabelRequest(name=MODEL, label="stable", version=2),
+                metadata=good)
+            self.assertEqual(versions(server), ([1, 2], 1))
+            with self.assertRaises(grpc.RpcError) as e:
+                server.admin.SetVersionLabel(
+                    training_pb2.SetVersionLabelRequest(name=MODEL, label="2nd", version=2),
+                    metadata=good)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            # Labelling version 2 took it off the unloaded list, so once the label is gone it
+            # stays loaded as the latest version.
+            server.admin.SetVersionLabel(
+                training_pb2.SetVersionLabelRequest(name=MODEL, label="stable", version=0),
+                metadata=good)
+            self.assertEqual(versions(server), ([1, 2], 1))
+            server.admin.UnloadVersion(training_pb2.UnloadVersionRequest(name=MODEL, version=2),
+                                       metadata=good)
+            self.assertEqual(versions(server), ([1], 1))
             self.assertEqual(len(server.training.ListJobs(training_pb2.ListJobsRequest(),
                                                           metadata=good).jobs), 0)
         finally:
@@ -449,7 +495,45 @@ class FineTuneTest(unittest.TestCase):
             with self.assertRaises(grpc.RpcError) as e:
                 versions(server)
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
-            self.assertGreater(evaluate(server, self.data["m"][:2], metadata=good).version, 0)
+            # The pin survived the restart.
+            self.assertEqual(versions(server, metadata=good), ([1], 1))
+            self.assertEqual(evaluate(server, self.data["m"][:2], metadata=good).version, 1)
+        finally:
+            server.stop()
+
+    # -- the publish rule: a fine-tune never moves an operator's pin -------------------------
+
+    def test_pin_survives_a_publish_and_a_restart_and_the_gauge_follows(self):
+        repository = self.fresh_repository()
+        server = Server(repository, "--metrics_port=0")
+        try:
+            server.admin.SetDefaultVersion(
+                training_pb2.SetDefaultVersionRequest(name=MODEL, version=1))
+            self.assertEqual(versions(server), ([1], 1))
+            self.assertEqual(models_loaded_gauge(server), 1)
+            reply = self.start(server, [config(loss=training_pb2.L2, epochs=3,
+                                               metric=training_pb2.L2_ACCURACY,
+                                               max_regression=0.05)],
+                               batches(self.data, count=120))
+            status = watch(server, reply.job_id)
+            self.assertEqual(status.state, training_pb2.SUCCEEDED, status.message)
+            self.assertEqual(status.new_version, 2)
+            self.assertIn("the default stays the pinned version 1", status.message)
+            # The pin stays; the new version is loaded as the newest and serves by number.
+            self.assertEqual(versions(server), ([1, 2], 1))
+            self.assertEqual(models_loaded_gauge(server), 2)
+            self.assertEqual(evaluate(server, self.data["m"][:2]).version, 1)
+            self.assertEqual(evaluate(server, self.data["m"][:2], version=2).version, 2)
+        finally:
+            server.stop()
+        server = Server(repository, "--metrics_port=0")  # A restart.
+        try:
+            self.assertEqual(versions(server), ([1, 2], 1))
+            self.assertEqual(models_loaded_gauge(server), 2)
+            server.admin.SetDefaultVersion(
+                training_pb2.SetDefaultVersionRequest(name=MODEL, version=0))
+            self.assertEqual(versions(server), ([2], 2))
+            self.assertEqual(models_loaded_gauge(server), 1)
         finally:
             server.stop()
 
@@ -484,7 +568,7 @@ class FineTuneTest(unittest.TestCase):
                  "--loss", "h1", "--epochs", "5", "--token_file", self.token_file,
                  "--gen_dir", GENERATED], capture_output=True, text=True, timeout=600)
             self.assertEqual(example.returncode, 0, example.stdout + example.stderr)
-            self.assertEqual(versions(server), ([1, 2, 3], 3))
+            self.assertEqual(versions(server), ([3], 3))
         finally:
             server.stop()
 
@@ -528,7 +612,7 @@ class FineTuneTest(unittest.TestCase):
 
     def test_kill9_after_the_rename_serves_the_published_version(self):
         _, listed = self.kill_and_restart("publish.after_rename")
-        self.assertEqual(listed, ([1, 2], 2))
+        self.assertEqual(listed, ([2], 2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "models/architectures/architectures.h"
-#include "nlohmann/json.hpp"
 #include "tests/common/scratch_dir.h"
 #include "tests/common/test_models.h"
 
@@ -72,12 +71,12 @@ class SchedulerTest : public ::testing::Test {
     options.default_config.batching = batching;
     options.default_config.executors = executors;
     manager_ = std::make_unique<ModelManager>(options);
-    auto model = SurrogateModel::FromModule(
-        std::move(module), nlohmann::json::parse(dino::testing::SmallMetadata("test", kDims.d_m)),
-        "test", {});
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = *model;
-    manager_->Add("m", 1, model_);
+    dino::testing::WriteModel(module, dino::testing::SmallMetadata("test", kDims.d_m),
+                              scratch_.path(), "m", 1);
+    ASSERT_TRUE(manager_->SyncRepository().ok());
+    auto servable = manager_->Get("m", 1);
+    ASSERT_TRUE(servable.ok()) << servable.status();
+    model_ = servable->model;
     RequestScheduler::Options scheduler_options;
     scheduler_options.observer = &observer_;
     scheduler_options.max_response_bytes = 1 << 20;

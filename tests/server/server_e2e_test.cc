@@ -34,8 +34,9 @@ constexpr int64_t kSlowIterations = 200000;
 
 std::string ServerBinary() { return DINO_SERVER_BINARY; }
 
-// A repository with both architectures, two versions, float32, a slow model, a model too
-// wide for the full-Jacobian limit, and a corrupt file that must be skipped.
+// A repository with both architectures, two versions (both kept by its config.json), float32, a
+// slow model, a model too wide for the full-Jacobian limit, and a corrupt file that must be
+// skipped.
 std::string MakeRepository() {
   const std::string root = dino::testing::MakeTempDir("dino-e2e-");
   using dino::testing::SmallMetadata;
@@ -44,6 +45,8 @@ std::string MakeRepository() {
              root, "dipnet", 1);
   WriteModel(dino::testing::SmallDipnet(kDims, torch::kFloat64, 2), SmallMetadata("dipnet", 40),
              root, "dipnet", 2);
+  // Both versions serve (the default policy keeps only the latest).
+  std::ofstream(root + "/dipnet/config.json") << R"({"version_policy": {"all": {}}})";
   WriteModel(dino::testing::SmallDipnet(kDims, torch::kFloat32, 1), SmallMetadata("dipnet", 40),
              root, "dipnet32", 1);
   WriteModel(dino::testing::SmallGeneric(kDims, torch::kFloat64, 3), SmallMetadata("generic", 40),
@@ -602,7 +605,10 @@ TEST(VersionSwapTest, NewVersionsServeUnderLoadWithoutFailedRequests) {
   v1::ListModelsResponse listing;
   ASSERT_TRUE(stub->ListModels(&context, v1::ListModelsRequest(), &listing).ok());
   ASSERT_EQ(listing.models_size(), 1);
-  EXPECT_EQ(listing.models(0).versions_size(), 2);  // 2 and 3; 1 was unloaded.
+  // The default policy (latest 1) keeps only version 3: each new version replaced the one
+  // before it, and not one request failed.
+  ASSERT_EQ(listing.models(0).versions_size(), 1);
+  EXPECT_EQ(listing.models(0).versions(0).version(), 3);
   server.Signal(SIGTERM);
   EXPECT_EQ(server.Wait(), 0);
   std::filesystem::remove_all(root);
