@@ -101,6 +101,12 @@ class Network {
                                                                          bool);
 };
 
+// a·b with the rows of a split over LibTorch's intra-op threads (at::set_num_threads), each
+// part one BLAS call: a large batch of points (B ≥ 128) uses every core without OpenBLAS's
+// own threads, which multiply with the callers' (compute_threads.h). Without gradients only;
+// otherwise, and for fewer rows, plain torch::mm.
+torch::Tensor RowParallelMm(const torch::Tensor& a, const torch::Tensor& b);
+
 // ∂⟨cotangents, outputs⟩/∂inputs; zeros where the outputs do not depend on the inputs (a
 // constant model is a valid model with a zero Jacobian). With create_graph the result stays
 // differentiable (double backward).

@@ -126,8 +126,8 @@ class ReducedBasisModel final : public SurrogateModel {
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
-    torch::Tensor z =
-        torch::mm(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
+    torch::Tensor z = dm::RowParallelMm(
+        Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
     auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
     torch::Tensor q_all = torch::addmm(network_.output_shift(), phi, u.t());
 

@@ -4,11 +4,13 @@
 // where the per-point cost of a batched reduced Jacobian is checked (it must not grow with B)
 // and where the direct DIPNet path is compared with the TorchScript interpreter.
 //
-//   dino_serving_benchmark [model.pt=models/repository/poisson_dipnet/3/model.pt]
+//   dino_serving_benchmark [model.pt=models/repository/poisson_dipnet/3/model.pt] [threads=1]
+// (threads: LibTorch intra-op threads, over which large batches are split).
 // Prints, per B, the median time of one call and the cost per point, in microseconds.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -44,7 +46,7 @@ double MedianSeconds(Fn fn) {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
-  dino::models::ConfigureComputeThreads(1, 1);
+  dino::models::ConfigureComputeThreads(argc > 2 ? std::atoi(argv[2]) : 1, 1);
   const std::string path = argc > 1 ? argv[1] : "models/repository/poisson_dipnet/3/model.pt";
   auto model = SurrogateModel::Load(path, {});
   if (!model.ok()) {
