@@ -91,31 +91,72 @@ ServerMetrics::ServerMetrics()
                                      "fine-tune of a model, by metric.")
                                .Register(*registry_)) {}
 
+// Looks `key` up under the shared lock; creates it with `make` under the exclusive one.
+template <typename Map, typename Key, typename Make>
+auto& FindOrMake(std::shared_mutex& mutex, Map& map, const Key& key, Make make) {
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex);
+    auto it = map.find(key);
+    if (it != map.end()) return *it->second;
+  }
+  std::unique_lock<std::shared_mutex> lock(mutex);
+  auto& slot = map[key];
+  if (!slot) slot = make();
+  return *slot;
+}
+
+ServerMetrics::ModelSeries& ServerMetrics::SeriesOf(const std::string& model) {
+  return FindOrMake(series_mutex_, series_, model, [&] {
+    static const auto queue_buckets = QueueBuckets();
+    static const auto batch_buckets = BatchBuckets();
+    const prometheus::Labels labels{{"model", model}};
+    return std::make_unique<ModelSeries>(ModelSeries{
+        &in_flight_.Add(labels), &queue_depth_.Add(labels),
+        &queue_seconds_.Add(labels, queue_buckets), &batch_rows_.Add(labels, batch_buckets),
+        &batch_requests_.Add(labels, batch_buckets)});
+  });
+}
+
+prometheus::Counter& ServerMetrics::RequestCounter(const std::string& method,
+                                                   const std::string& model,
+                                                   absl::StatusCode code) {
+  return FindOrMake(series_mutex_, request_counters_,
+                    std::make_tuple(method, model, static_cast<int>(code)), [&] {
+                      return &requests_.Add({{"method", method},
+                                             {"model", model},
+                                             {"code", absl::StatusCodeToString(code)}});
+                    });
+}
+
+prometheus::Histogram& ServerMetrics::LatencyOf(const std::string& method) {
+  return FindOrMake(series_mutex_, latencies_, method, [&] {
+    static const auto buckets = LatencyBuckets();
+    return &latency_.Add({{"method", method}}, buckets);
+  });
+}
+
 void ServerMetrics::RecordRequest(const std::string& method, const std::string& model,
                                   absl::StatusCode code, double seconds) {
-  requests_.Add({{"method", method}, {"model", model}, {"code", absl::StatusCodeToString(code)}})
-      .Increment();
-  static const auto buckets = LatencyBuckets();
-  latency_.Add({{"method", method}}, buckets).Observe(seconds);
+  RequestCounter(method, model, code).Increment();
+  LatencyOf(method).Observe(seconds);
 }
 
 void ServerMetrics::AddInFlight(const std::string& model, double delta) {
-  in_flight_.Add({{"model", model}}).Increment(delta);
+  SeriesOf(model).in_flight->Increment(delta);
 }
 
 void ServerMetrics::QueueDepthChanged(const std::string& model, int64_t delta) {
-  queue_depth_.Add({{"model", model}}).Increment(static_cast<double>(delta));
+  SeriesOf(model).queue_depth->Increment(static_cast<double>(delta));
 }
 
 void ServerMetrics::BatchStarted(const std::string& model, int64_t requests, int64_t rows) {
-  static const auto buckets = BatchBuckets();
-  batch_rows_.Add({{"model", model}}, buckets).Observe(static_cast<double>(rows));
-  batch_requests_.Add({{"model", model}}, buckets).Observe(static_cast<double>(requests));
+  ModelSeries& series = SeriesOf(model);
+  series.batch_rows->Observe(static_cast<double>(rows));
+  series.batch_requests->Observe(static_cast<double>(requests));
 }
 
 void ServerMetrics::QueueWait(const std::string& model, double seconds) {
-  static const auto buckets = QueueBuckets();
-  queue_seconds_.Add({{"model", model}}, buckets).Observe(seconds);
+  SeriesOf(model).queue_seconds->Observe(seconds);
 }
 
 void ServerMetrics::SetModelsLoaded(size_t versions) {

@@ -12,8 +12,11 @@
 #include <prometheus/registry.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <shared_mutex>
 #include <string>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "server/core/request_observer.h"
@@ -55,6 +58,25 @@ class ServerMetrics final : public serving::RequestObserver {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
+  // The series of one model, looked up once: Family::Add builds and hashes a label map on
+  // every call, which the request path would otherwise pay several times per request.
+  struct ModelSeries {
+    prometheus::Gauge* in_flight;
+    prometheus::Gauge* queue_depth;
+    prometheus::Histogram* queue_seconds;
+    prometheus::Histogram* batch_rows;
+    prometheus::Histogram* batch_requests;
+  };
+  ModelSeries& SeriesOf(const std::string& model);
+  prometheus::Counter& RequestCounter(const std::string& method, const std::string& model,
+                                      absl::StatusCode code);
+  prometheus::Histogram& LatencyOf(const std::string& method);
+
+  std::shared_mutex series_mutex_;
+  std::map<std::string, std::unique_ptr<ModelSeries>> series_;
+  std::map<std::tuple<std::string, std::string, int>, prometheus::Counter*> request_counters_;
+  std::map<std::string, prometheus::Histogram*> latencies_;
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& latency_;
