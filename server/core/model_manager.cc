@@ -531,24 +531,24 @@ absl::Status ModelManager::ChangeConfig(const std::string& name, int64_t keep_ve
   return absl::OkStatus();
 }
 
+ModelManager::LoadResult ModelManager::VersionToKeep(const std::string& name, int64_t version) {
+  if (version != 0) return EnsureLoadable(name, version);
+  if (!RefreshVersionsOnDisk(name)) {
+    return absl::NotFoundError(
+        absl::StrCat("model.name: no model named '", name, "' in the repository"));
+  }
+  return std::shared_ptr<const SurrogateModel>();  // Nothing to keep: the name exists.
+}
+
 absl::Status ModelManager::SetDefaultVersion(const std::string& name, int64_t version) {
   if (name.empty()) return absl::InvalidArgumentError("name is required");
   if (version < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("version must be >= 0 (0: the highest), got ", version));
   }
-  std::shared_ptr<const SurrogateModel> keep;
-  if (version == 0) {
-    if (!RefreshVersionsOnDisk(name)) {
-      return absl::NotFoundError(
-          absl::StrCat("model.name: no model named '", name, "' in the repository"));
-    }
-  } else {
-    LoadResult loaded = EnsureLoadable(name, version);
-    if (!loaded.ok()) return loaded.status();
-    keep = *std::move(loaded);
-  }
-  absl::Status status = ChangeConfig(name, version, std::move(keep), [version](ModelConfig& c) {
+  LoadResult keep = VersionToKeep(name, version);
+  if (!keep.ok()) return keep.status();
+  absl::Status status = ChangeConfig(name, version, *std::move(keep), [version](ModelConfig& c) {
     c.default_version = version;
     if (version != 0) c.unloaded_versions.erase(version);  // Pinning brings it back.
     return absl::OkStatus();
@@ -573,19 +573,10 @@ absl::Status ModelManager::SetVersionLabel(const std::string& name, const std::s
     return absl::InvalidArgumentError(
         absl::StrCat("version must be >= 0 (0 removes the label), got ", version));
   }
-  std::shared_ptr<const SurrogateModel> keep;
-  if (version == 0) {
-    if (!RefreshVersionsOnDisk(name)) {
-      return absl::NotFoundError(
-          absl::StrCat("model.name: no model named '", name, "' in the repository"));
-    }
-  } else {
-    LoadResult loaded = EnsureLoadable(name, version);
-    if (!loaded.ok()) return loaded.status();
-    keep = *std::move(loaded);
-  }
+  LoadResult keep = VersionToKeep(name, version);
+  if (!keep.ok()) return keep.status();
   absl::Status status =
-      ChangeConfig(name, version, std::move(keep), [&](ModelConfig& c) -> absl::Status {
+      ChangeConfig(name, version, *std::move(keep), [&](ModelConfig& c) -> absl::Status {
         if (version == 0) {
           if (c.labels.erase(label) == 0) {
             return absl::NotFoundError(absl::StrCat(

@@ -237,6 +237,9 @@ class ModelManager {
   // Ensures name/version is loadable for a pin or label: returns the loaded model (loading it
   // if needed). NOT_FOUND / FAILED_PRECONDITION naming the version otherwise.
   LoadResult EnsureLoadable(const std::string& name, int64_t version);
+  // For a pin or label of `version`: the loaded version to keep (EnsureLoadable), or for 0
+  // (clearing it) null once the model is known to exist; NOT_FOUND otherwise.
+  LoadResult VersionToKeep(const std::string& name, int64_t version);
   // Reads config.json, applies `change`, writes it back and installs it (and `keep`, the
   // model of `keep_version`, if non-null) in one step; then reconciles the model.
   absl::Status ChangeConfig(const std::string& name, int64_t keep_version,

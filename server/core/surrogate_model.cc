@@ -126,8 +126,8 @@ class ReducedBasisModel final : public SurrogateModel {
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
-    torch::Tensor z = dm::RowParallelMm(
-        Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
+    torch::Tensor z =
+        dm::RowParallelMm(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
     auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
     torch::Tensor q_all = torch::addmm(network_.output_shift(), phi, u.t());
 
@@ -736,62 +736,48 @@ absl::StatusOr<Answer> SurrogateModel::Run(const Query& query) const {
   return std::move(Compute({&one, 1})[0]);
 }
 
-absl::StatusOr<torch::Tensor> SurrogateModel::Evaluate(const torch::Tensor& m) const {
-  Query query;
-  query.m = m;
+absl::StatusOr<SurrogateModel::Products> SurrogateModel::RunProducts(const Query& query) const {
   auto answer = Run(query);
   if (!answer.ok()) return answer.status();
-  return answer->values;
+  return Products{answer->values, answer->q};
+}
+
+absl::StatusOr<torch::Tensor> SurrogateModel::Evaluate(const torch::Tensor& m) const {
+  auto products = RunProducts(Query{Method::kEvaluate, m});
+  if (!products.ok()) return products.status();
+  return products->values;
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jvp(const torch::Tensor& m,
                                                              const torch::Tensor& directions,
                                                              bool want_q) const {
-  Query query;
-  query.method = Method::kJvp;
-  query.m = m;
-  query.directions = directions;
+  Query query{Method::kJvp, m, directions};
   query.want_q = want_q;
-  auto answer = Run(query);
-  if (!answer.ok()) return answer.status();
-  return Products{answer->values, answer->q};
+  return RunProducts(query);
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Vjp(const torch::Tensor& m,
                                                              const torch::Tensor& cotangents,
                                                              bool want_q) const {
-  Query query;
-  query.method = Method::kVjp;
-  query.m = m;
-  query.cotangents = cotangents;
+  Query query{Method::kVjp, m, {}, cotangents};
   query.want_q = want_q;
-  auto answer = Run(query);
-  if (!answer.ok()) return answer.status();
-  return Products{answer->values, answer->q};
+  return RunProducts(query);
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jacobian(const torch::Tensor& m,
                                                                   bool want_q) const {
-  Query query;
-  query.method = Method::kJacobian;
-  query.m = m;
+  Query query{Method::kJacobian, m};
   query.want_q = want_q;
-  auto answer = Run(query);
-  if (!answer.ok()) return answer.status();
-  return Products{answer->values, answer->q};
+  return RunProducts(query);
 }
 
 absl::StatusOr<SurrogateModel::ReducedJacobians> SurrogateModel::ReducedJacobian(
     const torch::Tensor& m, const torch::Tensor& output_basis,
     const torch::Tensor& input_basis) const {
-  Query query;
-  query.method = Method::kReducedJacobian;
-  query.m = m;
-  query.output_basis = output_basis;
-  query.input_basis = input_basis;
-  auto answer = Run(query);
-  if (!answer.ok()) return answer.status();
-  return ReducedJacobians{answer->q, answer->values};
+  auto products =
+      RunProducts(Query{Method::kReducedJacobian, m, {}, {}, output_basis, input_basis});
+  if (!products.ok()) return products.status();
+  return ReducedJacobians{products->q, products->values};
 }
 
 }  // namespace dino::serving

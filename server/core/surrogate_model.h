@@ -160,6 +160,8 @@ class SurrogateModel {
   const ComputeLimits limits_;
 
  private:
+  // Run, for the one-query methods.
+  absl::StatusOr<Products> RunProducts(const Query& query) const;
   // Shape, dtype and finiteness checks; the input as [rows, cols] in the model dtype.
   absl::StatusOr<torch::Tensor> Matrix(const torch::Tensor& t, const char* field,
                                        int64_t cols) const;

@@ -120,12 +120,12 @@ ServerMetrics::ModelSeries& ServerMetrics::SeriesOf(const std::string& model) {
 prometheus::Counter& ServerMetrics::RequestCounter(const std::string& method,
                                                    const std::string& model,
                                                    absl::StatusCode code) {
-  return FindOrMake(series_mutex_, request_counters_,
-                    std::make_tuple(method, model, static_cast<int>(code)), [&] {
-                      return &requests_.Add({{"method", method},
-                                             {"model", model},
-                                             {"code", absl::StatusCodeToString(code)}});
-                    });
+  return FindOrMake(
+      series_mutex_, request_counters_, std::make_tuple(method, model, static_cast<int>(code)),
+      [&] {
+        return &requests_.Add(
+            {{"method", method}, {"model", model}, {"code", absl::StatusCodeToString(code)}});
+      });
 }
 
 prometheus::Histogram& ServerMetrics::LatencyOf(const std::string& method) {
