@@ -234,6 +234,30 @@ TEST_F(ServerTest, DerivativeRpcsMatchTheModel) {
     EXPECT_LE(MaxDiff(FromWire(vjp_response.vjp()), local->Vjp(m, w, false)->values), 1e-12);
     EXPECT_FALSE(vjp_response.has_q());
 
+    // Per point: three points, one cotangent each ([B, d_Q] → [B, d_M]); two directions
+    // each ([B, k, d_M] → [B, k, d_Q]).
+    const torch::Tensor points = Gaussian({3, kDims.d_m}, 7);
+    const torch::Tensor per_point_w = Gaussian({3, kDims.d_q}, 8);
+    const torch::Tensor per_point_v = Gaussian({3, 2, kDims.d_m}, 9);
+    *vjp.mutable_m() = Wire(points);
+    *vjp.mutable_cotangents() = Wire(per_point_w);
+    vjp.set_return_q(true);
+    ASSERT_TRUE(stub_->Vjp(Context().get(), vjp, &vjp_response).ok());
+    *jvp.mutable_m() = Wire(points);
+    *jvp.mutable_directions() = Wire(per_point_v);
+    ASSERT_TRUE(stub_->Jvp(Context().get(), jvp, &jvp_response).ok());
+    ASSERT_EQ(FromWire(vjp_response.vjp()).sizes(), (std::vector<int64_t>{3, kDims.d_m}));
+    ASSERT_EQ(FromWire(jvp_response.jvp()).sizes(), (std::vector<int64_t>{3, 2, kDims.d_q}));
+    EXPECT_LE(MaxDiff(FromWire(vjp_response.q()), *local->Evaluate(points)), 1e-12);
+    for (int64_t b = 0; b < 3; ++b) {
+      EXPECT_LE(MaxDiff(FromWire(vjp_response.vjp())[b],
+                        local->Vjp(points[b], per_point_w[b], false)->values[0]),
+                1e-12);
+      EXPECT_LE(MaxDiff(FromWire(jvp_response.jvp())[b],
+                        local->Jvp(points[b], per_point_v[b], false)->values),
+                1e-12);
+    }
+
     v1::JacobianRequest jac;
     SetModel(jac.mutable_model(), name, 1);
     *jac.mutable_m() = Wire(m);
