@@ -104,6 +104,41 @@ class Server:
         self.stop()
 
 
+class CpuAccount:
+    """CPU time used by processes other than this script and its children during a block.
+
+    The targets compare numbers measured at different moments (the in-process baseline, the
+    server), so another process busy on the same cores during one of them skews a ratio.
+    System-wide busy time (/proc/stat) minus our own and our reaped children's CPU time
+    (os.times(); every child is waited for before the block ends) is what others used."""
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _busy_s(self):
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / self.tick
+
+    def _ours_s(self):
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        self.start = (time.monotonic(), self._busy_s(), self._ours_s())
+        return self
+
+    def __exit__(self, *exc):
+        wall, busy, ours = (now - then for now, then in
+                            zip((time.monotonic(), self._busy_s(), self._ours_s()), self.start))
+        others = max(0.0, busy - ours)
+        self.result = {"wall_s": round(wall, 2), "busy_cpu_s": round(busy, 2),
+                       "ours_cpu_s": round(ours, 2), "others_cpu_s": round(others, 2),
+                       "others_share": round(others / (wall * os.cpu_count()), 3)
+                       if wall > 0 else 0.0}
+
+
 def run_bench(a, target, args, label, expect_codes=()):
     """Runs dino-bench with `args`, returns its JSON; exit 1 is data (the JSON says why)."""
     command = [os.path.join(a.bin, "dino-bench"), "--server", target, "--model", a.model,
@@ -286,8 +321,17 @@ def write_outputs(a, results):
         f"{meta['load_before']} before, {meta['load_after']} after), git {meta['git']}, "
         f"model `{a.model}`. Server flags: `{' '.join(meta['server_flags']) or '(defaults)'}`; "
         f"the load generator (dino-bench) ran on the same cores. Regenerate with "
-        f"`/usr/bin/python3 scripts/bench_serving.py {' '.join(meta['argv'])}`.", "",
-        "| target | measured | required | result |", "| --- | ---: | ---: | --- |"]
+        f"`{' '.join(['/usr/bin/python3', 'scripts/bench_serving.py'] + meta['argv'])}`.",
+        ""]
+    shares = {stage: results[stage]["cpu"]["others_share"] for stage in STAGES
+              if "cpu" in results[stage]}
+    busy = {stage: share for stage, share in shares.items() if share > 0.05}
+    if busy:
+        lines += ["**Other processes used the CPU during this run** (share of the machine's "
+                  "CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in busy.items()) +
+                  "), so stages did not run under the same conditions and ratios between "
+                  "them are skewed. Rerun on a quiet machine for numbers to rely on.", ""]
+    lines += ["| target | measured | required | result |", "| --- | ---: | ---: | --- |"]
     for t in results["targets"]:
         verdict = "n/a" if t["pass"] is None else ("pass" if t["pass"] else "**FAIL**")
         detail = f" ({t['detail']})" if t["detail"] else ""
@@ -303,6 +347,8 @@ def write_outputs(a, results):
               ", ".join(f"B = {b} (vmap): {r['samples_per_s']:,.0f} points/s"
                         for b, r in inproc["reduced_jacobian"]["batched"].items()) + ".", "",
               f"Adjoint PDE, one core: `{pde['line']}` ({pde['samples']} samples).", "",
+              "CPU time of other processes, as a share of the machine, per stage: " +
+              ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ".", "",
               "## Concurrency sweep (closed loop, batch 1)", "",
               "| method | clients | samples/s | p50 | p99 | max | errors |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -404,7 +450,10 @@ def main():
         with open(partial_path, "w") as f:
             json.dump(results, f, indent=2)
 
-    if "inprocess" not in results:
+    work = tempfile.mkdtemp(prefix="bench_serving_")
+    binary = os.path.join(a.bin, "dino-server")
+
+    def stage_inprocess():
         command = [sys.executable, os.path.join(HERE, "bench_inprocess.py"), "--model",
                    a.model_file, "--json", "-", "--batches", f"64,{a.large_batch},1024",
                    "--jacobian_batch", str(a.large_batch)]
@@ -415,51 +464,57 @@ def main():
         sys.stderr.write(r.stderr)
         if r.returncode != 0:
             sys.exit("bench_serving: bench_inprocess.py failed")
-        results["inprocess"] = json.loads(r.stdout)
-        save()
-    if "pde" not in results:
-        results["pde"] = pde_seconds_per_sample(a)
-        save()
+        return json.loads(r.stdout)
 
-    work = tempfile.mkdtemp(prefix="bench_serving_")
+    def stage_sweep():
+        with Server(binary, a.repository, server_flags,
+                    os.path.join(work, "sweep_server.log")) as server:
+            return run_bench(a, server.target,
+                             ["--methods", "evaluate,reduced_jacobian", "--concurrency",
+                              a.concurrency, "--duration", str(a.duration), "--warmup",
+                              str(a.warmup)], "sweep")
+
+    def stage_large_batch():
+        with Server(binary, a.repository, server_flags,
+                    os.path.join(work, "large_batch_server.log")) as server:
+            return run_bench(a, server.target,
+                             ["--methods", "evaluate,reduced_jacobian", "--batch",
+                              str(a.large_batch), "--concurrency", "1", "-n",
+                              str(a.large_batch_requests), "--warmup", "2", "--check",
+                              "--timeout", "120"], "large_batch")
+
+    def stage_overload():
+        supported = server_supports(binary, "max_queue_size")
+        flags = server_flags + ([f"--max_queue_size={a.queue_limit}"] if supported else [])
+        if not supported:
+            log("overload: this dino-server has no --max_queue_size; running without a "
+                "queue limit (the refusal target is then n/a)")
+        with Server(binary, a.repository, flags,
+                    os.path.join(work, "overload_server.log")) as server:
+            bench = run_bench(a, server.target,
+                              ["--methods", "evaluate", "--concurrency",
+                               str(a.overload_clients), "--duration", str(a.overload_duration),
+                               "--warmup", str(a.warmup), "--check"], "overload",
+                              ("RESOURCE_EXHAUSTED",))
+            status, healthy = health(a, server.target)
+            return {"bench": bench, "clients": a.overload_clients, "queue_limit": a.queue_limit,
+                    "queue_limit_supported": supported, "server_flags": flags,
+                    "health_after": status, "healthy_after": healthy and server.alive()}
+
+    stages = {"inprocess": stage_inprocess, "pde": lambda: pde_seconds_per_sample(a),
+              "sweep": stage_sweep, "large_batch": stage_large_batch,
+              "overload": stage_overload}
     try:
-        if "sweep" not in results or "large_batch" not in results:
-            with Server(os.path.join(a.bin, "dino-server"), a.repository, server_flags,
-                        os.path.join(work, "server.log")) as server:
-                if "sweep" not in results:
-                    results["sweep"] = run_bench(
-                        a, server.target, ["--methods", "evaluate,reduced_jacobian",
-                                           "--concurrency", a.concurrency, "--duration",
-                                           str(a.duration), "--warmup", str(a.warmup)], "sweep")
-                    save()
-                if "large_batch" not in results:
-                    results["large_batch"] = run_bench(
-                        a, server.target, ["--methods", "evaluate,reduced_jacobian", "--batch",
-                                           str(a.large_batch), "--concurrency", "1", "-n",
-                                           str(a.large_batch_requests), "--warmup", "2",
-                                           "--check", "--timeout", "120"], "large_batch")
-                    save()
-        if "overload" not in results:
-            binary = os.path.join(a.bin, "dino-server")
-            supported = server_supports(binary, "max_queue_size")
-            flags = server_flags + ([f"--max_queue_size={a.queue_limit}"] if supported else [])
-            if not supported:
-                log("overload: this dino-server has no --max_queue_size; running without a "
-                    "queue limit (the refusal target is then n/a)")
-            with Server(binary, a.repository, flags,
-                        os.path.join(work, "overload_server.log")) as server:
-                bench = run_bench(
-                    a, server.target, ["--methods", "evaluate", "--concurrency",
-                                       str(a.overload_clients), "--duration",
-                                       str(a.overload_duration), "--warmup", str(a.warmup),
-                                       "--check"], "overload", ("RESOURCE_EXHAUSTED",))
-                status, healthy = health(a, server.target)
-                results["overload"] = {"bench": bench, "clients": a.overload_clients,
-                                       "queue_limit": a.queue_limit,
-                                       "queue_limit_supported": supported,
-                                       "server_flags": flags, "health_after": status,
-                                       "healthy_after": healthy and server.alive()}
-                save()
+        for name in STAGES:
+            if name in results:
+                continue
+            # Every child (server, dino-bench, baselines) is reaped before the block ends, so
+            # the account sees all of our CPU time.
+            with CpuAccount() as account:
+                value = stages[name]()
+            value["cpu"] = account.result
+            results[name] = value
+            save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
