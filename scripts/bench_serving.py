@@ -139,6 +139,24 @@ class CpuAccount:
                        if wall > 0 else 0.0}
 
 
+def wait_for_quiet(max_wait_s, max_share):
+    """Waits (up to max_wait_s) until other processes use at most max_share of the machine's
+    CPU over a 2 s window, so that a stage does not start in the middle of someone's build.
+    Returns the last share seen."""
+    account = CpuAccount()
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        with account:
+            time.sleep(2)
+        share = account.result["others_share"]
+        if share <= max_share or time.monotonic() >= deadline:
+            if share > max_share:
+                log(f"other processes still use {share:.0%} of the CPU; going on after "
+                    f"{max_wait_s:.0f} s (--wait_quiet)")
+            return share
+        log(f"other processes use {share:.0%} of the CPU; waiting (--wait_quiet)")
+
+
 def run_bench(a, target, args, label, expect_codes=()):
     """Runs dino-bench with `args`, returns its JSON; exit 1 is data (the JSON says why)."""
     command = [os.path.join(a.bin, "dino-bench"), "--server", target, "--model", a.model,
@@ -330,7 +348,8 @@ def write_outputs(a, results):
         lines += ["**Other processes used the CPU during this run** (share of the machine's "
                   "CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in busy.items()) +
                   "), so stages did not run under the same conditions and ratios between "
-                  "them are skewed. Rerun on a quiet machine for numbers to rely on.", ""]
+                  "them are skewed. Rerun on a quiet machine (or with --wait_quiet) for numbers to "
+                  "rely on.", ""]
     lines += ["| target | measured | required | result |", "| --- | ---: | ---: | --- |"]
     for t in results["targets"]:
         verdict = "n/a" if t["pass"] is None else ("pass" if t["pass"] else "**FAIL**")
@@ -404,6 +423,10 @@ def main():
     p.add_argument("--resume", action="store_true",
                    help="reuse the stages saved in <out>/serving.partial.json by an earlier "
                         "run with the same arguments")
+    p.add_argument("--wait_quiet", type=float, default=0, metavar="SECONDS",
+                   help="before each stage, wait up to this long for other processes to use "
+                        "at most --quiet_share of the CPU (on a shared machine)")
+    p.add_argument("--quiet_share", type=float, default=0.1)
     p.add_argument("--require_targets", action="store_true",
                    help="exit 1 when a target fails")
     a = p.parse_args()
@@ -508,6 +531,8 @@ def main():
         for name in STAGES:
             if name in results:
                 continue
+            if a.wait_quiet > 0:
+                wait_for_quiet(a.wait_quiet, a.quiet_share)
             # Every child (server, dino-bench, baselines) is reaped before the block ends, so
             # the account sees all of our CPU time.
             with CpuAccount() as account:
