@@ -186,8 +186,8 @@ def main():
         "input_rank": r_m, "output_rank": phi.output_basis.shape[1], "quick": a.quick,
         "check": {"phi_max_abs_diff": phi_diff, "jacobian_max_abs_diff": jac_diff},
         "evaluate": {"batch1": evaluate_batch1, "batched": batched},
-        "reduced_jacobian": {"method": f"{jacrev.__module__}.jacrev of the rebuilt phi (with z = V^T m "
-                                       "and q = U phi + b)",
+        "reduced_jacobian": {"method": f"{jacrev.__module__}.jacrev of the rebuilt phi "
+                                       "(with z = V^T m and q = U phi + b)",
                              "batch1": reduced_batch1,
                              "batched": {str(a.jacobian_batch): reduced_batched}},
     }

@@ -259,9 +259,11 @@ def evaluate_targets(results):
         fmt(v / inproc_b64 * 100 if v else None, " %", 1), f"≥ 20 % of {fmt(inproc_b64)}",
         v and v >= 0.2 * inproc_b64)
     p99 = ev64["p99_us"] / 1000 if ev64 and ev64.get("calls") else None
-    add(f"{clients} clients, batch-1 Evaluate: p99", fmt(p99, " ms", 2), "≤ 10 ms", p99 and p99 <= 10)
+    add(f"{clients} clients, batch-1 Evaluate: p99", fmt(p99, " ms", 2), "≤ 10 ms",
+        p99 and p99 <= 10)
     v = sps(rj64)
-    add(f"{clients} clients, batch-1 ReducedJacobian: points/s", fmt(v), "≥ 6,000", v and v >= 6000)
+    add(f"{clients} clients, batch-1 ReducedJacobian: points/s", fmt(v), "≥ 6,000",
+        v and v >= 6000)
     rj_big = sps(point(large, "ReducedJacobian"))
     add(f"one ReducedJacobian request, B = {big}: points/s", fmt(rj_big), "≥ 10,000",
         rj_big and rj_big >= 10000)
@@ -384,7 +386,8 @@ def write_outputs(a, results):
     row = point(ov["bench"], "Evaluate")
     if row:
         lines += ["## Overload", "",
-                  f"Server flags {' '.join(ov['server_flags'])}; {row.get('concurrency')} "
+                  f"Server flags `{' '.join(ov['server_flags']) or '(defaults)'}`; "
+                  f"{row.get('concurrency')} "
                   f"clients for {ov['bench'].get('duration_s')} s: {row.get('requests', 0)} "
                   f"requests, {row.get('calls', 0)} answered (p99 "
                   f"{row.get('p99_us', 0) / 1000:.2f} ms), refusals by code "
@@ -426,7 +429,11 @@ def main():
     p.add_argument("--wait_quiet", type=float, default=0, metavar="SECONDS",
                    help="before each stage, wait up to this long for other processes to use "
                         "at most --quiet_share of the CPU (on a shared machine)")
-    p.add_argument("--quiet_share", type=float, default=0.1)
+    p.add_argument("--quiet_share", type=float, default=0.1,
+                   help="share of the CPU others may use for a stage to count as quiet")
+    p.add_argument("--retries", type=int, default=0,
+                   help="measure a stage again, up to this many times, while others used more "
+                        "than --quiet_share of the CPU during it; the quietest attempt is kept")
     p.add_argument("--require_targets", action="store_true",
                    help="exit 1 when a target fails")
     a = p.parse_args()
@@ -531,14 +538,22 @@ def main():
         for name in STAGES:
             if name in results:
                 continue
-            if a.wait_quiet > 0:
-                wait_for_quiet(a.wait_quiet, a.quiet_share)
-            # Every child (server, dino-bench, baselines) is reaped before the block ends, so
-            # the account sees all of our CPU time.
-            with CpuAccount() as account:
-                value = stages[name]()
-            value["cpu"] = account.result
-            results[name] = value
+            best = None
+            for attempt in range(1 + a.retries):
+                if a.wait_quiet > 0:
+                    wait_for_quiet(a.wait_quiet, a.quiet_share)
+                # Every child (server, dino-bench, baselines) is reaped before the block
+                # ends, so the account sees all of our CPU time.
+                with CpuAccount() as account:
+                    value = stages[name]()
+                value["cpu"] = dict(account.result, attempt=attempt + 1)
+                if best is None or value["cpu"]["others_share"] < best["cpu"]["others_share"]:
+                    best = value
+                if best["cpu"]["others_share"] <= a.quiet_share:
+                    break
+                log(f"{name}: other processes took {value['cpu']['others_share']:.0%} of the "
+                    f"CPU meanwhile" + ("; measuring again" if attempt < a.retries else ""))
+            results[name] = best
             save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
