@@ -160,7 +160,7 @@ def wait_for_quiet(max_wait_s, max_share):
 def run_bench(a, target, args, label, expect_codes=()):
     """Runs dino-bench with `args`, returns its JSON; exit 1 is data (the JSON says why)."""
     command = [os.path.join(a.bin, "dino-bench"), "--server", target, "--model", a.model,
-               "--json", "-"] + args
+               "--threads", str(a.bench_threads), "--json", "-"] + args
     if expect_codes:
         command += ["--expected_codes", ",".join(expect_codes)]
     log(f"{label}: " + " ".join(command[1:]))
@@ -371,17 +371,19 @@ def write_outputs(a, results):
               "CPU time of other processes, as a share of the machine, per stage: " +
               ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ".", "",
               "## Concurrency sweep (closed loop, batch 1)", "",
-              "| method | clients | samples/s | p50 | p99 | max | errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| method | clients | samples/s | p50 | p99 | max | errors | client CPU |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in results["sweep"]["results"]:
         if row.get("calls", 0) == 0:
             lines.append(f"| {row['method']} | {row.get('concurrency')} | – | – | – | – | "
-                         f"{row.get('first_error', row.get('skipped', ''))} |")
+                         f"{row.get('first_error', row.get('skipped', ''))} | – |")
             continue
         lines.append(f"| {row['method']} | {row['concurrency']} | {row['samples_per_s']:,.0f} | "
                      f"{row['p50_us'] / 1000:.2f} ms | {row['p99_us'] / 1000:.2f} ms | "
-                     f"{row['max_us'] / 1000:.2f} ms | {row['errors']} |")
-    lines += ["", "![sweep](serving_sweep.png)", ""]
+                     f"{row['max_us'] / 1000:.2f} ms | {row['errors']} | "
+                     f"{row.get('client_cpu_share_of_one_core', 0):.0%} of a core |")
+    lines += ["", "Client CPU: what dino-bench itself (gRPC threads included) took of the "
+              "machine it shares with the server.", "", "![sweep](serving_sweep.png)", ""]
     ov = results["overload"]
     row = point(ov["bench"], "Evaluate")
     if row:
@@ -411,6 +413,8 @@ def main():
     p.add_argument("--server-flag", dest="server_flags", action="append", default=[],
                    help="extra dino-server flag, e.g. --server-flag=--max_batch_size=4096 "
                         "(repeatable)")
+    p.add_argument("--bench_threads", type=int, default=1,
+                   help="dino-bench --threads (client threads, each with a completion queue)")
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per sweep point")
     p.add_argument("--warmup", type=int, default=500, help="warm-up requests per sweep point")

@@ -6,6 +6,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -246,6 +247,14 @@ class Worker {
   LatencyStats send_lag_;
 };
 
+// User + system CPU seconds of this process so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 }  // namespace
 
 std::string StatusCodeName(int code) {
@@ -326,6 +335,8 @@ absl::StatusOr<grpc::ByteBuffer> CallOnce(const std::shared_ptr<grpc::Channel>& 
 LoadResult RunLoadPoint(const LoadPoint& point,
                         const std::vector<std::shared_ptr<grpc::Channel>>& channels,
                         const std::vector<grpc::ByteBuffer>& pool, const ResponseCheck& check) {
+  const double cpu_start = ProcessCpuSeconds();
+  const Clock::time_point point_start = Clock::now();
   Shared shared;
   const bool open_loop = point.rate > 0;
   // No more workers than clients: an idle worker would only cost a thread.
@@ -379,6 +390,8 @@ LoadResult RunLoadPoint(const LoadPoint& point,
     }
     result.max_in_flight += worker->max_in_flight();
   }
+  result.client_cpu_s = ProcessCpuSeconds() - cpu_start;
+  result.point_s = std::chrono::duration<double>(Clock::now() - point_start).count();
   result.latency = all.Summarize();
   if (first && last) result.wall_s = std::chrono::duration<double>(*last - *first).count();
   return result;

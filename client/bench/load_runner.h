@@ -81,6 +81,11 @@ struct LoadResult {
   // most requests in flight at once.
   LatencyStats send_lag;
   int64_t max_in_flight = 0;
+  // CPU seconds this process (the load generator, gRPC's own threads included) used during
+  // the point, warm-up included: on a machine shared with the server, what the client took
+  // from it. point_s is the point's whole duration, warm-up included.
+  double client_cpu_s = 0;
+  double point_s = 0;
 };
 
 // Runs one point: requests cycle through `pool`, clients spread over `channels`. `check`

@@ -453,7 +453,10 @@ nlohmann::json RowJson(const PointResult& r, const Flags& f, bool open_loop) {
               {"requests_per_s", r.requests_per_s()},
               {"samples_per_s", r.requests_per_s() * static_cast<double>(f.batch)},
               {"warmup", f.warmup},
-              {"warmup_failures", r.load.warmup_failures}});
+              {"warmup_failures", r.load.warmup_failures},
+              {"client_cpu_s", r.load.client_cpu_s},
+              {"client_cpu_share_of_one_core",
+               r.load.point_s > 0 ? r.load.client_cpu_s / r.load.point_s : 0}});
   if (open_loop) {
     row["send_lag_us"] = StatsJson(r.load.send_lag);
     row["max_in_flight"] = r.load.max_in_flight;
@@ -482,7 +485,7 @@ std::string CsvText(const std::vector<PointResult>& results, const Flags& f, boo
       "method,mode,concurrency,rate,arrivals,batch,k,requests,calls,errors,unexpected_errors,"
       "errors_by_code,p50_us,p90_us,p99_us,mean_us,max_us,requests_per_s,samples_per_s,"
       "refused_p50_us,refused_p99_us,refused_max_us,checked,check_failures,wall_s,"
-      "send_lag_p99_us,skipped_or_failed\n";
+      "send_lag_p99_us,client_cpu_s,skipped_or_failed\n";
   for (const PointResult& r : results) {
     const LatencyStats& s = r.load.latency.successes;
     std::vector<std::string> codes;
@@ -503,7 +506,7 @@ std::string CsvText(const std::vector<PointResult>& results, const Flags& f, boo
         s.mean_us, ",", s.max_us, ",", r.requests_per_s(), ",",
         r.requests_per_s() * static_cast<double>(f.batch), ",", refused.p50_us, ",", refused.p99_us,
         ",", refused.max_us, ",", r.load.checked, ",", r.load.check_failures, ",", r.load.wall_s,
-        ",", open_loop ? absl::StrCat(r.load.send_lag.p99_us) : "", ",",
+        ",", open_loop ? absl::StrCat(r.load.send_lag.p99_us) : "", ",", r.load.client_cpu_s, ",",
         CsvField(r.skipped.empty() ? r.failure : r.skipped), "\n");
   }
   return out;
@@ -534,6 +537,10 @@ void PrintTable(const std::vector<PointResult>& results, const Flags& f, bool op
       std::fprintf(out, "%-16s   %s: %lld calls, p50 %.1f us, p99 %.1f us, max %.1f us\n", "",
                    code.c_str(), static_cast<long long>(stats.count), stats.p50_us, stats.p99_us,
                    stats.max_us);
+    }
+    if (r.load.point_s > 0) {
+      std::fprintf(out, "%-16s   client CPU %.2f s in %.2f s (%.0f %% of one core)\n", "",
+                   r.load.client_cpu_s, r.load.point_s, 100 * r.load.client_cpu_s / r.load.point_s);
     }
     if (open_loop && r.load.send_lag.count > 0) {
       std::fprintf(out, "%-16s   send lag behind schedule: p99 %.1f us, max %.1f us\n", "",

@@ -239,6 +239,7 @@ class BenchTest(FakeServerTestCase):
             self.assertEqual(r["check"], {"checked": 33, "failures": 0, "first_failure": ""})
             self.assertEqual(r["samples_per_s"], r["requests_per_s"])
             self.assertGreater(r["requests_per_s"], 0)
+            self.assertTrue(0 < r["client_cpu_s"] and 0 < r["client_cpu_share_of_one_core"] < 64)
         self.assertIn("checked 33 responses, 0 wrong", table)
         with open(csv_path) as f:
             rows = f.read().splitlines()
