@@ -107,14 +107,14 @@ struct EvaluateResult {
 
 struct JvpResult {
   int64_t version = 0;
-  NpyArray jvp;               // [k, d_Q]
-  std::optional<NpyArray> q;  // [d_Q], when requested
+  NpyArray jvp;               // [k, d_Q], [B, d_Q] or [B, k, d_Q]; see DinoClient::Jvp
+  std::optional<NpyArray> q;  // [d_Q] (one point) or [B, d_Q], when requested
 };
 
 struct VjpResult {
   int64_t version = 0;
-  NpyArray vjp;               // [k, d_M]
-  std::optional<NpyArray> q;  // [d_Q], when requested
+  NpyArray vjp;               // [k, d_M], [B, d_M] or [B, k, d_M]; see DinoClient::Vjp
+  std::optional<NpyArray> q;  // [d_Q] (one point) or [B, d_Q], when requested
 };
 
 struct ReducedJacobianResult {
@@ -187,11 +187,18 @@ class DinoClient {
   // q = f(m); m is [B, d_M] or [d_M], FP32 or FP64.
   absl::StatusOr<EvaluateResult> Evaluate(const ModelRef& model, const NpyArray& m,
                                           const CallOptions& call = {}) const;
-  // J(m)·v_i; m is [d_M] or [1, d_M], directions [k, d_M] or [d_M].
+  // Jacobian-vector products, in the three shapes of the proto's JvpRequest (the shapes are
+  // passed through unchanged; the server checks them and names the field in errors):
+  //   one point:              m [d_M] or [1, d_M], directions [k, d_M] or [d_M] → [k, d_Q];
+  //   B ≥ 2 points, one each: m [B, d_M], directions [B, d_M] → [B, d_Q] (row b: J(m_b)·v_b);
+  //   B points, k each:       m [B, d_M], directions [B, k, d_M] → [B, k, d_Q].
+  // A server older than the per-point forms refuses them with INVALID_ARGUMENT.
   absl::StatusOr<JvpResult> Jvp(const ModelRef& model, const NpyArray& m,
                                 const NpyArray& directions, bool return_q = false,
                                 const CallOptions& call = {}) const;
-  // J(m)ᵀ·w_i; m is [d_M] or [1, d_M], cotangents [k, d_Q] or [d_Q].
+  // Vector-Jacobian products J(m)ᵀ·w in the same three shapes (VjpRequest):
+  //   one point: cotangents [k, d_Q] or [d_Q] → [k, d_M]; B ≥ 2 points, one each:
+  //   m [B, d_M], cotangents [B, d_Q] → [B, d_M]; B points, k each: [B, k, d_Q] → [B, k, d_M].
   absl::StatusOr<VjpResult> Vjp(const ModelRef& model, const NpyArray& m,
                                 const NpyArray& cotangents, bool return_q = false,
                                 const CallOptions& call = {}) const;

@@ -27,4 +27,22 @@ LatencyStats ComputeLatencyStats(std::vector<double>* samples_us) {
   return stats;
 }
 
+void LatencyRecorder::Merge(const LatencyRecorder& other) {
+  successes_.insert(successes_.end(), other.successes_.begin(), other.successes_.end());
+  for (const auto& [code, samples] : other.failures_) {
+    std::vector<double>& mine = failures_[code];
+    mine.insert(mine.end(), samples.begin(), samples.end());
+  }
+}
+
+LatencyRecorder::Summary LatencyRecorder::Summarize() {
+  Summary summary;
+  summary.successes = ComputeLatencyStats(&successes_);
+  for (auto& [code, samples] : failures_) {
+    summary.failures[code] = ComputeLatencyStats(&samples);
+    summary.failure_count += static_cast<int64_t>(samples.size());
+  }
+  return summary;
+}
+
 }  // namespace dino::bench

@@ -715,24 +715,32 @@ int main(int argc, char** argv) {
       "  dino eval --model poisson --m data/mq_data.npz:m_data --dtype fp64 --out q.npy");
 
   CLI::App* jvp = app.add_subcommand(
-      "jvp", "Jacobian-vector products J(m) v_i at one point m for k directions");
+      "jvp",
+      "Jacobian-vector products J(m) v: at one point for k directions, or per point for a "
+      "batch of points");
   AddConnectionFlags(jvp, &f.conn);
   AddModelFlags(jvp, &f.model, /*with_dtype=*/true);
-  AddArrayOption(jvp, "--m", &f.m, "Point m, [d_M]");
-  AddArrayOption(jvp, "--v,--directions", &f.directions, "Directions, [k, d_M] or [d_M]");
+  AddArrayOption(jvp, "--m", &f.m, "Point(s) m, [d_M] or [B, d_M]");
+  AddArrayOption(jvp, "--v,--directions", &f.directions,
+                 "Directions: [k, d_M] or [d_M] at one point; [B, d_M] (one per point) or "
+                 "[B, k, d_M] for B points");
   jvp->add_flag("--return_q", f.return_q, "Also return q = f(m)");
-  AddOutputFlags(jvp, &f.output, "jvp [k, d_Q]");
+  AddOutputFlags(jvp, &f.output, "jvp [k, d_Q], [B, d_Q] or [B, k, d_Q]");
   jvp->footer(
       "Example: dino jvp --model poisson --m m.npy --v '[[1, 0, 0], [0, 1, 0]]' --return_q");
 
   CLI::App* vjp = app.add_subcommand(
-      "vjp", "Vector-Jacobian products J(m)^T w_i at one point m for k cotangents");
+      "vjp",
+      "Vector-Jacobian products J(m)^T w: at one point for k cotangents, or per point for a "
+      "batch of points");
   AddConnectionFlags(vjp, &f.conn);
   AddModelFlags(vjp, &f.model, /*with_dtype=*/true);
-  AddArrayOption(vjp, "--m", &f.m, "Point m, [d_M]");
-  AddArrayOption(vjp, "--w,--cotangents", &f.cotangents, "Cotangents, [k, d_Q] or [d_Q]");
+  AddArrayOption(vjp, "--m", &f.m, "Point(s) m, [d_M] or [B, d_M]");
+  AddArrayOption(vjp, "--w,--cotangents", &f.cotangents,
+                 "Cotangents: [k, d_Q] or [d_Q] at one point; [B, d_Q] (one per point) or "
+                 "[B, k, d_Q] for B points");
   vjp->add_flag("--return_q", f.return_q, "Also return q = f(m)");
-  AddOutputFlags(vjp, &f.output, "vjp [k, d_M]");
+  AddOutputFlags(vjp, &f.output, "vjp [k, d_M], [B, d_M] or [B, k, d_M]");
   vjp->footer("Example: dino vjp --model poisson --m m.npy --w w.npy --out vjp.npy");
 
   CLI::App* jac = app.add_subcommand(

@@ -13,6 +13,7 @@ they are found as namespace packages). This module locates them through, in orde
         print(client.list_models())
         q = client.evaluate("poisson", m)              # m: [d_M] or [B, d_M] -> q: [B, d_Q]
         jv = client.jvp("poisson", m0, directions)     # [k, d_Q]
+        jb = client.jvp("poisson", ms, dirs)           # ms [B, d_M], dirs [B, d_M] -> [B, d_Q]
         jr, q = client.reduced_jacobian("poisson", m)  # [B, r_Q, r_M], [B, d_Q]
 
 Fine-tuning (see finetune_example.py), with the admin token when the server has one:
@@ -452,7 +453,11 @@ class DinoClient:
         return from_tensor(r.q, "q")
 
     def jvp(self, model, m, directions, version=0, dtype=None, return_q=False):
-        """J(m)·v_i for directions [k, d_M] (or [d_M]) -> [k, d_Q]; (jvp, q) with return_q."""
+        """Jacobian-vector products; (jvp, q) with return_q. The shapes of the proto's
+        JvpRequest, passed through as given (the server checks them):
+        one point m [d_M] or [1, d_M], directions [k, d_M] or [d_M] -> [k, d_Q];
+        B >= 2 points m [B, d_M], directions [B, d_M] (one each) -> [B, d_Q];
+        B points, k each: directions [B, k, d_M] -> [B, k, d_Q]. q is [d_Q] or [B, d_Q]."""
         pb = self._stubs.pb
         r = self._call("Jvp", pb.JvpRequest(
             model=self._ref(model, version), m=to_tensor(m), directions=to_tensor(directions),
@@ -461,7 +466,10 @@ class DinoClient:
         return (jvp, from_tensor(r.q, "q")) if return_q else jvp
 
     def vjp(self, model, m, cotangents, version=0, dtype=None, return_q=False):
-        """J(m)ᵀ·w_i for cotangents [k, d_Q] (or [d_Q]) -> [k, d_M]; (vjp, q) with return_q."""
+        """Vector-Jacobian products J(m)ᵀ·w; (vjp, q) with return_q. As jvp: one point with
+        cotangents [k, d_Q] or [d_Q] -> [k, d_M]; B >= 2 points m [B, d_M] with cotangents
+        [B, d_Q] -> [B, d_M] (e.g. per-chain log-likelihood gradients), or [B, k, d_Q] ->
+        [B, k, d_M]."""
         pb = self._stubs.pb
         r = self._call("Vjp", pb.VjpRequest(
             model=self._ref(model, version), m=to_tensor(m), cotangents=to_tensor(cotangents),

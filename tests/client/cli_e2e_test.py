@@ -225,6 +225,86 @@ class BenchTest(FakeServerTestCase):
         self.assertIn("unknown method 'bogus'", r.stderr)
 
 
+    def test_sweep_check_csv_batches_and_open_loop(self):
+        csv_path = self.path("bench.csv")
+        out, table = self.bench("--methods", "evaluate,reduced_jacobian", "--concurrency", "1,4",
+                                "-n", "30", "--warmup", "3", "--check", "--csv", csv_path)
+        self.assertEqual(out["concurrency"], [1, 4])
+        self.assertEqual([(r["method"], r["concurrency"]) for r in out["results"]],
+                         [("Evaluate", 1), ("Evaluate", 4), ("ReducedJacobian", 1),
+                          ("ReducedJacobian", 4)])
+        for r in out["results"]:
+            self.assertEqual((r["requests"], r["calls"], r["errors"]), (30, 30, 0), r)
+            # Every successful response, warm-up included, matched its single-point reference.
+            self.assertEqual(r["check"], {"checked": 33, "failures": 0, "first_failure": ""})
+            self.assertEqual(r["samples_per_s"], r["requests_per_s"])
+            self.assertGreater(r["requests_per_s"], 0)
+            self.assertTrue(0 < r["client_cpu_s"] and 0 < r["client_cpu_share_of_one_core"] < 64)
+        self.assertIn("checked 33 responses, 0 wrong", table)
+        with open(csv_path) as f:
+            rows = f.read().splitlines()
+        self.assertEqual(len(rows), 5)
+        header = rows[0].split(",")
+        self.assertEqual(dict(zip(header, rows[2].split(",")))["concurrency"], "4")
+
+        out, _ = self.bench("--methods", "evaluate", "--batch", "5", "-n", "10", "--warmup", "1",
+                            "--check", "--check_rows", "5")
+        r = out["results"][0]
+        self.assertEqual((r["batch"], r["calls"], r["check"]["failures"]), (5, 10, 0))
+        self.assertAlmostEqual(r["samples_per_s"], 5 * r["requests_per_s"])
+
+        out, table = self.bench("--methods", "evaluate", "--rate", "200", "--arrivals",
+                                "poisson", "-n", "40", "--warmup", "5")
+        r = out["results"][0]
+        self.assertEqual((out["mode"], r["mode"], r["rate"]), ("open", "open", 200))
+        self.assertEqual((r["requests"], r["calls"], r["errors"]), (40, 40, 0))
+        self.assertEqual(r["send_lag_us"]["count"], 40)
+        self.assertGreater(r["wall_s"], 0.05)  # 40 arrivals at 200/s take about 0.2 s.
+        self.assertIn("send lag behind schedule", table)
+
+    def test_usage_errors_name_the_flag(self):
+        for args, message in ((["--concurrency", "0"], "--concurrency"),
+                              (["--concurrency", "1,x"], "--concurrency"),
+                              (["--rate", "-5"], "--rate"),
+                              (["--methods", "jacobian", "--batch", "2"], "--batch"),
+                              (["--expected_codes", "FULL"], "--expected_codes")):
+            r = subprocess.run([ARGS.bench, "--server", self.target] + args,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(message, r.stderr, args)
+        # The fake predates the per-point Jvp form: the probe call's refusal is reported.
+        out, _ = self.bench("--methods", "jvp", "--batch", "2", "-n", "5", expect=1)
+        self.assertIn("warm-up call failed: INVALID_ARGUMENT: m: expected shape",
+                      out["results"][0]["first_error"])
+
+
+class RefusingServerBenchTest(FakeServerTestCase):
+    server_args = ["--refuse_every_evaluate", "5"]
+
+    def bench(self, *args, expect=0):
+        r = subprocess.run([ARGS.bench, "--server", self.target, "--json", "-"] + list(args),
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, expect, r.stderr)
+        return json.loads(r.stdout)["results"][0]
+
+    def test_refusals_are_counted_apart_by_code(self):
+        # One client, so the fake's Evaluate calls arrive in order: the probe call, 5 warm-up
+        # calls (the 5th refused) and 50 measured ones, of which calls 10, 15, ..., 55 are
+        # refused. The next run continues the count (57, ...) with the same pattern.
+        args = ["--methods", "evaluate", "-n", "50", "--warmup", "5"]
+        for expected_codes, exit_status in (([], 1), (["--expected_codes",
+                                                       "RESOURCE_EXHAUSTED"], 0)):
+            r = self.bench(*(args + expected_codes), expect=exit_status)
+            self.assertEqual((r["requests"], r["calls"], r["errors"]), (50, 40, 10), r)
+            self.assertEqual(r["errors_by_code"], {"RESOURCE_EXHAUSTED": 10})
+            self.assertEqual(r["unexpected_errors"], 10 if exit_status else 0)
+            self.assertEqual(r["warmup_failures"], 1)
+            refused = r["error_latency_us"]["RESOURCE_EXHAUSTED"]
+            self.assertEqual(refused["count"], 10)
+            self.assertTrue(0 < refused["p50_us"] <= refused["p99_us"] <= refused["max_us"])
+            self.assertIn("RESOURCE_EXHAUSTED: queue full", r["first_error"])
+
+
 class PythonClientTest(FakeServerTestCase):
     @classmethod
     def setUpClass(cls):

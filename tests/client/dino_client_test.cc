@@ -175,6 +175,21 @@ TEST_F(DinoClientTest, JvpAndVjp) {
               HasSubstr("cotangents: expected shape [2]"));
 }
 
+// The per-point Jvp/Vjp forms of the proto (m [B, d_M] with directions [B, d_M] or
+// [B, k, d_M]) are the server's to accept or refuse: the client sends them unchanged. The fake
+// service predates them and refuses m with B >= 2, so what comes back is its message, naming
+// the field; a client-side refusal would say something else.
+TEST_F(DinoClientTest, PerPointJvpAndVjpShapesAreSentUnchanged) {
+  const NpyArray points = F64({2, 3}, {1, 2, 3, 4, 5, 6});
+  absl::StatusOr<JvpResult> jvp = client_->Jvp({"linear"}, points, F64({2, 3}, {1, 0, 0, 0, 1, 0}));
+  EXPECT_EQ(jvp.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(jvp.status().message(), HasSubstr("m: expected shape [3] or [1, 3], got [2, 3]"));
+  absl::StatusOr<VjpResult> vjp =
+      client_->Vjp({"linear"}, points, F64({2, 2, 2}, {1, 0, 0, 1, 1, 1, 0, 1}));
+  EXPECT_EQ(vjp.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(vjp.status().message(), HasSubstr("m: expected shape [3] or [1, 3], got [2, 3]"));
+}
+
 TEST_F(DinoClientTest, ReducedJacobianWithModelAndClientBases) {
   const std::vector<double> j = testing::LinearJacobian(2);
   absl::StatusOr<ReducedJacobianResult> model_bases =

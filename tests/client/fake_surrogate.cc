@@ -234,6 +234,11 @@ grpc::Status FakeSurrogateService::GetBases(grpc::ServerContext*,
 grpc::Status FakeSurrogateService::Evaluate(grpc::ServerContext* context,
                                             const v1::EvaluateRequest* request,
                                             v1::EvaluateResponse* response) {
+  if (refuse_every_evaluate_ > 0 && ++evaluate_calls_ % refuse_every_evaluate_ == 0) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("queue full (the fake refuses every ", refuse_every_evaluate_,
+                                     "th Evaluate call)"));
+  }
   const FakeModel* model;
   int64_t version;
   if (grpc::Status s = Lookup(request->model(), &model, &version); !s.ok()) return s;
@@ -378,10 +383,11 @@ grpc::Status FakeSurrogateService::Jacobian(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-FakeServer StartFakeServer(int port, const std::string& admin_token) {
+FakeServer StartFakeServer(int port, const std::string& admin_token,
+                           int64_t refuse_every_evaluate) {
   grpc::EnableDefaultHealthCheckService(true);
   FakeServer fake;
-  fake.service = std::make_unique<FakeSurrogateService>();
+  fake.service = std::make_unique<FakeSurrogateService>(refuse_every_evaluate);
   fake.training = std::make_unique<FakeTrainingService>(admin_token);
   fake.admin = std::make_unique<FakeModelAdminService>(admin_token);
   grpc::ServerBuilder builder;

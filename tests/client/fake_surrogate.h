@@ -9,11 +9,15 @@
 //   plain      version 1; d_M = 4, d_Q = 3; FP32; no reduced bases.
 //   slow       like plain, but every computing call first waits 2 s (or until cancelled).
 // Requests are validated as the protocol specifies, with the same status codes.
+// With refuse_every_evaluate = N > 0, the N-th, 2N-th, ... Evaluate call (counted over all
+// models in arrival order) is refused with RESOURCE_EXHAUSTED as by a full queue, so that a
+// load generator's accounting of refusals can be tested exactly.
 #ifndef DINO_TESTS_CLIENT_FAKE_SURROGATE_H_
 #define DINO_TESTS_CLIENT_FAKE_SURROGATE_H_
 
 #include <grpcpp/server.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,6 +30,9 @@ namespace dino::testing {
 
 class FakeSurrogateService final : public v1::Surrogate::Service {
  public:
+  explicit FakeSurrogateService(int64_t refuse_every_evaluate = 0)
+      : refuse_every_evaluate_(refuse_every_evaluate) {}
+
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override;
   grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
@@ -43,6 +50,10 @@ class FakeSurrogateService final : public v1::Surrogate::Service {
                                v1::ReducedJacobianResponse* response) override;
   grpc::Status Jacobian(grpc::ServerContext* context, const v1::JacobianRequest* request,
                         v1::JacobianResponse* response) override;
+
+ private:
+  const int64_t refuse_every_evaluate_;
+  std::atomic<int64_t> evaluate_calls_{0};
 };
 
 // The fake model's Jacobian v·A for version `version` of "linear" (d_Q x d_M, row-major).
@@ -63,8 +74,10 @@ struct FakeServer {
 
 // Starts a server on 127.0.0.1:`port` (0 picks a free port). A non-empty `admin_token` is
 // required (as "authorization: Bearer <token>") by the Training and ModelAdmin RPCs. Returns a
-// FakeServer with a null server on failure.
-FakeServer StartFakeServer(int port = 0, const std::string& admin_token = "");
+// FakeServer with a null server on failure. See FakeSurrogateService for
+// `refuse_every_evaluate`.
+FakeServer StartFakeServer(int port = 0, const std::string& admin_token = "",
+                           int64_t refuse_every_evaluate = 0);
 
 }  // namespace dino::testing
 
