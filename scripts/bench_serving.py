@@ -359,7 +359,9 @@ def write_outputs(a, results):
         lines.append(f"| {t['target']} | {t['measured']}{detail} | {t['required']} | {verdict} |")
     inproc, pde = results["inprocess"], results["pde"]
     lines += ["", "## Baselines", "",
-              f"In-process PyTorch {inproc['torch_version']}, one thread: Evaluate batch-1 p50 "
+              f"In-process PyTorch {inproc['torch_version']}, one thread, OpenBLAS kernels "
+              f"{inproc.get('openblas_coretype') or 'as detected'} (the server's): Evaluate "
+              f"batch-1 p50 "
               f"{inproc['evaluate']['batch1']['p50_us']:.1f} µs; batched " +
               ", ".join(f"B = {b}: {r['samples_per_s']:,.0f} samples/s"
                         for b, r in inproc["evaluate"]["batched"].items()) +
@@ -487,18 +489,38 @@ def main():
     work = tempfile.mkdtemp(prefix="bench_serving_")
     binary = os.path.join(a.bin, "dino-server")
 
+    def server_blas_kernels():
+        # dino-server restarts itself with OPENBLAS_CORETYPE set where Debian's OpenBLAS falls
+        # back to its slow Prescott kernels (models/architectures/compute_threads.h); its log
+        # says which kernels it runs.
+        log_path = os.path.join(work, "blas_probe_server.log")
+        with Server(binary, a.repository, server_flags, log_path):
+            pass
+        with open(log_path) as f:
+            match = re.search(r"OpenBLAS kernels: (\w+)", f.read())
+        return match.group(1) if match else None
+
     def stage_inprocess():
         command = [sys.executable, os.path.join(HERE, "bench_inprocess.py"), "--model",
                    a.model_file, "--json", "-", "--batches", f"64,{a.large_batch},1024",
                    "--jacobian_batch", str(a.large_batch)]
         if a.quick:
             command += ["--quick", "--batches", f"64,{a.large_batch}"]
-        log("inprocess: " + " ".join(command[1:]))
-        r = subprocess.run(command, capture_output=True, text=True)
+        # The baseline gets the same BLAS kernels as the server: a fair comparison of the
+        # serving path, not of two BLAS configurations.
+        env = dict(os.environ)
+        kernels = server_blas_kernels()
+        if kernels and "OPENBLAS_CORETYPE" not in env:
+            env["OPENBLAS_CORETYPE"] = kernels
+        log(f"inprocess (OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', 'unset')}): " +
+            " ".join(command[1:]))
+        r = subprocess.run(command, capture_output=True, text=True, env=env)
         sys.stderr.write(r.stderr)
         if r.returncode != 0:
             sys.exit("bench_serving: bench_inprocess.py failed")
-        return json.loads(r.stdout)
+        value = json.loads(r.stdout)
+        value["openblas_coretype"] = env.get("OPENBLAS_CORETYPE")
+        return value
 
     def stage_sweep():
         with Server(binary, a.repository, server_flags,

@@ -4,6 +4,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <malloc.h>
 #include <signal.h>
 
 #include <chrono>
@@ -278,6 +279,12 @@ int Run() {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
+  // Requests and responses of large batches are tens of MB. By default glibc serves such
+  // blocks with fresh mmap()s and returns them on free, so every large request page-faults
+  // through new memory (13 % of the server's time for B = 1000 Evaluate, perf). Keeping them
+  // in the heap for reuse trades that for an RSS that stays at its peak.
+  mallopt(M_MMAP_THRESHOLD, 512 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1024 << 20);
   absl::SetProgramUsageMessage(
       "Serves DINO surrogates and their derivatives over gRPC.\n"
       "  dino-server --model_repository=models/repository --port=50051");

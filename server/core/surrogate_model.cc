@@ -27,17 +27,19 @@ double OrthonormalityTolerance(torch::Dtype dtype) {
   return dtype == torch::kFloat64 ? 1e-6 : 1e-4;
 }
 
-// Whether every element is finite, by the exponent bits (all ones for Inf and NaN): an
-// integer OR-reduction the compiler vectorizes, one pass without temporaries, so that
-// checking a large request costs a fraction of computing it.
+// Whether every element is finite, by the exponent bits: all ones exactly for Inf and NaN,
+// which is when adding one unit of the exponent's lowest bit carries into the sign bit. Only
+// AND, ADD and OR on integers, which the compiler vectorizes even for baseline x86-64 (a
+// 64-bit compare would not be), and no temporaries: checking a request of 4 million values
+// costs a fraction of computing it.
 template <typename Bits>
 bool AllFiniteBits(const void* data, int64_t n, Bits exponent_mask) {
   const auto* bits = static_cast<const Bits*>(data);
-  Bits non_finite = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    non_finite |= static_cast<Bits>((bits[i] & exponent_mask) == exponent_mask);
-  }
-  return non_finite == 0;
+  const Bits exponent_lsb = exponent_mask & (~exponent_mask + 1);
+  const Bits sign = Bits{1} << (8 * sizeof(Bits) - 1);
+  Bits carries = 0;
+  for (int64_t i = 0; i < n; ++i) carries |= (bits[i] & exponent_mask) + exponent_lsb;
+  return (carries & sign) == 0;
 }
 
 bool AllFinite(const torch::Tensor& t) {

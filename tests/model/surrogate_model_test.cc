@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "models/architectures/architectures.h"
 #include "nlohmann/json.hpp"
@@ -177,6 +179,19 @@ TEST(ValidationTest, BadInputsNameTheField) {
   EXPECT_EQ(nan.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("m contains a non-finite value"));
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("[1, 4]"));
+  for (double bad : {std::numeric_limits<double>::infinity(),
+                     -std::numeric_limits<double>::infinity()}) {
+    torch::Tensor with_inf = Gaussian({3, kDims.d_m}, 1);
+    with_inf[2][kDims.d_m - 1] = bad;
+    EXPECT_THAT(std::string(model->Evaluate(with_inf).status().message()),
+                HasSubstr(absl::StrCat("at index [2, ", kDims.d_m - 1, "]")));
+    EXPECT_THAT(std::string(model->Evaluate(with_inf.to(torch::kFloat32)).status().message()),
+                HasSubstr("m contains a non-finite value"));
+  }
+  // The largest finite values are finite.
+  EXPECT_TRUE(model->Evaluate(torch::full({1, kDims.d_m}, -1e300, torch::kFloat64) * 0 +
+                              std::numeric_limits<double>::denorm_min())
+                  .ok());
 
   // Two points need one direction each (or [B, k, d_M]); one direction for two is ambiguous.
   auto not_per_point = model->Jvp(Gaussian({2, kDims.d_m}, 1), Gaussian({1, kDims.d_m}, 2), false);
