@@ -4,7 +4,6 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <malloc.h>
 #include <signal.h>
 
 #include <chrono>
@@ -55,11 +54,14 @@ ABSL_FLAG(int64_t, preferred_batch_size, 0,
 ABSL_FLAG(int64_t, max_batch_rows, 1024,
           "Most points (rows of m) stacked into one batched computation (config.json "
           "batching.max_batch_size).");
-ABSL_FLAG(int32_t, torch_threads, 1,
-          "LibTorch intra-op threads per computation. Requests already run in parallel on "
-          "the compute threads, so more threads per computation oversubscribe the cores.");
+ABSL_FLAG(int32_t, torch_threads, 2,
+          "LibTorch intra-op threads per computation: a large batch's projection and reduced "
+          "Jacobians are split over them (each part one single-threaded BLAS call). 2 with "
+          "--threads=0 (2 compute threads) was the fastest configuration measured on 2 cores "
+          "(README, Performance).");
 ABSL_FLAG(int32_t, blas_threads, 1,
-          "OpenBLAS threads per matrix product (they multiply with --torch_threads).");
+          "OpenBLAS threads per matrix product. They multiply with the callers' threads "
+          "(compute threads × intra-op threads); 1 keeps the cores from oversubscription.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response accepted.");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "Most rows in m, directions or cotangents.");
 ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
@@ -279,12 +281,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
-  // Requests and responses of large batches are tens of MB. By default glibc serves such
-  // blocks with fresh mmap()s and returns them on free, so every large request page-faults
-  // through new memory (13 % of the server's time for B = 1000 Evaluate, perf). Keeping them
-  // in the heap for reuse trades that for an RSS that stays at its peak.
-  mallopt(M_MMAP_THRESHOLD, 512 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1024 << 20);
+  dino::models::KeepLargeBlocksForReuse();
   absl::SetProgramUsageMessage(
       "Serves DINO surrogates and their derivatives over gRPC.\n"
       "  dino-server --model_repository=models/repository --port=50051");

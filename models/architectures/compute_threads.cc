@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,11 @@ void ConfigureComputeThreads(int torch_threads, int blas_threads) {
   if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
     set(std::max(1, blas_threads));
   }
+}
+
+void KeepLargeBlocksForReuse() {
+  mallopt(M_MMAP_THRESHOLD, 512 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1024 << 20);
 }
 
 std::string BlasCoreName() {
