@@ -24,6 +24,7 @@ class RequestScheduler::ModelQueue {
     const ModelConfig& config = *pending->servable.config;
     const int executors =
         config.executors > 0 ? config.executors : scheduler_.options_.default_executors;
+    bool delay_waits = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -35,12 +36,18 @@ class RequestScheduler::ModelQueue {
             "); retry with backoff"));
       }
       pending_.push_back(std::move(pending));
+      delay_waits = batching_.max_queue_delay_us > 0;
       // More threads start at once; fewer take effect when the server restarts.
       while (static_cast<int>(threads_.size()) < executors)
         threads_.emplace_back([this] { Work(); });
     }
-    // Every thread may be waiting for company (max_queue_delay_us) or idle.
-    wake_.notify_all();
+    // Without a queue delay one idle thread is enough; with one, a thread waiting for
+    // company must see the new request too.
+    if (delay_waits) {
+      wake_.notify_all();
+    } else {
+      wake_.notify_one();
+    }
     return absl::OkStatus();
   }
 

@@ -179,8 +179,8 @@ TEST(ValidationTest, BadInputsNameTheField) {
   EXPECT_EQ(nan.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("m contains a non-finite value"));
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("[1, 4]"));
-  for (double bad : {std::numeric_limits<double>::infinity(),
-                     -std::numeric_limits<double>::infinity()}) {
+  for (double bad :
+       {std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()}) {
     torch::Tensor with_inf = Gaussian({3, kDims.d_m}, 1);
     with_inf[2][kDims.d_m - 1] = bad;
     EXPECT_THAT(std::string(model->Evaluate(with_inf).status().message()),
@@ -189,8 +189,9 @@ TEST(ValidationTest, BadInputsNameTheField) {
                 HasSubstr("m contains a non-finite value"));
   }
   // The largest finite values are finite.
-  EXPECT_TRUE(model->Evaluate(torch::full({1, kDims.d_m}, -1e300, torch::kFloat64) * 0 +
-                              std::numeric_limits<double>::denorm_min())
+  EXPECT_TRUE(model
+                  ->Evaluate(torch::full({1, kDims.d_m}, -1e300, torch::kFloat64) * 0 +
+                             std::numeric_limits<double>::denorm_min())
                   .ok());
 
   // Two points need one direction each (or [B, k, d_M]); one direction for two is ambiguous.
