@@ -73,6 +73,23 @@ torch::Tensor Stack(const std::vector<const PreparedQuery*>& queries, Get get) {
   return torch::cat(parts, 0);
 }
 
+// Answers the Evaluate queries of a batch (at `index` in it) with one forward pass of their
+// stacked points.
+void EvaluateTogether(const dm::Network& network,
+                      const std::vector<const PreparedQuery*>& evaluations,
+                      const std::vector<size_t>& index, std::vector<Answer>& answers) {
+  if (evaluations.empty()) return;
+  torch::NoGradGuard no_grad;
+  torch::Tensor q =
+      network.Forward(Stack(evaluations, [](const PreparedQuery& p) { return p.points; }));
+  int64_t offset = 0;
+  for (size_t j = 0; j < evaluations.size(); ++j) {
+    const int64_t rows = evaluations[j]->points_count();
+    answers[index[j]].values = q.narrow(0, offset, rows);
+    offset += rows;
+  }
+}
+
 // Per-point results [P, k, n] in the query's layout: [k, n], [P, n] or [P, k, n].
 torch::Tensor InLayout(const torch::Tensor& values, Layout layout) {
   switch (layout) {
@@ -115,16 +132,7 @@ class ReducedBasisModel final : public SurrogateModel {
       (evaluate ? evaluations : derivatives).push_back(batch[i]);
       (evaluate ? evaluation_index : derivative_index).push_back(i);
     }
-    if (!evaluations.empty()) {
-      torch::Tensor q =
-          network_.Forward(Stack(evaluations, [](const PreparedQuery& p) { return p.points; }));
-      int64_t offset = 0;
-      for (size_t j = 0; j < evaluations.size(); ++j) {
-        const int64_t rows = evaluations[j]->points_count();
-        answers[evaluation_index[j]].values = q.narrow(0, offset, rows);
-        offset += rows;
-      }
-    }
+    EvaluateTogether(network_, evaluations, evaluation_index, answers);
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
@@ -295,17 +303,7 @@ class GenericModel final : public SurrogateModel {
         }
       }
     }
-    if (!evaluations.empty()) {
-      torch::NoGradGuard no_grad;
-      torch::Tensor q =
-          network_.Forward(Stack(evaluations, [](const PreparedQuery& p) { return p.points; }));
-      int64_t offset = 0;
-      for (size_t j = 0; j < evaluations.size(); ++j) {
-        const int64_t rows = evaluations[j]->points_count();
-        answers[evaluation_index[j]].values = q.narrow(0, offset, rows);
-        offset += rows;
-      }
-    }
+    EvaluateTogether(network_, evaluations, evaluation_index, answers);
     torch::Tensor reverse_values, reverse_rows, forward_values, forward_rows;
     if (reverse.count > 0) {
       torch::AutoGradMode grad_mode(true);

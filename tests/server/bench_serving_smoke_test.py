@@ -44,7 +44,10 @@ class BenchServingSmokeTest(unittest.TestCase):
                     self.assertGreater(row["calls"], 0, row)
                     self.assertEqual(row["errors"], 0, row)
                     self.assertGreater(row["samples_per_s"], 0)
-            for row in results["large_batch"]["results"]:
+            for row in results["large_batch"]["results"]:  # Timed, unchecked.
+                self.assertEqual(row["batch"], 100)
+                self.assertGreater(row["samples_per_s"], 0, row)
+            for row in results["large_batch"]["check_run"]["results"]:  # Untimed, checked.
                 self.assertEqual(row["batch"], 100)
                 self.assertEqual(row["check"]["failures"], 0, row)
                 self.assertEqual(row["check"]["checked"], row["calls"] + 2)  # + warm-up.
