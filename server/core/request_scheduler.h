@@ -53,6 +53,11 @@ class RequestScheduler {
     int default_executors = 1;  // Compute threads of a model whose config says 0.
     int64_t max_response_bytes = 64 << 20;
     RequestObserver* observer = nullptr;  // May be null.
+    // A request for a model with nothing queued or computing runs on the caller's thread
+    // (the transport's), saving the hand-off to a compute thread and back. Only then: one
+    // such computation at a time, so that a loaded server keeps its transport threads free
+    // and batches on its compute threads. Off: always hand off.
+    bool run_inline_when_idle = false;
   };
   // Called exactly once per Submit, with the version that answered (0 if none) and, when
   // ok, the answer. It runs on the caller's thread for refusals, else on a compute thread,

@@ -65,7 +65,8 @@ struct Outcome {
 class SchedulerTest : public ::testing::Test {
  protected:
   // Serves `module` as model "m" version 1 with `batching`, one compute thread.
-  void Serve(torch::jit::Module module, BatchingConfig batching, int executors = 1) {
+  void Serve(torch::jit::Module module, BatchingConfig batching, int executors = 1,
+             bool run_inline_when_idle = false) {
     ModelManager::Options options;
     options.repository = scratch_.path();
     options.default_config.batching = batching;
@@ -80,6 +81,7 @@ class SchedulerTest : public ::testing::Test {
     RequestScheduler::Options scheduler_options;
     scheduler_options.observer = &observer_;
     scheduler_options.max_response_bytes = 1 << 20;
+    scheduler_options.run_inline_when_idle = run_inline_when_idle;
     scheduler_ = std::make_unique<RequestScheduler>(*manager_, scheduler_options);
   }
 
@@ -241,6 +243,34 @@ TEST_F(SchedulerTest, QueueDelayGathersAPreferredBatch) {
   }
   for (auto& future : futures) EXPECT_TRUE(future.get().status.ok());
   EXPECT_EQ(observer_.batches(), (std::vector<int64_t>{4}));
+}
+
+TEST_F(SchedulerTest, AnIdleModelAnswersOnTheCallersThreadABusyOneQueues) {
+  Serve(dino::testing::SlowModel(kDims.d_m, kDims.d_q, 20000), BatchingConfig{}, /*executors=*/2,
+        /*run_inline_when_idle=*/true);
+  // Idle: computed on the submitting thread, answered before Submit returns.
+  const std::thread::id caller = std::this_thread::get_id();
+  std::thread::id answered_on;
+  scheduler_->Submit(Method::kEvaluate, ModelTarget{"m", 0, ""}, EvaluateQuery(1), {},
+                     [&](const absl::Status& status, int64_t, Answer) {
+                       EXPECT_TRUE(status.ok()) << status;
+                       answered_on = std::this_thread::get_id();
+                     });
+  EXPECT_EQ(answered_on, caller);
+  // Busy (a slow request computing inline on another thread): queued for a compute thread,
+  // although a second compute slot is free.
+  std::thread occupant([&] { Submit(EvaluateQuery(2)).get(); });
+  observer_.WaitForBatches(2);
+  auto promise = std::make_shared<std::promise<std::thread::id>>();
+  auto where = promise->get_future();
+  scheduler_->Submit(Method::kEvaluate, ModelTarget{"m", 0, ""}, EvaluateQuery(3), {},
+                     [promise](const absl::Status& status, int64_t, Answer) {
+                       EXPECT_TRUE(status.ok()) << status;
+                       promise->set_value(std::this_thread::get_id());
+                     });
+  EXPECT_NE(where.get(), caller);
+  occupant.join();
+  EXPECT_EQ(observer_.in_flight(), 0);
 }
 
 TEST_F(SchedulerTest, ShutdownAnswersAdmittedCallsThenRefuses) {
