@@ -90,6 +90,15 @@ void EvaluateTogether(const dm::Network& network,
   }
 }
 
+// A query of `method` at the points `m`, for the one-query methods.
+Query QueryAt(Method method, const torch::Tensor& m, bool want_q) {
+  Query query;
+  query.method = method;
+  query.m = m;
+  query.want_q = want_q;
+  return query;
+}
+
 // Per-point results [P, k, n] in the query's layout: [k, n], [P, n] or [P, k, n].
 torch::Tensor InLayout(const torch::Tensor& values, Layout layout) {
   switch (layout) {
@@ -743,7 +752,7 @@ absl::StatusOr<SurrogateModel::Products> SurrogateModel::RunProducts(const Query
 }
 
 absl::StatusOr<torch::Tensor> SurrogateModel::Evaluate(const torch::Tensor& m) const {
-  auto products = RunProducts(Query{Method::kEvaluate, m});
+  auto products = RunProducts(QueryAt(Method::kEvaluate, m, /*want_q=*/false));
   if (!products.ok()) return products.status();
   return products->values;
 }
@@ -751,31 +760,31 @@ absl::StatusOr<torch::Tensor> SurrogateModel::Evaluate(const torch::Tensor& m) c
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jvp(const torch::Tensor& m,
                                                              const torch::Tensor& directions,
                                                              bool want_q) const {
-  Query query{Method::kJvp, m, directions};
-  query.want_q = want_q;
+  Query query = QueryAt(Method::kJvp, m, want_q);
+  query.directions = directions;
   return RunProducts(query);
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Vjp(const torch::Tensor& m,
                                                              const torch::Tensor& cotangents,
                                                              bool want_q) const {
-  Query query{Method::kVjp, m, {}, cotangents};
-  query.want_q = want_q;
+  Query query = QueryAt(Method::kVjp, m, want_q);
+  query.cotangents = cotangents;
   return RunProducts(query);
 }
 
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jacobian(const torch::Tensor& m,
                                                                   bool want_q) const {
-  Query query{Method::kJacobian, m};
-  query.want_q = want_q;
-  return RunProducts(query);
+  return RunProducts(QueryAt(Method::kJacobian, m, want_q));
 }
 
 absl::StatusOr<SurrogateModel::ReducedJacobians> SurrogateModel::ReducedJacobian(
     const torch::Tensor& m, const torch::Tensor& output_basis,
     const torch::Tensor& input_basis) const {
-  auto products =
-      RunProducts(Query{Method::kReducedJacobian, m, {}, {}, output_basis, input_basis});
+  Query query = QueryAt(Method::kReducedJacobian, m, /*want_q=*/true);
+  query.output_basis = output_basis;
+  query.input_basis = input_basis;
+  auto products = RunProducts(query);
   if (!products.ok()) return products.status();
   return ReducedJacobians{products->q, products->values};
 }

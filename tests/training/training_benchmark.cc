@@ -48,7 +48,7 @@ std::pair<double, double> TimeLoss(const torch::jit::Module& initial, const Data
                                    const LossConfig& loss, bool layer_propagation = true) {
   torch::jit::Module module = initial.deepcopy();
   const auto prepare_start = std::chrono::steady_clock::now();
-  { Loss prepared(models::Network(module, layer_propagation), data, loss); }
+  { Loss prepared(dino::models::Network(module, layer_propagation), data, loss); }
   const double prepare = Seconds(prepare_start);
   TrainerConfig config;
   config.loss = loss;
