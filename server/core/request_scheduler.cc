@@ -242,6 +242,37 @@ void RequestScheduler::Submit(Method method_id, const ModelTarget& target,
   }
 }
 
+absl::StatusOr<RequestScheduler::VersionBases> RequestScheduler::GetBases(
+    const ModelTarget& target, std::optional<torch::Dtype> output_dtype) {
+  const Clock::time_point arrived = Clock::now();
+  std::string model;
+  absl::StatusOr<VersionBases> result = [&]() -> absl::StatusOr<VersionBases> {
+    auto servable = models_.Get(target.name, target.version, target.label);
+    if (!servable.ok()) return servable.status();
+    model = servable->name;
+    auto bases = servable->model->GetBases();
+    if (!bases.ok()) return bases.status();
+    const torch::Dtype dtype = output_dtype.value_or(servable->model->info().dtype);
+    for (torch::Tensor* t : {&bases->input_basis, &bases->output_basis, &bases->output_shift}) {
+      *t = t->to(dtype);
+    }
+    const int64_t bytes = (Answer{bases->input_basis, bases->output_basis}).bytes() +
+                          (Answer{bases->output_shift, {}}).bytes();
+    if (bytes > options_.max_response_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the bases are ", bytes, " bytes, above the server's response limit of ",
+                       options_.max_response_bytes, " (--max_message_bytes)"));
+    }
+    return VersionBases{servable->version, *std::move(bases)};
+  }();
+  if (options_.observer != nullptr) {
+    options_.observer->RequestFinished(
+        "GetBases", model, result.status().code(),
+        std::chrono::duration<double>(Clock::now() - arrived).count());
+  }
+  return result;
+}
+
 void RequestScheduler::RunBatch(ModelQueue& queue, std::vector<std::unique_ptr<Pending>> batch) {
   RequestObserver* observer = options_.observer;
   const Clock::time_point started = Clock::now();

@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,11 +77,18 @@ class RequestScheduler {
   void Submit(Method method, const ModelTarget& target, absl::StatusOr<Query> query,
               CallControl control, Done done);
 
+  // A reduced-basis model's bases (no computation, so no queue), in `output_dtype` (default:
+  // the model's), under the same response-size limit and metrics as Submit.
+  struct VersionBases {
+    int64_t version = 0;
+    SurrogateModel::Bases bases;
+  };
+  absl::StatusOr<VersionBases> GetBases(const ModelTarget& target,
+                                        std::optional<torch::Dtype> output_dtype);
+
   // Refuses new requests, answers every request already admitted, stops the compute
   // threads. Idempotent.
   void Shutdown();
-
-  int64_t max_response_bytes() const { return options_.max_response_bytes; }
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -148,7 +149,12 @@ class ReducedBasisModel final : public SurrogateModel {
     torch::Tensor z =
         dm::RowParallelMm(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
     auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
-    torch::Tensor q_all = torch::addmm(network_.output_shift(), phi, u.t());
+    // q = φ Uᵀ + b only where a query returns it.
+    const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
+      return p->want_q || p->method == Method::kReducedJacobian;
+    });
+    torch::Tensor q_all =
+        any_q ? torch::addmm(network_.output_shift(), phi, u.t()) : torch::Tensor();
 
     // The Jvp directions and Vjp cotangents of all queries, each projected once: Vᵀv, Uᵀw.
     std::vector<const PreparedQuery*> jvps, vjps;
@@ -175,7 +181,7 @@ class ReducedBasisModel final : public SurrogateModel {
       Answer& answer = answers[derivative_index[j]];
       const int64_t points = query.points_count();
       torch::Tensor jacobian = jacobians.narrow(0, point, points);  // [P_i, r_Q, r_M]
-      torch::Tensor q = q_all.narrow(0, point, points);
+      torch::Tensor q = any_q ? q_all.narrow(0, point, points) : torch::Tensor();
       point += points;
       switch (query.method) {
         case Method::kJvp: {

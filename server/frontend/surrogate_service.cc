@@ -17,13 +17,21 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// A request's output_dtype field: unset (the model's dtype) or FP32/FP64.
+absl::StatusOr<std::optional<torch::Dtype>> OutputDtype(dino::v1::DType output_dtype) {
+  if (auto status = CheckOutputDtype(output_dtype); !status.ok()) return status;
+  if (output_dtype == dino::v1::FP32) return std::optional(torch::kFloat32);
+  if (output_dtype == dino::v1::FP64) return std::optional(torch::kFloat64);
+  return std::optional<torch::Dtype>();
+}
+
 // A query of `method` with the request's output_dtype, or the error naming the field.
 absl::StatusOr<Query> NewQuery(Method method, dino::v1::DType output_dtype) {
-  if (auto status = CheckOutputDtype(output_dtype); !status.ok()) return status;
+  auto dtype = OutputDtype(output_dtype);
+  if (!dtype.ok()) return dtype.status();
   Query query;
   query.method = method;
-  if (output_dtype == dino::v1::FP32) query.output_dtype = torch::kFloat32;
-  if (output_dtype == dino::v1::FP64) query.output_dtype = torch::kFloat64;
+  query.output_dtype = *dtype;
   return query;
 }
 
@@ -145,34 +153,23 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
 grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext* context,
                                                      const dino::v1::GetBasesRequest* request,
                                                      dino::v1::GetBasesResponse* response) {
-  const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
   if (Refused("GetBases", context, reactor)) return reactor;
-  std::string model_label;
-  absl::Status status = [&]() -> absl::Status {
-    if (auto s = CheckOutputDtype(request->output_dtype()); !s.ok()) return s;
-    auto handle =
-        models_.Get(request->model().name(), request->model().version(), request->model().label());
-    if (!handle.ok()) return handle.status();
-    model_label = handle->name;
-    auto bases = handle->model->GetBases();
-    if (!bases.ok()) return bases.status();
-    const int64_t bytes =
-        (bases->input_basis.numel() + bases->output_basis.numel() + bases->output_shift.numel()) *
-        static_cast<int64_t>(bases->input_basis.element_size());
-    if (bytes > scheduler_.max_response_bytes()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the bases are ", bytes, " bytes, above the server's response limit of ",
-                       scheduler_.max_response_bytes(), " (--max_message_bytes)"));
+  auto dtype = OutputDtype(request->output_dtype());
+  absl::Status status = dtype.status();
+  if (status.ok()) {
+    auto found = scheduler_.GetBases(
+        serving::ModelTarget{request->model().name(), request->model().version(),
+                             request->model().label()},
+        *dtype);
+    status = found.status();
+    if (found.ok()) {
+      response->set_version(found->version);
+      const auto unchanged = dino::v1::DTYPE_UNSPECIFIED;
+      EncodeTensor(found->bases.input_basis, unchanged, response->mutable_input_basis());
+      EncodeTensor(found->bases.output_basis, unchanged, response->mutable_output_basis());
+      EncodeTensor(found->bases.output_shift, unchanged, response->mutable_output_shift());
     }
-    response->set_version(handle->version);
-    EncodeTensor(bases->input_basis, request->output_dtype(), response->mutable_input_basis());
-    EncodeTensor(bases->output_basis, request->output_dtype(), response->mutable_output_basis());
-    EncodeTensor(bases->output_shift, request->output_dtype(), response->mutable_output_shift());
-    return absl::OkStatus();
-  }();
-  if (metrics_ != nullptr) {
-    metrics_->RecordRequest("GetBases", model_label, status.code(), SecondsSince(start));
   }
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
