@@ -147,7 +147,7 @@ class ReducedBasisModel final : public SurrogateModel {
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
     torch::Tensor z =
-        dm::RowParallelMm(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }), v);
+        network_.ProjectInput(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }));
     auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
     // q = φ Uᵀ + b only where a query returns it.
     const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
@@ -171,7 +171,7 @@ class ReducedBasisModel final : public SurrogateModel {
     }
     auto flat_vectors = [](const PreparedQuery& p) { return p.vectors.flatten(0, 1); };
     torch::Tensor reduced_directions =
-        jvps.empty() ? torch::Tensor() : torch::mm(Stack(jvps, flat_vectors), v);
+        jvps.empty() ? torch::Tensor() : network_.ProjectInput(Stack(jvps, flat_vectors));
     torch::Tensor reduced_cotangents =
         vjps.empty() ? torch::Tensor() : torch::mm(Stack(vjps, flat_vectors), u);
     std::vector<torch::Tensor> jvp_parts, vjp_parts;  // [P_i·k_i, r_Q] and [P_i·k_i, r_M]

