@@ -334,7 +334,7 @@ class MapTest(unittest.TestCase):
         ew = bayes.gauss_newton_cg(lg.problem, gtol_rel=1e-10)  # Eisenstat–Walker.
         self.assertTrue(ew.converged)
         np.testing.assert_allclose(ew.m, lg.mean, rtol=1e-8, atol=1e-9)
-        lb = bayes.lbfgs(lg.problem, gtol_rel=1e-10)
+        lb = bayes.lbfgs(lg.problem, gtol_rel=1e-9)
         self.assertTrue(lb.converged)
         np.testing.assert_allclose(lb.m, lg.mean, rtol=1e-7, atol=1e-8)
         # The Gauss–Newton solver used Jvp/Vjp products, L-BFGS Vjp gradients only.

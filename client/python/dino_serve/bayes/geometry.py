@@ -112,7 +112,9 @@ class ReducedGaussNewton:
         P = problem.prior.apply_sqrt_cov(V.T, transpose=True).T
         self.Q, self.R = np.linalg.qr(P)
         self.U = U
-        self._UtGU = U.T @ (problem.noise_precision[:, None] * U)   # Uᵀ Γ⁻¹ U [r_Q, r_Q]
+        # (Uᵀ Γ⁻¹ U)^{1/2} [r_Q, r_Q], so that H = Q (MA)ᵀ(MA) Qᵀ with MA [r_Q, r_M].
+        lam, vec = np.linalg.eigh(U.T @ (problem.noise_precision[:, None] * U))
+        self._M = (vec * np.sqrt(np.maximum(lam, 0.0))) @ vec.T
 
     def __call__(self, x: np.ndarray) -> LocalGeometry:
         p = self.problem
@@ -123,11 +125,11 @@ class ReducedGaussNewton:
             jr, q = p.model.reduced_jacobian(m, *self._client)
         q = q.reshape(len(m), -1)
         misfit = p.misfit_from_q(q)
-        # S = R J_φᵀ (Uᵀ Γ⁻¹ U) J_φ Rᵀ: H = Q S Qᵀ.
+        # H = Q S Qᵀ with S = (M A)ᵀ (M A), A = J_φ Rᵀ: the eigenpairs of S from the thin
+        # SVD of M A [r_Q, r_M] (rank <= min(r_Q, r_M)).
         A = jr @ self.R.T                                            # [B, r_Q, r_M]
-        S = np.einsum("bqi,qp,bpj->bij", A, self._UtGU, A)
-        lam, E = np.linalg.eigh(0.5 * (S + S.transpose(0, 2, 1)))
-        lam, E = _top(lam, E, self.rank)
+        _, s, vt = np.linalg.svd(self._M @ A, full_matrices=False)
+        lam, E = _top(s * s, vt.transpose(0, 2, 1), self.rank)
         if self.exact_gradient and self._client is not None:
             gradient, _ = p.misfit_gradient(x, q)
         else:

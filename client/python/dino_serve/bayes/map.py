@@ -54,7 +54,8 @@ def _armijo(problem: BayesianProblem, x: np.ndarray, cost: float, g: np.ndarray,
     for _ in range(max_backtracks + 1):
         x_new = x + alpha * p
         cost_new, misfit_new, q_new = _state(problem, x_new)
-        if cost_new <= cost + c1 * alpha * slope:
+        # The sufficient decrease, allowing for rounding in the cost near the optimum.
+        if cost_new <= cost + c1 * alpha * slope + 8 * np.finfo(float).eps * abs(cost):
             return x_new, cost_new, misfit_new, q_new, alpha
         alpha *= 0.5
     return None

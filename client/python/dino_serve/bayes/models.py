@@ -217,14 +217,16 @@ class ReducedBasisModel(ForwardModel):
         b = self._bases
         z = m @ b.input_basis
         jphi = self._phi_jac(z)
-        out = np.einsum("qr,brs,bks->bkq", b.output_basis, jphi, v @ b.input_basis)
+        out = np.einsum("qr,brs,bks->bkq", b.output_basis, jphi, v @ b.input_basis,
+                        optimize=True)
         return out, (self._evaluate(m) if return_q else None)
 
     def _vjp(self, m, w, return_q):
         b = self._bases
         z = m @ b.input_basis
         jphi = self._phi_jac(z)
-        out = np.einsum("ms,brs,bkr->bkm", b.input_basis, jphi, w @ b.output_basis)
+        out = np.einsum("ms,brs,bkr->bkm", b.input_basis, jphi, w @ b.output_basis,
+                        optimize=True)
         return out, (self._evaluate(m) if return_q else None)
 
     def _reduced_jacobian(self, m, output_basis, input_basis):
