@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Example use of dino_client: queries a running dino-serve server and checks the derivatives
+"""Example use of the dino_serve package: queries a running dino-serve server and checks the derivatives
 it returns against each other.
 
     /usr/bin/python3 client/python/example.py --server localhost:50051 [--model NAME]
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dino_client import DinoClient, DinoError  # noqa: E402
+from dino_serve import DinoClient, DinoError  # noqa: E402
 
 
 def main():

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Example use of dino_client's fine-tuning API: fine-tunes a served model on derivative data
+"""Example use of the dino_serve package's fine-tuning API: fine-tunes a served model on derivative data
 held in NumPy arrays, streaming them to the server in chunks, then follows the job.
 
     /usr/bin/python3 client/python/finetune_example.py --server localhost:50051 \\
@@ -21,8 +21,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dino_client import (DinoClient, DinoError, LOSSES, iter_batches,  # noqa: E402
-                         load_dino_data)
+from dino_serve import (DinoClient, DinoError, LOSSES, iter_batches,  # noqa: E402
+                        load_dino_data)
 
 
 def in_memory_data(client, model, samples, seed):

@@ -4,7 +4,10 @@
 A model written in Python and scripted with torch.jit.script (Debian's python3-torch) is
 saved into a model repository following the model contract; dino-server loads and serves it;
 a Python client generated from the proto with grpc_python_plugin calls every RPC; the answers
-are compared with torch.autograd evaluated on the same Python model in this process.
+are compared with torch.autograd evaluated on the same Python model in this process. Then the
+same through the dino_serve package (client/python): every Surrogate RPC with NumPy in and
+out, and its samplers and MAP solver driven by the served model, step for step equal to the
+same algorithms on an in-process NumPy copy of the model.
 
 usage: interop_test.py <dino-server binary> <folder of generated Python code>
 """
@@ -194,6 +197,111 @@ class InteropTest(unittest.TestCase):
             self.stub.ReducedJacobian(surrogate_pb2.ReducedJacobianRequest(
                 model=surrogate_pb2.ModelRef(name="pygeneric"), m=wire(np.zeros(D_M))))
         self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+
+    def test_package_every_rpc(self):
+        import dino_serve
+        rng = np.random.default_rng(1)
+        with dino_serve.DinoClient(self.target, timeout=30, gen_dir=GENERATED) as client:
+            self.assertEqual(client.health(), "SERVING")
+            self.assertEqual([m["name"] for m in client.list_models()],
+                             ["pydipnet", "pygeneric"])
+            info = client.model_info("pydipnet")
+            self.assertEqual((info["input_dim"], info["output_dim"], info["input_rank"],
+                              info["output_rank"], info["dtype"]), (D_M, D_Q, R_M, R_Q, "fp64"))
+            self.assertEqual(info["metadata"]["architecture"], "python-pydipnet")
+            bases = client.bases("pydipnet")
+            module = self.models["pydipnet"]
+            np.testing.assert_array_equal(bases["input_basis"], module.input_basis.numpy())
+            np.testing.assert_array_equal(bases["output_shift"], module.output_shift.numpy())
+            for name in self.models:
+                ms = rng.standard_normal((3, D_M))
+                refs = [self.reference(name, m) for m in ms]
+                q = client.evaluate(name, ms)
+                np.testing.assert_allclose(q, [r[0] for r in refs], rtol=0, atol=1e-12)
+                # Per-point batched products: row b is J(m_b) v_b.
+                v = rng.standard_normal((3, D_M))
+                jv, q2 = client.jvp(name, ms, v, return_q=True)
+                np.testing.assert_allclose(jv, [r[1] @ vb for r, vb in zip(refs, v)],
+                                           rtol=0, atol=1e-12)
+                np.testing.assert_allclose(q2, q, rtol=0, atol=1e-12)
+                w = rng.standard_normal((3, D_Q))
+                np.testing.assert_allclose(client.vjp(name, ms, w),
+                                           [wb @ r[1] for r, wb in zip(refs, w)],
+                                           rtol=0, atol=1e-12)
+                np.testing.assert_allclose(client.jacobian(name, ms[0]), refs[0][1], rtol=0,
+                                           atol=1e-12)
+                u_c, _ = np.linalg.qr(rng.standard_normal((D_Q, 3)))
+                v_c, _ = np.linalg.qr(rng.standard_normal((D_M, 4)))
+                jr, _ = client.reduced_jacobian(name, ms, u_c, v_c)
+                np.testing.assert_allclose(jr, [u_c.T @ r[1] @ v_c for r in refs], rtol=0,
+                                           atol=1e-12)
+            jr32, _ = client.reduced_jacobian("pydipnet", ms, dtype="fp32")
+            self.assertEqual(jr32.dtype, np.float32)
+            with self.assertRaises(dino_serve.InvalidArgumentError) as caught:
+                client.evaluate("pydipnet", np.zeros((1, D_M + 1)))
+            self.assertIn("INVALID_ARGUMENT: m must have shape", str(caught.exception))
+            with self.assertRaises(dino_serve.FailedPreconditionError):
+                client.reduced_jacobian("pygeneric", np.zeros(D_M))
+            with self.assertRaises(dino_serve.NotFoundError):
+                client.model_info("nope")
+
+    def numpy_twin(self):
+        """The pydipnet model as a dino_serve.bayes.ReducedBasisModel in NumPy."""
+        from dino_serve import bayes
+        module = self.models["pydipnet"]
+        w1, b1 = module.hidden.weight.detach().numpy(), module.hidden.bias.detach().numpy()
+        w2, b2 = module.out.weight.detach().numpy(), module.out.bias.detach().numpy()
+
+        def phi(z):
+            return np.logaddexp(0.0, z @ w1.T + b1) @ w2.T + b2
+
+        def phi_jacobian(z):
+            sig = 1.0 / (1.0 + np.exp(-(z @ w1.T + b1)))
+            return np.einsum("oh,bh,hi->boi", w2, sig, w1)
+
+        return bayes.ReducedBasisModel(module.input_basis.numpy(), module.output_basis.numpy(),
+                                       module.output_shift.numpy(), phi, phi_jacobian)
+
+    def test_package_samplers_on_the_served_model(self):
+        import dino_serve
+        from dino_serve import bayes
+        twin = self.numpy_twin()
+        with dino_serve.DinoClient(self.target, timeout=30, gen_dir=GENERATED) as client:
+            served = bayes.ServedModel(client, "pydipnet")
+            prior = bayes.DiagonalGaussianPrior(np.zeros(D_M), 0.5)
+            m_true = prior.sample(1, np.random.default_rng(0))
+            data = twin.evaluate(m_true)[0]
+            data = data + 0.01 * np.abs(data).mean() * np.random.default_rng(1).standard_normal(D_Q)
+            noise = 0.01 * np.abs(data).mean()
+            problems = {name: bayes.BayesianProblem(model, prior, data, noise)
+                        for name, model in (("served", served), ("numpy", twin))}
+            x0 = np.random.default_rng(2).standard_normal((6, D_M))
+            runs = {}
+            for name, problem in problems.items():
+                kernels = {
+                    "pcn": bayes.PCN(problem, 0.1),
+                    "mmala": bayes.MMALA(bayes.ReducedGaussNewton(problem), h=0.1),
+                    "pde_mmala": bayes.MMALA(bayes.AdjointGaussNewton(problem), h=0.1),
+                    "da": bayes.DelayedAcceptance(
+                        bayes.MMALA(bayes.ReducedGaussNewton(problem), h=0.1),
+                        problems["numpy"]),
+                }
+                runs[name] = {k: bayes.sample(kernel, x0, 8, np.random.default_rng(3))
+                              for k, kernel in kernels.items()}
+                runs[name]["map"] = bayes.gauss_newton_cg(problem, max_iter=5)
+            for kind in ("pcn", "mmala", "pde_mmala", "da"):
+                served_run, numpy_run = runs["served"][kind], runs["numpy"][kind]
+                np.testing.assert_array_equal(served_run.accepted, numpy_run.accepted, kind)
+                np.testing.assert_allclose(served_run.samples, numpy_run.samples, rtol=1e-9,
+                                           atol=1e-9, err_msg=kind)
+            # One ReducedJacobian request per DINO-mMALA step for all 6 chains.
+            self.assertEqual(runs["served"]["mmala"].counts,
+                             {"reduced_jacobian_calls": 9, "reduced_jacobian_points": 54})
+            self.assertGreater(runs["served"]["mmala"].acceptance_rate, 0)
+            np.testing.assert_allclose(runs["served"]["map"].m, runs["numpy"]["map"].m,
+                                       rtol=1e-8, atol=1e-10)
+            self.assertLess(runs["served"]["map"].cost, problems["served"].cost(
+                np.zeros((1, D_M)))[0])
 
     def test_health(self):
         check = self.channel.unary_unary(

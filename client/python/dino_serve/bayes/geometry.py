@@ -1,0 +1,161 @@
+"""Local Gauss–Newton geometry of the data misfit in prior-whitened coordinates, for
+manifold MALA: at each of B points, the misfit Φ, q = f(m), the gradient ∇ₓΦ and a low-rank
+Gauss–Newton Hessian H ≈ W diag(λ) Wᵀ (orthonormal W [d_M, k]).
+
+Providers (callables x [B, d_M] -> LocalGeometry):
+
+* :class:`ReducedGaussNewton` — DINO geometry from ONE ReducedJacobian call per batch. For a
+  reduced-basis model f(m) = U φ(Vᵀm) + b, J = U J_φ Vᵀ exactly, so the whitened GN Hessian
+  Lᵀ V J_φᵀ Uᵀ Γ⁻¹ U J_φ Vᵀ L and the gradient Lᵀ V J_φᵀ Uᵀ Γ⁻¹ (q − d) live in the fixed
+  r_M-dimensional span of LᵀV: only r_M × r_M eigenproblems per point. With client bases
+  (Φ_c, Ψ_c), J ≈ Φ_c (Φ_cᵀ J Ψ_c) Ψ_cᵀ gives an approximate geometry (and, with
+  exact_gradient=True, the exact gradient from one more Vjp call).
+* :class:`AdjointGaussNewton` — the exact GN Hessian for models with few observables (the
+  PDE): one Vjp call with d_Q cotangents Γ^{-1/2} e_i per point (d_Q adjoint solves) returns
+  q and G = Γ^{-1/2} J L; H = GᵀG, and the gradient is Gᵀ Γ^{-1/2}(q − d) at no extra cost.
+
+The Metropolis–Hastings correction of mMALA makes the chain exact whatever the geometry's
+accuracy; the geometry only decides how good the proposals are.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .problem import BayesianProblem
+
+__all__ = ["LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton"]
+
+
+@dataclasses.dataclass
+class LocalGeometry:
+    """Misfit data and H ≈ W diag(eigenvalues) Wᵀ at B points. W is stored either dense
+    (``vectors`` [B, d, k]) or as a shared orthonormal ``basis`` [d, r] times per-point
+    orthogonal ``coeffs`` [B, r, k]."""
+    misfit: np.ndarray          # Φ [B]
+    q: np.ndarray               # f(m) [B, d_Q]
+    gradient: np.ndarray        # ∇ₓΦ [B, d]
+    eigenvalues: np.ndarray     # λ [B, k] >= 0
+    vectors: np.ndarray | None = None   # W [B, d, k]
+    basis: np.ndarray | None = None     # Q [d, r] (shared)
+    coeffs: np.ndarray | None = None    # E [B, r, k], W = Q E
+
+    def project(self, v: np.ndarray) -> np.ndarray:
+        """Wᵀ v per row: [B, d] -> [B, k]."""
+        if self.vectors is not None:
+            return np.einsum("bdk,bd->bk", self.vectors, v)
+        return np.einsum("brk,br->bk", self.coeffs, v @ self.basis)
+
+    def lift(self, c: np.ndarray) -> np.ndarray:
+        """W c per row: [B, k] -> [B, d]."""
+        if self.vectors is not None:
+            return np.einsum("bdk,bk->bd", self.vectors, c)
+        return np.einsum("brk,bk->br", self.coeffs, c) @ self.basis.T
+
+    def hessian_apply(self, v: np.ndarray) -> np.ndarray:
+        """H v per row."""
+        return self.lift(self.eigenvalues * self.project(v))
+
+    def select(self, mask: np.ndarray, other: "LocalGeometry") -> "LocalGeometry":
+        """Rows of self where mask, else of other (the same storage kind)."""
+        def pick(a, b):
+            if a is None:
+                return None
+            return np.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+        return LocalGeometry(pick(self.misfit, other.misfit), pick(self.q, other.q),
+                             pick(self.gradient, other.gradient),
+                             pick(self.eigenvalues, other.eigenvalues),
+                             pick(self.vectors, other.vectors), self.basis,
+                             pick(self.coeffs, other.coeffs))
+
+
+def _top(eigenvalues: np.ndarray, vectors: np.ndarray, rank: int | None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorts eigenpairs descending (vectors along the last axis) and keeps ``rank``."""
+    order = np.argsort(-eigenvalues, axis=-1)
+    lam = np.take_along_axis(eigenvalues, order, axis=-1)
+    vec = np.take_along_axis(vectors, order[:, None, :], axis=-1)
+    if rank is not None:
+        lam, vec = lam[:, :rank], vec[:, :, :rank]
+    return np.maximum(lam, 0.0), vec
+
+
+class ReducedGaussNewton:
+    """DINO Gauss–Newton geometry from one ReducedJacobian call per batch (module doc).
+
+    ``input_basis`` Ψ [d_M, k_M] / ``output_basis`` Φ [d_Q, k_Q] (both or neither): client
+    bases instead of the model's own. ``rank``: keep only the leading eigenpairs.
+    ``exact_gradient``: with client bases, the gradient from a Vjp instead of the projected
+    J (with the model's bases of a reduced-basis model the projected gradient is exact)."""
+
+    def __init__(self, problem: BayesianProblem, input_basis: Any = None,
+                 output_basis: Any = None, rank: int | None = None,
+                 exact_gradient: bool = False) -> None:
+        if (input_basis is None) != (output_basis is None):
+            raise ValueError("give both input_basis and output_basis, or neither")
+        self.problem = problem
+        self.rank = rank
+        self.exact_gradient = exact_gradient
+        if input_basis is None:
+            bases = problem.model.bases()
+            if bases is None:
+                raise ValueError("the model has no reduced bases: pass client bases")
+            self._client = None
+            V, U = bases.input_basis, bases.output_basis
+        else:
+            V = np.asarray(input_basis, dtype=np.float64)
+            U = np.asarray(output_basis, dtype=np.float64)
+            self._client = (U, V)
+        # Whitened input directions P = Lᵀ V [d, r_M] = Q R, once.
+        P = problem.prior.apply_sqrt_cov(V.T, transpose=True).T
+        self.Q, self.R = np.linalg.qr(P)
+        self.U = U
+        # (Uᵀ Γ⁻¹ U)^{1/2} [r_Q, r_Q], so that H = Q (MA)ᵀ(MA) Qᵀ with MA [r_Q, r_M].
+        lam, vec = np.linalg.eigh(U.T @ (problem.noise_precision[:, None] * U))
+        self._M = (vec * np.sqrt(np.maximum(lam, 0.0))) @ vec.T
+
+    def __call__(self, x: np.ndarray) -> LocalGeometry:
+        p = self.problem
+        m = p.to_parameter(x)
+        if self._client is None:
+            jr, q = p.model.reduced_jacobian(m)
+        else:
+            jr, q = p.model.reduced_jacobian(m, *self._client)
+        q = q.reshape(len(m), -1)
+        misfit = p.misfit_from_q(q)
+        # H = Q S Qᵀ with S = (M A)ᵀ (M A), A = J_φ Rᵀ: the eigenpairs of S from the thin
+        # SVD of M A [r_Q, r_M] (rank <= min(r_Q, r_M)).
+        A = jr @ self.R.T                                            # [B, r_Q, r_M]
+        _, s, vt = np.linalg.svd(self._M @ A, full_matrices=False)
+        lam, E = _top(s * s, vt.transpose(0, 2, 1), self.rank)
+        if self.exact_gradient and self._client is not None:
+            gradient, _ = p.misfit_gradient(x, q)
+        else:
+            c = np.einsum("bqi,bq->bi", A, p.weighted_residual(q) @ self.U)
+            gradient = c @ self.Q.T
+        return LocalGeometry(misfit, q, gradient, lam, basis=self.Q, coeffs=E)
+
+
+class AdjointGaussNewton:
+    """The exact Gauss–Newton geometry from one batched Vjp call with d_Q cotangents per
+    point (module doc): "PDE mMALA" for the PDE servable. ``rank``: keep only the leading
+    eigenpairs."""
+
+    def __init__(self, problem: BayesianProblem, rank: int | None = None) -> None:
+        self.problem = problem
+        self.rank = rank
+
+    def __call__(self, x: np.ndarray) -> LocalGeometry:
+        p = self.problem
+        m = p.to_parameter(x)
+        b, d_q = len(m), p.model.output_dim
+        cot = np.broadcast_to(np.diag(1.0 / p.noise_std), (b, d_q, d_q))
+        jt, q = p.model.vjp(m, cot, return_q=True)                    # [B, d_Q, d_M]
+        q = q.reshape(b, -1)
+        G = p.prior.apply_sqrt_cov(jt.reshape(b * d_q, -1), transpose=True).reshape(b, d_q, -1)
+        _, s, vt = np.linalg.svd(G, full_matrices=False)              # G = u s vt
+        lam, W = _top(s * s, vt.transpose(0, 2, 1), self.rank)
+        gradient = np.einsum("bqd,bq->bd", G, (q - p.data) / p.noise_std)
+        return LocalGeometry(p.misfit_from_q(q), q, gradient, lam, vectors=W)

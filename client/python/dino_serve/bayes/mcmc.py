@@ -1,0 +1,336 @@
+"""MCMC for Bayesian inverse problems with many chains in parallel: each step of every
+kernel makes one batched request for all chains (one Evaluate for pCN, one ReducedJacobian
+for DINO-mMALA, plus one Evaluate of the exact model for the chains that pass the first
+stage of delayed acceptance).
+
+Kernels work in prior-whitened coordinates x (m = m0 + L x), where the prior is N(0, I):
+
+* :class:`PCN` — preconditioned Crank–Nicolson (Cotter, Roberts, Stuart, White 2013):
+  y = √(1−β²) x + β ξ, accepted with probability min(1, exp(Φ(x) − Φ(y))).
+* :class:`MMALA` — infinite-dimensional manifold MALA (Beskos, Girolami, Lan, Farrell,
+  Stuart 2017) with the low-rank Gauss–Newton metric of a geometry provider
+  (geometry.py), as DINO-mMALA in Cao, O'Leary-Roseberry & Ghattas (2024): with
+  K(x) = (I + H(x))⁻¹ and g(x) = H(x) x − ∇Φ(x), ρ = (4 − h)/(4 + h),
+      y = ρ x + (1 − ρ) K(x) g(x) + √(1 − ρ²) K(x)^{1/2} ξ,
+  and the Metropolis–Hastings ratio with the reverse proposal's geometry at y (so one
+  geometry call per proposal). The ratio is evaluated in the form where the
+  d_M-dimensional Gaussian terms of proposal and prior cancel exactly, leaving only
+  inner products with the drift and the k eigenvectors (dimension-robust, no cancellation
+  of large numbers). For a linear-Gaussian problem with the exact metric the proposal is
+  reversible with respect to the posterior: every proposal is accepted.
+* :class:`DelayedAcceptance` — Christen & Fox (2005): stage 1 is a kernel on a surrogate
+  problem; a proposal that passes it is accepted with probability
+  min(1, exp(−Φ(y) + Φ̃(y) + Φ(x) − Φ̃(x))) on the exact problem, so the chain targets the
+  exact posterior while the exact model only sees stage-1 survivors.
+
+:func:`sample` runs a kernel; seeds (numpy Generators) make runs reproducible.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .geometry import LocalGeometry
+from .problem import BayesianProblem
+
+__all__ = ["ChainState", "Kernel", "PCN", "MMALA", "DelayedAcceptance", "MCMCResult",
+           "sample"]
+
+
+@dataclasses.dataclass
+class ChainState:
+    """The chains' current points and what the kernel knows there."""
+    x: np.ndarray                          # whitened points [C, d]
+    misfit: np.ndarray                     # the kernel's target misfit Φ(x) [C]
+    geometry: LocalGeometry | None = None  # mMALA: the metric at x
+    drift: np.ndarray | None = None        # mMALA: (1 − ρ) K(x) g(x)
+    exact_misfit: np.ndarray | None = None  # delayed acceptance: the exact Φ(x)
+
+    def select(self, mask: np.ndarray, other: "ChainState") -> "ChainState":
+        """Rows of self where mask, else of other."""
+        def pick(a, b):
+            if a is None:
+                return None
+            return np.where(mask.reshape((-1,) + (1,) * (np.ndim(a) - 1)), a, b)
+        geometry = None if self.geometry is None else self.geometry.select(mask, other.geometry)
+        return ChainState(pick(self.x, other.x), pick(self.misfit, other.misfit), geometry,
+                          pick(self.drift, other.drift),
+                          pick(self.exact_misfit, other.exact_misfit))
+
+
+class Kernel(abc.ABC):
+    """A Markov kernel for all chains at once: ``init`` computes the state at points,
+    ``step`` moves every chain once and says which moved."""
+
+    problem: BayesianProblem
+
+    @abc.abstractmethod
+    def init(self, x: np.ndarray) -> ChainState: ...
+
+    @abc.abstractmethod
+    def step(self, state: ChainState, rng: np.random.Generator
+             ) -> tuple[ChainState, dict[str, np.ndarray]]:
+        """(next state, {"accepted": [C] bool, ...})."""
+
+
+class MetropolisKernel(Kernel):
+    """A kernel defined by a proposal and its log acceptance ratio."""
+
+    @abc.abstractmethod
+    def propose(self, state: ChainState, rng: np.random.Generator
+                ) -> tuple[ChainState, np.ndarray]:
+        """(proposed state, log Metropolis–Hastings ratio [C])."""
+
+    def step(self, state, rng):
+        proposal, log_ratio = self.propose(state, rng)
+        log_u = np.log(rng.random(len(state.x)))
+        accepted = log_u < log_ratio
+        return proposal.select(accepted, state), {"accepted": accepted,
+                                                  "log_ratio": log_ratio}
+
+
+class PCN(MetropolisKernel):
+    """pCN with step size ``beta`` in (0, 1] (one Evaluate per step for all chains)."""
+
+    def __init__(self, problem: BayesianProblem, beta: float) -> None:
+        if not 0 < beta <= 1:
+            raise ValueError("beta must be in (0, 1]")
+        self.problem = problem
+        self.beta = float(beta)
+
+    def init(self, x):
+        x = np.array(x, dtype=np.float64, ndmin=2)
+        return ChainState(x, self.problem.misfit(x)[0])
+
+    def propose(self, state, rng):
+        xi = rng.standard_normal(state.x.shape)
+        y = math.sqrt(1.0 - self.beta ** 2) * state.x + self.beta * xi
+        misfit, _ = self.problem.misfit(y)
+        return ChainState(y, misfit), state.misfit - misfit
+
+
+class MMALA(MetropolisKernel):
+    """Manifold MALA with time step ``h`` > 0 (module doc) and the metric of ``geometry``
+    (a ReducedGaussNewton or AdjointGaussNewton, or any callable x -> LocalGeometry). The
+    chain targets ``problem`` (default: the geometry's); when that differs from the
+    geometry's problem, each step also evaluates the target's misfit (one more call)."""
+
+    def __init__(self, geometry: Callable[[np.ndarray], LocalGeometry], h: float,
+                 problem: BayesianProblem | None = None) -> None:
+        if not h > 0:
+            raise ValueError("h must be > 0")
+        self.geometry = geometry
+        self.problem = problem if problem is not None else geometry.problem
+        self._same = self.problem is getattr(geometry, "problem", None)
+        self.h = float(h)
+        self.rho = (4.0 - h) / (4.0 + h)
+        self.scale = math.sqrt(1.0 - self.rho ** 2)   # √(1 − ρ²)
+
+    def init(self, x):
+        x = np.array(x, dtype=np.float64, ndmin=2)
+        geo = self.geometry(x)
+        misfit = geo.misfit if self._same else self.problem.misfit(x)[0]
+        return ChainState(x, misfit, geo, self._drift(x, geo))
+
+    def _drift(self, x: np.ndarray, geo: LocalGeometry) -> np.ndarray:
+        """(1 − ρ) K g with g = H x − ∇Φ and K = (I + H)⁻¹ = I − W diag(λ/(1+λ)) Wᵀ."""
+        g = geo.hessian_apply(x) - geo.gradient
+        lam = geo.eigenvalues
+        kg = g - geo.lift(lam / (1.0 + lam) * geo.project(g))
+        return (1.0 - self.rho) * kg
+
+    def _log_transition(self, origin: ChainState, target: np.ndarray) -> np.ndarray:
+        """log q(origin → target) up to terms that cancel with the prior in the ratio:
+        ½ Σ log(1+λ) − (|a|² − 2 aᵀ(t − ρo) + Σ λ_i (w_iᵀ(t − μ))²) / (2 (1 − ρ²))
+        with a the drift and μ = ρ o + a."""
+        geo, a = origin.geometry, origin.drift
+        lam = geo.eigenvalues
+        step = target - self.rho * origin.x
+        c = geo.project(step - a)
+        quad = (np.sum(a * a, axis=1) - 2.0 * np.sum(a * step, axis=1)
+                + np.sum(lam * c * c, axis=1))
+        return 0.5 * np.sum(np.log1p(lam), axis=1) - quad / (2.0 * self.scale ** 2)
+
+    def propose(self, state, rng):
+        geo = state.geometry
+        xi = rng.standard_normal(state.x.shape)
+        lam = geo.eigenvalues
+        k_sqrt_xi = xi + geo.lift((1.0 / np.sqrt(1.0 + lam) - 1.0) * geo.project(xi))
+        y = self.rho * state.x + state.drift + self.scale * k_sqrt_xi
+        geo_y = self.geometry(y)
+        misfit_y = geo_y.misfit if self._same else self.problem.misfit(y)[0]
+        proposal = ChainState(y, misfit_y, geo_y, self._drift(y, geo_y))
+        log_ratio = (state.misfit - misfit_y + self._log_transition(proposal, state.x)
+                     - self._log_transition(state, y))
+        return proposal, log_ratio
+
+
+class DelayedAcceptance(Kernel):
+    """Two-stage delayed acceptance (module doc): ``kernel`` targets a surrogate problem;
+    ``exact`` is the problem with the exact model (same prior and data), evaluated in one
+    batched call per step for the chains that pass stage 1 only."""
+
+    def __init__(self, kernel: MetropolisKernel, exact: BayesianProblem) -> None:
+        self.kernel = kernel
+        self.problem = exact
+
+    def init(self, x):
+        state = self.kernel.init(x)
+        state.exact_misfit = self.problem.misfit(state.x)[0]
+        return state
+
+    def step(self, state, rng):
+        proposal, log_ratio = self.kernel.propose(state, rng)
+        c = len(state.x)
+        log_u1, log_u2 = np.log(rng.random(c)), np.log(rng.random(c))
+        stage1 = log_u1 < log_ratio
+        accepted = np.zeros(c, dtype=bool)
+        exact = np.array(state.exact_misfit)
+        if stage1.any():
+            idx = np.flatnonzero(stage1)
+            exact_y, _ = self.problem.misfit(proposal.x[idx])
+            log_ratio2 = (-exact_y + proposal.misfit[idx]
+                          + state.exact_misfit[idx] - state.misfit[idx])
+            ok = log_u2[idx] < log_ratio2
+            accepted[idx[ok]] = True
+            exact[idx[ok]] = exact_y[ok]
+        new = proposal.select(accepted, state)
+        new.exact_misfit = exact
+        return new, {"accepted": accepted, "stage1_accepted": stage1}
+
+
+@dataclasses.dataclass
+class MCMCResult:
+    """What :func:`sample` recorded after burn-in, chain-major ([C, N, ...])."""
+    samples: np.ndarray | None       # parameters m [C, N, d_M] (keep_samples)
+    whitened: np.ndarray | None      # x [C, N, d_M] (keep_samples)
+    misfit: np.ndarray               # the target's Φ at every kept state [C, N]
+    accepted: np.ndarray             # [C, N] bool: the step into this state accepted
+    stage1_accepted: np.ndarray | None  # delayed acceptance: passed stage 1 [C, N]
+    observables: np.ndarray | None   # m · directions [C, N, k] (directions)
+    mean: np.ndarray                 # posterior mean of m over all kept states [d_M]
+    variance: np.ndarray             # pointwise posterior variance of m [d_M]
+    final_state: ChainState
+    counts: dict[str, int]           # model calls and points during the run
+    wall_time: float                 # seconds
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of accepted proposals over all chains and kept steps."""
+        return float(self.accepted.mean())
+
+    @property
+    def chain_acceptance_rates(self) -> np.ndarray:
+        return self.accepted.mean(axis=1)
+
+    @property
+    def stage1_acceptance_rate(self) -> float | None:
+        """Delayed acceptance: the surrogate stage's rate (None otherwise)."""
+        return None if self.stage1_accepted is None else float(self.stage1_accepted.mean())
+
+    @property
+    def stage2_acceptance_rate(self) -> float | None:
+        """Delayed acceptance: the fraction of stage-1 survivors the exact stage accepted."""
+        if self.stage1_accepted is None:
+            return None
+        passed = self.stage1_accepted.sum()
+        return float(self.accepted.sum() / passed) if passed else float("nan")
+
+
+def _count_snapshot(problems: list[BayesianProblem]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    seen = set()
+    for p in problems:
+        if id(p.model) in seen:
+            continue
+        seen.add(id(p.model))
+        for k, v in p.model.counts.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _problems(kernel: Kernel) -> list[BayesianProblem]:
+    out = [kernel.problem]
+    inner = getattr(kernel, "kernel", None)
+    if inner is not None:
+        out += _problems(inner)
+    geometry = getattr(kernel, "geometry", None)
+    if geometry is not None and getattr(geometry, "problem", None) is not None:
+        out.append(geometry.problem)
+    return out
+
+
+def sample(kernel: Kernel, x0: Any, n_steps: int, rng: np.random.Generator, *,
+           burn_in: int = 0, thin: int = 1, keep_samples: bool = True,
+           directions: Any = None,
+           callback: Callable[[int, ChainState, dict[str, np.ndarray]], None] | None = None
+           ) -> MCMCResult:
+    """Runs ``n_steps`` steps of ``kernel`` for every chain.
+
+    ``x0``: the chains' whitened starting points [C, d_M] (e.g. rng.standard_normal((C, d))
+    for prior draws, or problem.whiten(m_map) repeated), or an int C to start C chains at
+    prior draws from ``rng``. The first ``burn_in`` steps are not recorded; then every
+    ``thin``-th state is. ``keep_samples``: record m and x ([C, N, d_M] each; off for large
+    d_M, where ``mean``/``variance`` and ``directions`` [k, d_M] (recording m · directions,
+    e.g. leading prior or posterior eigenvectors) still summarize the chains).
+    ``callback(step, state, info)`` after each step. ``rng``: np.random.Generator; the same
+    seed, x0 and model answers give the same chains."""
+    problem = kernel.problem
+    if isinstance(x0, (int, np.integer)):
+        x0 = rng.standard_normal((int(x0), problem.dim))
+    problems = _problems(kernel)
+    before = _count_snapshot(problems)
+    start = time.perf_counter()
+    state = kernel.init(x0)
+    c, d = state.x.shape
+    if directions is not None:
+        directions = np.atleast_2d(np.asarray(directions, dtype=np.float64))
+    kept_x, misfits, accepted, stage1, observed = [], [], [], [], []
+    mean = np.zeros(d)      # Running pooled mean and sum of squared deviations (Chan et al.).
+    m2 = np.zeros(d)
+    n_kept = 0
+    delayed = isinstance(kernel, DelayedAcceptance)
+    for step in range(n_steps):
+        state, info = kernel.step(state, rng)
+        if callback is not None:
+            callback(step, state, info)
+        if step < burn_in or (step - burn_in) % thin:
+            continue
+        m = problem.to_parameter(state.x)
+        batch_mean = m.mean(axis=0)
+        batch_m2 = ((m - batch_mean) ** 2).sum(axis=0)
+        n_old, n_kept = n_kept * c, n_kept + 1
+        delta = batch_mean - mean
+        mean = mean + delta * (c / (n_old + c))
+        m2 = m2 + batch_m2 + delta * delta * (n_old * c / (n_old + c))
+        misfits.append(state.exact_misfit if delayed else state.misfit)
+        accepted.append(info["accepted"])
+        if delayed:
+            stage1.append(info["stage1_accepted"])
+        if keep_samples:
+            kept_x.append(state.x.copy())
+        if directions is not None:
+            observed.append(m @ directions.T)
+    wall = time.perf_counter() - start
+    after = _count_snapshot(problems)
+    counts = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+    def stack(items, shape):
+        return np.stack(items, axis=1) if items else np.zeros(shape)
+
+    whitened = stack(kept_x, (c, 0, d)) if keep_samples else None
+    samples = None
+    if keep_samples:
+        samples = problem.to_parameter(whitened.reshape(-1, d)).reshape(whitened.shape)
+    variance = m2 / max(n_kept * c - 1, 1)
+    return MCMCResult(
+        samples=samples, whitened=whitened, misfit=stack(misfits, (c, 0)),
+        accepted=stack(accepted, (c, 0)).astype(bool),
+        stage1_accepted=stack(stage1, (c, 0)).astype(bool) if delayed else None,
+        observables=stack(observed, (c, 0, 0)) if directions is not None else None,
+        mean=mean, variance=variance, final_state=state, counts=counts, wall_time=wall)

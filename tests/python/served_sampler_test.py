@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""dino_serve.bayes against the bundled model served by a real dino-server: a few steps of
+pCN, DINO-mMALA, delayed acceptance and Gauss–Newton–CG on poisson_dipnet (a smoke test of
+the served path at the real size: d_M in the thousands, batched requests for all chains).
+
+usage: served_sampler_test.py <bin folder> <repository> <generated Python folder>
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import unittest
+
+import numpy as np
+
+BIN, REPOSITORY, GENERATED = (os.path.abspath(a) for a in sys.argv[1:4])
+del sys.argv[1:4]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "client", "python"))
+import dino_serve  # noqa: E402
+from dino_serve import bayes  # noqa: E402
+
+MODEL, CHAINS, STEPS = "poisson_dipnet", 8, 10
+
+
+class ServedSamplerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = subprocess.Popen(
+            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
+             "--metrics_port=-1", "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
+        for line in cls.server.stdout:
+            match = re.search(r"listening on \S*:(\d+)", line)
+            if match:
+                target = "127.0.0.1:" + match.group(1)
+                break
+        else:
+            raise RuntimeError("dino-server did not start")
+        cls.client = dino_serve.DinoClient(target, timeout=60, gen_dir=GENERATED)
+        cls.model = bayes.ServedModel(cls.client, MODEL)
+        d = cls.model.input_dim
+        cls.prior = bayes.DiagonalGaussianPrior(np.zeros(d), 1.0)
+        rng = np.random.default_rng(0)
+        q = cls.model.evaluate(cls.prior.sample(1, rng))[0]
+        noise = 0.01 * np.abs(q).max()
+        cls.problem = bayes.BayesianProblem(cls.model, cls.prior,
+                                            q + noise * rng.standard_normal(q.shape), noise)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.send_signal(signal.SIGTERM)
+        assert cls.server.wait(timeout=60) == 0
+
+    def test_samplers(self):
+        x0 = self.problem.whiten(np.zeros((CHAINS, self.problem.dim)))
+        x0 += 0.1 * np.random.default_rng(1).standard_normal(x0.shape)
+        kernels = {"pcn": bayes.PCN(self.problem, 0.05),
+                   "mmala": bayes.MMALA(bayes.ReducedGaussNewton(self.problem), h=0.05),
+                   "da": bayes.DelayedAcceptance(
+                       bayes.MMALA(bayes.ReducedGaussNewton(self.problem), h=0.05),
+                       self.problem)}
+        for name, kernel in kernels.items():
+            r = bayes.sample(kernel, x0, STEPS, np.random.default_rng(2), keep_samples=False,
+                             directions=np.eye(self.problem.dim)[:3])
+            self.assertEqual(r.misfit.shape, (CHAINS, STEPS))
+            self.assertTrue(np.all(np.isfinite(r.misfit)), name)
+            self.assertTrue(np.all(np.isfinite(r.mean)) and np.all(r.variance >= 0), name)
+            s = bayes.summary(r)
+            self.assertEqual(s["ess_directions"].shape, (3,))
+            if name == "mmala":
+                # One ReducedJacobian request per step for all chains.
+                self.assertEqual(r.counts, {"reduced_jacobian_calls": STEPS + 1,
+                                            "reduced_jacobian_points": (STEPS + 1) * CHAINS})
+                self.assertGreater(r.acceptance_rate, 0.0)
+            if name == "da":
+                # The "exact" model is the surrogate itself here: stage 2 accepts everything.
+                self.assertEqual(r.stage2_acceptance_rate, 1.0)
+
+    def test_map(self):
+        result = bayes.gauss_newton_cg(self.problem, max_iter=3, max_cg=20)
+        start = self.problem.cost(np.zeros((1, self.problem.dim)))[0]
+        self.assertLess(result.cost, start)
+        self.assertEqual(len(result.history), result.iterations)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
