@@ -5,7 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -74,6 +76,10 @@ ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding a bearer token; when set, Training and ModelAdmin RPCs need the "
           "metadata 'authorization: Bearer <token>' (UNAUTHENTICATED otherwise).");
+ABSL_FLAG(bool, insecure_open_model_control, false,
+          "DEVELOPMENT ONLY: without --admin_token_file, let anyone who can reach the port "
+          "call the Training and ModelAdmin RPCs (fine-tune and publish models, change the "
+          "default version, unload versions). Without either flag these RPCs are refused.");
 ABSL_FLAG(bool, require_token_for_inference, false,
           "Require the --admin_token_file token on inference (Surrogate) RPCs as well.");
 ABSL_FLAG(int32_t, max_training_jobs, 1,
@@ -84,8 +90,9 @@ ABSL_FLAG(int32_t, training_nice, 19,
           "Added to the nice value of training threads (0-19), so that inference gets the CPU "
           "first while a job trains.");
 ABSL_FLAG(int64_t, max_samples_per_job, 100000, "Most samples one fine-tune job accepts.");
-ABSL_FLAG(int64_t, max_bytes_per_job, int64_t{8} << 30,
-          "Most bytes of samples one fine-tune job holds in memory.");
+ABSL_FLAG(int64_t, max_bytes_per_job, 0,
+          "Most bytes of samples one fine-tune job holds in memory; 0: sized to the machine, "
+          "an eighth of its physical memory shared by --max_training_jobs jobs.");
 ABSL_FLAG(double, drain_seconds, 0.0,
           "On SIGTERM/SIGINT, keep answering this long with health NOT_SERVING before "
           "refusing new calls, so that load balancers stop routing here first.");
@@ -215,6 +222,18 @@ int Run() {
   } else if (absl::GetFlag(FLAGS_require_token_for_inference)) {
     LogError("--require_token_for_inference needs --admin_token_file");
     return 1;
+  } else if (absl::GetFlag(FLAGS_insecure_open_model_control)) {
+    LogError(
+        "WARNING: --insecure_open_model_control: the Training and ModelAdmin RPCs are open to "
+        "every client that can reach this server; any of them can publish a model that becomes "
+        "the default. Use --admin_token_file outside development.");
+  } else {
+    // Secure by default (as Triton keeps model control off): no identity check configured,
+    // no model control.
+    admin_auth = dino::frontend::BearerTokenAuth::RefuseAll(
+        "model control (the Training and ModelAdmin RPCs) is off: start dino-server with "
+        "--admin_token_file=<file holding a bearer token> (or, for development only, "
+        "--insecure_open_model_control)");
   }
 
   dino::serving::FineTuneJobManager::Options job_options;
@@ -222,6 +241,11 @@ int Run() {
   job_options.max_concurrent_jobs = absl::GetFlag(FLAGS_max_training_jobs);
   job_options.max_samples_per_job = absl::GetFlag(FLAGS_max_samples_per_job);
   job_options.max_bytes_per_job = absl::GetFlag(FLAGS_max_bytes_per_job);
+  if (job_options.max_bytes_per_job <= 0) {
+    const int64_t physical = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    job_options.max_bytes_per_job = std::max<int64_t>(
+        int64_t{64} << 20, physical / 8 / std::max(1, job_options.max_concurrent_jobs));
+  }
   job_options.training_nice = absl::GetFlag(FLAGS_training_nice);
   job_options.observer = TrainingMetricsObserver(metrics.get());
   dino::serving::FineTuneJobManager jobs(manager, job_options);

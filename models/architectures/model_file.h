@@ -24,6 +24,11 @@ void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metad
 // The model repository layout shared by dino-train and dino-server:
 //   <root>/<model name>/<version>/model.pt, version a positive decimal integer.
 inline constexpr char kRepositoryModelFile[] = "model.pt";
+// <root>/<model name>/trusted_validation/: the model's trusted validation set, a data
+// directory in the layout of `dino-train generate` (mq_data.npz and J_data.npz or
+// Jsvd_data.npz). Written only by `dino-train trusted-set` (operators), never through the
+// server's RPCs; every fine-tune gate also judges new weights on it (README, threat model).
+inline constexpr char kTrustedValidationDir[] = "trusted_validation";
 
 // Writes `module` with `metadata` as a new version of model `name` in the repository `root`
 // and returns the version: one above every numbered folder of the model, whose folder is

@@ -1,10 +1,15 @@
 #include "models/pipeline/train_commands.h"
 
+#include <fcntl.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <system_error>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -249,6 +254,54 @@ void RunEvaluate(const EvaluateFlags& f) {
   }
 }
 
+struct TrustedSetFlags {
+  DataSelection data;
+  CommonFlags common;
+  std::string jacobian = "auto";
+  std::string repository;
+  std::string name;
+};
+
+// Puts `staging` in the place of `target` so that a reader sees the old directory or the new
+// one, never neither: an atomic exchange when `target` exists (renameat2 RENAME_EXCHANGE),
+// then the old one (now at `staging`) is removed.
+void ReplaceDirectory(const std::filesystem::path& staging, const std::filesystem::path& target) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(target)) {
+    fs::rename(staging, target);
+    return;
+  }
+  if (renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
+    throw std::runtime_error("cannot exchange " + staging.string() + " with " + target.string() +
+                             ": " + std::strerror(errno));
+  }
+  fs::remove_all(staging);
+}
+
+void RunTrustedSet(const TrustedSetFlags& f) {
+  namespace fs = std::filesystem;
+  const fs::path model_dir = fs::path(f.repository) / f.name;
+  if (f.name.empty() || !fs::is_directory(model_dir)) {
+    throw std::runtime_error("--name: no model folder " + model_dir.string());
+  }
+  DataSelection selection = f.data;
+  selection.jacobian = ValueOrThrow(ParseJacobianFiles(f.jacobian));
+  selection.dtype = torch::kFloat64;
+  const dt::Dataset data = ValueOrThrow(LoadDataset(selection));
+  const fs::path target = model_dir / dm::kTrustedValidationDir;
+  const fs::path staging = model_dir / (std::string(".") + dm::kTrustedValidationDir + ".new");
+  fs::remove_all(staging);
+  const absl::Status saved = SaveDataset(data, staging.string());
+  if (!saved.ok()) throw std::runtime_error(std::string(saved.message()));
+  ReplaceDirectory(staging, target);
+  const char* form = data.jacobian.defined() ? "full Jacobians"
+                     : data.svd_u.defined()  ? "Jacobian SVDs"
+                                             : "no Jacobians";
+  std::cout << "wrote " << target.string() << ": " << data.size() << " samples (samples "
+            << f.data.first << "..." << f.data.first + data.size() - 1 << " of " << f.data.dir
+            << "), " << form << "\n";
+}
+
 void AddDataOptions(CLI::App* cmd, DataSelection* data, std::string* jacobian,
                     CommonFlags* common) {
   cmd->add_option("--data", data->dir, "Data directory (mq_data.npz, Jsvd_data.npz, …)")
@@ -316,6 +369,22 @@ CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--json", f.json, "Also write the accuracies to this JSON file");
   cmd->callback(
       [flags, exit_code] { Guarded("evaluate", exit_code, [&] { RunEvaluate(*flags); }); });
+  return cmd;
+}
+
+CLI::App* AddTrustedSetCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<TrustedSetFlags>();
+  TrustedSetFlags& f = *flags;
+  CLI::App* cmd = app.add_subcommand(
+      "trusted-set",
+      "Write a model's trusted validation set into a model repository "
+      "(<repository>/<name>/trusted_validation/): every fine-tune gate of the server also "
+      "judges new weights on it, so clients cannot publish a model that is worse on it");
+  AddDataOptions(cmd, &f.data, &f.jacobian, &f.common);
+  cmd->add_option("--repository", f.repository, "Model repository")->required();
+  cmd->add_option("--name", f.name, "Model name (its folder in --repository)")->required();
+  cmd->callback(
+      [flags, exit_code] { Guarded("trusted-set", exit_code, [&] { RunTrustedSet(*flags); }); });
   return cmd;
 }
 

@@ -1,4 +1,4 @@
-// The training subcommands of dino-train, `fit` and `evaluate` (LibTorch), registered like
+// The training subcommands of dino-train, `fit`, `evaluate` and `trusted-set` (LibTorch), registered like
 // the data subcommands in commands.h.
 #pragma once
 
@@ -13,5 +13,8 @@ namespace dino::pipeline {
 CLI::App* AddFitCommand(CLI::App& app, int* exit_code);
 // `evaluate`: the paper's accuracies (3.6a–c) of a model file on a data directory.
 CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code);
+// `trusted-set`: copies samples of a data directory into a model's trusted validation set
+// in a model repository (models/architectures/model_file.h, kTrustedValidationDir).
+CLI::App* AddTrustedSetCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dino::pipeline

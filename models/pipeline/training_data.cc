@@ -3,11 +3,15 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "models/io/npz.h"
+#include "models/pipeline/files.h"
 
 namespace dino::pipeline {
 namespace {
@@ -94,6 +98,36 @@ absl::StatusOr<training::Dataset> LoadDataset(const DataSelection& selection) {
     return absl::InvalidArgumentError(absl::StrCat(selection.dir, ": ", e.what()));
   }
   return data;
+}
+
+absl::Status SaveDataset(const training::Dataset& data, const std::string& dir) {
+  if (data.reduced_jacobian.defined()) {
+    return absl::InvalidArgumentError(
+        "reduced Jacobians (Uᵀ J V) have no file in the data directory layout");
+  }
+  if (absl::Status made = MakeDirectories(dir); !made.ok()) return made;
+  auto write = [&dir](const char* file, std::vector<std::pair<const char*, torch::Tensor>> arrays) {
+    absl::StatusOr<AtomicNpzWriter> writer = AtomicNpzWriter::Create(JoinPath(dir, file));
+    if (!writer.ok()) return writer.status();
+    for (const auto& [name, tensor] : arrays) {
+      const torch::Tensor values = tensor.to(torch::kFloat64).contiguous();
+      absl::StatusOr<NpyArray> array = NpyArray::FromValues<double>(
+          std::vector<int64_t>(values.sizes().begin(), values.sizes().end()),
+          absl::MakeConstSpan(values.data_ptr<double>(), values.numel()));
+      if (!array.ok()) return array.status();
+      if (absl::Status added = writer->Add(name, *array); !added.ok()) return added;
+    }
+    return writer->Commit();
+  };
+  if (absl::Status s = write("mq_data.npz", {{"m_data", data.m}, {"q_data", data.q}}); !s.ok()) {
+    return s;
+  }
+  if (data.jacobian.defined()) return write("J_data.npz", {{"J_data", data.jacobian}});
+  if (data.svd_u.defined()) {
+    return write("Jsvd_data.npz",
+                 {{"U_data", data.svd_u}, {"sigma_data", data.svd_sigma}, {"V_data", data.svd_v}});
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<BasesFile> LoadBases(const std::string& path, int64_t input_rank,

@@ -25,6 +25,11 @@ struct DataSelection {
 // Reads the selected samples. Errors name the file, the array and what is wrong.
 absl::StatusOr<training::Dataset> LoadDataset(const DataSelection& selection);
 
+// Writes `data` as a data directory that LoadDataset reads back: mq_data.npz and, by the
+// Jacobian form, J_data.npz or Jsvd_data.npz (each file atomically; the directory is
+// created). The reduced form has no file in this layout: INVALID_ARGUMENT.
+absl::Status SaveDataset(const training::Dataset& data, const std::string& dir);
+
 struct BasesFile {
   torch::Tensor input_basis;   // [d_M, r_M]
   torch::Tensor output_basis;  // [d_Q, r_Q]

@@ -36,7 +36,15 @@ absl::StatusOr<BearerTokenAuth> BearerTokenAuth::FromFile(const std::string& pat
   return BearerTokenAuth(std::move(token));
 }
 
+BearerTokenAuth BearerTokenAuth::RefuseAll(std::string why) {
+  BearerTokenAuth auth;
+  auth.refuses_all_ = true;
+  auth.refusal_ = std::move(why);
+  return auth;
+}
+
 grpc::Status BearerTokenAuth::Check(const grpc::ServerContextBase& context) const {
+  if (refuses_all_) return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, refusal_);
   if (token_.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");

@@ -17,17 +17,22 @@ class BearerTokenAuth {
   // No token: every call is authorized.
   BearerTokenAuth() = default;
   explicit BearerTokenAuth(std::string token) : token_(std::move(token)) {}
+  // Every call refused with PERMISSION_DENIED and `why` (which says how to enable the RPCs):
+  // what model control gets when the operator configured no identity check.
+  static BearerTokenAuth RefuseAll(std::string why);
 
   // The token in `path`: its content without surrounding whitespace. INVALID_ARGUMENT when
   // the file cannot be read or holds no token.
   static absl::StatusOr<BearerTokenAuth> FromFile(const std::string& path);
 
-  bool enabled() const { return !token_.empty(); }
+  bool enabled() const { return !token_.empty() || refuses_all_; }
   // OK, or UNAUTHENTICATED saying what is missing or wrong (never echoing a token).
   grpc::Status Check(const grpc::ServerContextBase& context) const;
 
  private:
   std::string token_;
+  bool refuses_all_ = false;
+  std::string refusal_;
 };
 
 }  // namespace dino::frontend

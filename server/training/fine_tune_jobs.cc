@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "models/architectures/model_file.h"
+#include "models/pipeline/training_data.h"
 #include "server/core/log.h"
 #include "server/core/model_repository.h"
 
@@ -494,8 +495,53 @@ void FineTuneJob::Run() {
         return;
       }
     }
+    // A client chooses its training and its validation samples, so the gate above cannot stop
+    // one that poisons both. The model's trusted validation set (written by operators with
+    // `dino-train trusted-set`, never through an RPC) can: the new weights must not be worse
+    // on it either.
+    nlohmann::json trusted_gate = nullptr;
+    std::string trusted_comparison;
+    if (const fs::path trusted_dir =
+            fs::path(options.repository) / base_.name / models::kTrustedValidationDir;
+        fs::exists(trusted_dir)) {
+      pipeline::DataSelection selection;
+      selection.dir = trusted_dir.string();
+      selection.dtype = split.validation.m.scalar_type();
+      absl::StatusOr<Dataset> trusted = pipeline::LoadDataset(selection);
+      if (!trusted.ok()) {
+        throw std::runtime_error(absl::StrCat("the model's trusted validation set is unusable: ",
+                                              trusted.status().message()));
+      }
+      const Accuracies trusted_base =
+          training::EvaluateAccuracies(base.module, *trusted, config.metrics);
+      const Accuracies trusted_new = training::EvaluateAccuracies(module, *trusted, config.metrics);
+      GateMetric trusted_metric = metric;
+      if (!MetricValue(trusted_base, trusted_metric) || !MetricValue(trusted_new, trusted_metric)) {
+        trusted_metric = GateMetric::kL2;
+      }
+      const double trusted_before = *MetricValue(trusted_base, trusted_metric);
+      const double trusted_after = *MetricValue(trusted_new, trusted_metric);
+      trusted_comparison = absl::StrFormat(
+          "trusted validation set (%d samples) %s accuracy %.4f (base version %d: %.4f)",
+          trusted->size(), GateMetricName(trusted_metric), trusted_after, base_.version,
+          trusted_before);
+      trusted_gate = {{"metric", GateMetricName(trusted_metric)},
+                      {"samples", trusted->size()},
+                      {"base", trusted_before},
+                      {"new", trusted_after}};
+      if (trusted_after < trusted_before - spec_.max_regression) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        SetStateLocked(JobState::kRejected,
+                       absl::StrCat("rejected by the trusted validation set: ", trusted_comparison,
+                                    " (client validation: ", comparison, ")"));
+        return;
+      }
+    }
+    const std::string gate_summary = trusted_comparison.empty()
+                                         ? comparison
+                                         : absl::StrCat(comparison, "; ", trusted_comparison);
 
-    if (!EnterState(JobState::kPublishing, comparison)) throw JobCancelled();
+    if (!EnterState(JobState::kPublishing, gate_summary)) throw JobCancelled();
     nlohmann::json metadata = base.metadata.is_object() ? base.metadata : nlohmann::json::object();
     const double finished = UnixSeconds();
     metadata["trained"] = true;
@@ -512,7 +558,8 @@ void FineTuneJob::Run() {
          {{"metric", GateMetricName(metric)},
           {"max_regression", spec_.max_regression},
           {"base", *before},
-          {"new", *after}}},
+          {"new", *after},
+          {"trusted", trusted_gate}}},
         {"created_unix_seconds", Snapshot().created_unix_seconds},
         {"finished_unix_seconds", finished},
         {"samples", {{"train", split.train.size()}, {"validation", split.validation.size()}}}};
@@ -543,7 +590,7 @@ void FineTuneJob::Run() {
     std::lock_guard<std::mutex> lock(mutex_);
     status_.new_version = *version;
     SetStateLocked(JobState::kSucceeded, absl::StrCat("published ", base_.name, "/", *version,
-                                                      serving_note, ": ", comparison));
+                                                      serving_note, ": ", gate_summary));
   } catch (const JobCancelled&) {
     std::lock_guard<std::mutex> lock(mutex_);
     SetStateLocked(JobState::kCancelled, "cancelled; nothing was published");

@@ -16,7 +16,10 @@ streamed over gRPC. Checked here:
   * cancel, client disconnect, NaN samples, wrong dimensions, the concurrent-job cap;
   * kill -9 while training, just before and just after the rename of a published file:
     the restarted server loads the repository and serves the last published version;
-  * auth on (admin token, and also for inference) and off.
+  * auth on (admin token, and also for inference) and off; with neither a token nor
+    --insecure_open_model_control, model control is refused naming the flags;
+  * a trusted validation set (dino-train trusted-set) rejects an upload whose training and
+    validation samples are both poisoned, which the client-sample gate alone accepts.
 
 usage: fine_tune_e2e_test.py <folder with dino-server, dino-train> <generated Python code>
 """
@@ -91,7 +94,11 @@ def config(loss=training_pb2.H1, epochs=30, **kwargs):
 class Server:
     """dino-server on a repository; stderr goes to a file so failpoints can be seen."""
 
-    def __init__(self, repository, *flags, env=None):
+    def __init__(self, repository, *flags, env=None, secure_defaults=False):
+        # Model control is off unless a token is configured; the tests without one open it
+        # explicitly, as a developer would.
+        if not secure_defaults and not any(f.startswith("--admin_token_file") for f in flags):
+            flags = flags + ("--insecure_open_model_control",)
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [os.path.join(BIN, "dino-server"), "--model_repository=" + repository, "--port=0",
@@ -498,6 +505,69 @@ class FineTuneTest(unittest.TestCase):
             # The pin survived the restart.
             self.assertEqual(versions(server, metadata=good), ([1], 1))
             self.assertEqual(evaluate(server, self.data["m"][:2], metadata=good).version, 1)
+        finally:
+            server.stop()
+
+    # -- secure defaults and the trusted validation set --------------------------------------
+
+    def test_model_control_is_off_by_default_and_the_trusted_set_stops_full_poisoning(self):
+        repository = self.fresh_repository()
+        server = Server(repository, secure_defaults=True)
+        try:
+            refused = [
+                lambda: self.start(server, [config(epochs=1)], batches(self.data, count=32)),
+                lambda: server.admin.SetDefaultVersion(
+                    training_pb2.SetDefaultVersionRequest(name=MODEL, version=1)),
+                lambda: server.admin.UnloadVersion(
+                    training_pb2.UnloadVersionRequest(name=MODEL, version=1))]
+            for call in refused:
+                with self.assertRaises(grpc.RpcError) as e:
+                    call()
+                self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+                self.assertIn("--admin_token_file", e.exception.details())
+            self.assertEqual(versions(server), ([1], 1))  # Inference stays open.
+        finally:
+            server.stop()
+
+        # The operator's trusted validation set: samples no client upload below contains.
+        run("dino-train", "trusted-set", "--data", os.path.join(self.work, "tune"), "--first",
+            "200", "--count", "40", "--repository", repository, "--name", MODEL)
+        self.assertTrue(os.path.exists(
+            os.path.join(repository, MODEL, "trusted_validation", "mq_data.npz")))
+        good = (("authorization", "Bearer " + TOKEN),)
+        server = Server(repository, "--admin_token_file=" + self.token_file)
+        try:
+            # Training *and* validation samples poisoned (q x 10): the client's own gate is
+            # fooled (the new weights fit its validation samples better), the trusted set is not.
+            poisoned = dict(self.data, q=self.data["q"] * 10.0)
+            reply = self.start(server, [config(loss=training_pb2.L2, epochs=20,
+                                               learning_rate=3e-3,
+                                               metric=training_pb2.L2_ACCURACY)],
+                               batches(poisoned, count=160),
+                               batches(poisoned, first=160, count=40, validation=True),
+                               metadata=good)
+            status = watch(server, reply.job_id, metadata=good)
+            self.assertEqual(status.state, training_pb2.REJECTED, status.message)
+            self.assertIn("rejected by the trusted validation set", status.message)
+            self.assertGreater(status.validation.l2, status.base_validation.l2)
+            self.assertEqual(status.new_version, 0)
+            self.assertEqual(versions(server), ([1], 1))
+            self.assertFalse(os.path.exists(os.path.join(repository, MODEL, "2")))
+            self.assertEqual(evaluate(server, self.data["m"][:2]).version, 1)
+
+            # Honest samples pass both gates; the trusted comparison is in the lineage.
+            reply = self.start(server, [config(loss=training_pb2.L2, epochs=5,
+                                               metric=training_pb2.L2_ACCURACY,
+                                               max_regression=0.05)],
+                               batches(self.data, count=120), metadata=good)
+            status = watch(server, reply.job_id, metadata=good)
+            self.assertEqual(status.state, training_pb2.SUCCEEDED, status.message)
+            self.assertIn("trusted validation set (40 samples)", status.message)
+            info = server.surrogate.GetModelInfo(surrogate_pb2.GetModelInfoRequest(
+                model=surrogate_pb2.ModelRef(name=MODEL)))
+            trusted = json.loads(info.metadata_json)["fine_tune"]["gate"]["trusted"]
+            self.assertEqual(trusted["samples"], 40)
+            self.assertGreaterEqual(trusted["new"], trusted["base"] - 0.05)
         finally:
             server.stop()
 
