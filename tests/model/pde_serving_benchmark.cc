@@ -95,9 +95,10 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2}) {
     at::set_num_threads(threads);
     const double ms = MedianMs(repeats / 4 + 1, [&] { (void)*model->Evaluate(m); });
-    std::printf("servable in-process, 16 points, %d intra-op thread(s): Evaluate %.2f ms "
-                "(%.2f per point)\n",
-                threads, ms, ms / 16);
+    std::printf(
+        "servable in-process, 16 points, %d intra-op thread(s): Evaluate %.2f ms "
+        "(%.2f per point)\n",
+        threads, ms, ms / 16);
   }
   torch::Tensor xi = torch::randn({16, d_m}, torch::kFloat64);
   at::set_num_threads(1);
