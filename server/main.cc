@@ -1,6 +1,6 @@
 // dino-server: serves the models of a model repository over gRPC (services dino.v1.Surrogate,
-// dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server reflection) and
-// Prometheus metrics over HTTP.
+// dino.v1.Prior, dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server
+// reflection) and Prometheus metrics over HTTP.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -23,6 +23,7 @@
 #include "server/core/model_manager.h"
 #include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
+#include "server/frontend/prior_service.h"
 #include "server/frontend/surrogate_service.h"
 #include "server/frontend/training_service.h"
 #include "server/metrics/metrics_http_server.h"
@@ -105,6 +106,7 @@ using dino::serving::LogError;
 using dino::serving::LogInfo;
 
 constexpr char kServiceName[] = "dino.v1.Surrogate";
+constexpr char kPriorServiceName[] = "dino.v1.Prior";
 
 // Feeds the fine-tune jobs' events into the Prometheus metrics.
 dino::serving::JobObserver TrainingMetricsObserver(dino::metrics::ServerMetrics* metrics) {
@@ -260,6 +262,8 @@ int Run() {
   dino::frontend::SurrogateService service(
       manager, scheduler, metrics.get(),
       absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  dino::frontend::PriorService prior_service(
+      scheduler, absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::TrainingService training_service(jobs, admin_auth);
   dino::frontend::ModelAdminService admin_service(manager, admin_auth);
   grpc::EnableDefaultHealthCheckService(true);
@@ -272,6 +276,7 @@ int Run() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
+  builder.RegisterService(&prior_service);
   builder.RegisterService(&training_service);
   builder.RegisterService(&admin_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -282,6 +287,7 @@ int Run() {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(kPriorServiceName, true);
   std::printf("dino-server: listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
               selected_port);
   std::fflush(stdout);
@@ -294,6 +300,7 @@ int Run() {
   // after the grace period) while new ones are refused.
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(kPriorServiceName, false);
   std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));

@@ -133,6 +133,38 @@ Eigen::MatrixXd BiLaplacianPrior::ApplyPrecision(const Eigen::MatrixXd& x) const
   return a_ * SolveNoiseMass(a_ * x);
 }
 
+Eigen::MatrixXd BiLaplacianPrior::ApplyCovarianceFactor(const Eigen::MatrixXd& x) const {
+  CheckRows(x, "ApplyCovarianceFactor");
+  if (config_.noise_factor == NoiseFactor::kLumped) {
+    return solvers_->a.solve(lumped_mass_.cwiseSqrt().asDiagonal() * x);
+  }
+  // F x = Pᵀ (L x) with P M Pᵀ = L Lᵀ.
+  const Eigen::MatrixXd lx = solvers_->mass.matrixL() * x;
+  return solvers_->a.solve(solvers_->mass.permutationPinv() * lx);
+}
+
+Eigen::MatrixXd BiLaplacianPrior::ApplyCovarianceFactorTranspose(const Eigen::MatrixXd& x) const {
+  CheckRows(x, "ApplyCovarianceFactorTranspose");
+  const Eigen::MatrixXd a_inv_x = solvers_->a.solve(x);
+  if (config_.noise_factor == NoiseFactor::kLumped) {
+    return lumped_mass_.cwiseSqrt().asDiagonal() * a_inv_x;
+  }
+  // Fᵀ y = Lᵀ (P y).
+  const Eigen::MatrixXd py = solvers_->mass.permutationP() * a_inv_x;
+  return solvers_->mass.matrixU() * py;
+}
+
+Eigen::MatrixXd BiLaplacianPrior::SolveCovarianceFactor(const Eigen::MatrixXd& x) const {
+  CheckRows(x, "SolveCovarianceFactor");
+  const Eigen::MatrixXd ax = a_ * x;
+  if (config_.noise_factor == NoiseFactor::kLumped) {
+    return lumped_mass_.cwiseSqrt().cwiseInverse().asDiagonal() * ax;
+  }
+  // F⁻¹ y = L⁻¹ (P y).
+  const Eigen::MatrixXd py = solvers_->mass.permutationP() * ax;
+  return solvers_->mass.matrixL().solve(py);
+}
+
 Eigen::VectorXd BiLaplacianPrior::SampleFromNoise(const Eigen::VectorXd& noise) const {
   if (noise.size() != noise_dim()) {
     std::ostringstream msg;

@@ -18,6 +18,15 @@
 // Operators for bases (KLE etc.): ApplyA/SolveA (A, A⁻¹), ApplyMass/SolveMass (consistent
 // M, M⁻¹), ApplyCovariance (C), ApplyPrecision (C⁻¹). All take a block of column vectors.
 //
+// A square factor of the covariance, for samplers that work in whitened coordinates
+// (m = m̄ + G ξ, ξ ~ N(0, I_dim)): G = A⁻¹ F with F Fᵀ = M_w, so G Gᵀ = C exactly. F is the
+// sparse Cholesky factor of M_w: F = Pᵀ L from P M Pᵀ = L Lᵀ (the AMD-ordered factorization
+// the prior already holds) for the quadrature noise, diag(√M_L) for the lumped one. G is not
+// symmetric (the symmetric square root of C would need a dense eigendecomposition, O(dim³));
+// every G product costs one sparse solve with A and one triangular product or solve.
+// ApplyCovarianceFactor (G), ApplyCovarianceFactorTranspose (Gᵀ), SolveCovarianceFactor (G⁻¹:
+// whitening, G⁻ᵀG⁻¹ = C⁻¹).
+//
 // The factorizations make the class move-only. Const methods are safe to call concurrently.
 #ifndef DINO_MODELS_PDE_PRIOR_H_
 #define DINO_MODELS_PDE_PRIOR_H_
@@ -78,8 +87,11 @@ class BiLaplacianPrior {
   Eigen::MatrixXd SolveA(const Eigen::MatrixXd& x) const;
   Eigen::MatrixXd ApplyMass(const Eigen::MatrixXd& x) const;
   Eigen::MatrixXd SolveMass(const Eigen::MatrixXd& x) const;
-  Eigen::MatrixXd ApplyCovariance(const Eigen::MatrixXd& x) const;  // A⁻¹ M_w A⁻¹ x
-  Eigen::MatrixXd ApplyPrecision(const Eigen::MatrixXd& x) const;   // A M_w⁻¹ A x
+  Eigen::MatrixXd ApplyCovariance(const Eigen::MatrixXd& x) const;        // A⁻¹ M_w A⁻¹ x
+  Eigen::MatrixXd ApplyPrecision(const Eigen::MatrixXd& x) const;         // A M_w⁻¹ A x
+  Eigen::MatrixXd ApplyCovarianceFactor(const Eigen::MatrixXd& x) const;  // G x = A⁻¹ F x
+  Eigen::MatrixXd ApplyCovarianceFactorTranspose(const Eigen::MatrixXd& x) const;  // Fᵀ A⁻¹ x
+  Eigen::MatrixXd SolveCovarianceFactor(const Eigen::MatrixXd& x) const;           // F⁻¹ A x
 
   // m̄ + A⁻¹ L w for a given noise vector w of length noise_dim().
   Eigen::VectorXd SampleFromNoise(const Eigen::VectorXd& noise) const;

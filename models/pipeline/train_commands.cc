@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <system_error>
@@ -134,6 +135,16 @@ void RunFit(const FitFlags& f) {
   }
   metadata["parameters"] = dm::CountParameters(module);
   if (!f.description.empty()) metadata["description"] = f.description;
+  // The problem the data come from, so that the server serves its prior for the model
+  // (docs/model-contract.md, "problem"); data without generate.json name none.
+  if (std::ifstream summary_file(std::filesystem::path(f.data.dir) / kGenerateSummaryFile);
+      summary_file) {
+    const nlohmann::json summary = nlohmann::json::parse(summary_file, nullptr, false);
+    if (summary.is_object() && summary.contains("problem") && summary["problem"].is_string() &&
+        summary.contains("mesh") && summary["mesh"].is_number_integer()) {
+      metadata["problem"] = {{"name", summary["problem"]}, {"mesh_cells", summary["mesh"]}};
+    }
+  }
 
   dt::TrainerConfig config = f.trainer;
   config.loss.jacobian_loss = dt::ParseJacobianLoss(f.loss);

@@ -162,7 +162,7 @@ std::optional<ModelManager::LoadResult> ModelManager::LoadVersion(const std::str
   Notify({ServableEvent{name, version, ServableState::kLoading, path}});
   LoadResult result = absl::InternalError("not loaded");
   try {
-    result = SurrogateModel::Load(path, options_.limits);
+    result = LoadModelVersion(path, options_.limits);
   } catch (const std::exception& e) {
     result = absl::InternalError(absl::StrCat("cannot load ", path, ": ", e.what()));
   }

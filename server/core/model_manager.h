@@ -96,7 +96,7 @@ using ServableObserver = std::function<void(const ServableEvent&)>;
 struct VersionStatus {
   enum class State {
     kAvailable,        // Loaded and servable.
-    kNotInRepository,  // No <name>/<version>/model.pt.
+    kNotInRepository,  // No <name>/<version>/model.pt (or pde.json).
     kNotKept,          // On disk, but the version policy (or an unload) does not keep it.
     kLoadFailed,       // Kept, but its file did not load.
     kPending,          // Kept and not loaded yet (the next sync loads it).

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "models/architectures/model_file.h"
 #include "server/core/failpoint.h"
+#include "server/core/pde_solver_model.h"
 
 namespace dino::serving {
 
@@ -35,9 +36,15 @@ void AppendModelVersions(const std::filesystem::path& model_dir, const std::stri
         version <= 0) {
       continue;
     }
-    const fs::path file = version_dir.path() / kModelFileName;
-    std::error_code inner;
-    if (fs::is_regular_file(file, inner)) found->push_back({name, version, file.string()});
+    // model.pt, else pde.json (LoadModelVersion refuses a folder with both).
+    for (const char* file_name : {kModelFileName, kPdeConfigFileName}) {
+      const fs::path file = version_dir.path() / file_name;
+      std::error_code inner;
+      if (fs::is_regular_file(file, inner)) {
+        found->push_back({name, version, file.string()});
+        break;
+      }
+    }
   }
 }
 
@@ -73,6 +80,21 @@ std::vector<ModelVersionPath> ScanModelVersions(const std::string& root, const s
   AppendModelVersions(std::filesystem::path(root) / name, name, &found);
   std::sort(found.begin(), found.end(), ByNameAndVersion);
   return found;
+}
+
+absl::StatusOr<std::shared_ptr<const SurrogateModel>> LoadModelVersion(const std::string& path,
+                                                                       ComputeLimits limits) {
+  namespace fs = std::filesystem;
+  const fs::path file(path);
+  if (file.filename() == kPdeConfigFileName) return PdeSolverModel::Load(path, limits);
+  std::error_code error;
+  const fs::path pde_config = file.parent_path() / kPdeConfigFileName;
+  if (fs::exists(pde_config, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(file.parent_path().string(), ": holds both ",
+                                                   kModelFileName, " and ", kPdeConfigFileName,
+                                                   "; a version is one model, keep one of them"));
+  }
+  return SurrogateModel::Load(path, limits);
 }
 
 absl::StatusOr<int64_t> PublishModelVersion(const std::string& root, const std::string& name,

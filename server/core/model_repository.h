@@ -1,5 +1,6 @@
 // The model repository on disk (the "source" in TF Serving's terms):
-//   <root>/<model name>/<version>/model.pt
+//   <root>/<model name>/<version>/model.pt    a TorchScript model (docs/model-contract.md)
+//   <root>/<model name>/<version>/pde.json    an exact PDE model (server/core/pde_solver_model.h)
 // where <version> is a positive decimal integer. Other entries are ignored, so that
 // temporary files and notes can live beside the models.
 #pragma once
@@ -13,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/architectures/model_file.h"
+#include "server/core/surrogate_model.h"
 
 namespace dino::serving {
 
@@ -21,8 +23,14 @@ inline constexpr const char* kModelFileName = models::kRepositoryModelFile;
 struct ModelVersionPath {
   std::string name;
   int64_t version = 0;
-  std::string path;  // <root>/<name>/<version>/model.pt
+  std::string path;  // <root>/<name>/<version>/model.pt, or …/pde.json when it has no model.pt
 };
+
+// Loads the model of one version file: a TorchScript model.pt or a PDE model's pde.json. A
+// version folder that holds both is refused (INVALID_ARGUMENT naming both files): which of the
+// two it serves must not depend on a precedence rule nobody remembers.
+absl::StatusOr<std::shared_ptr<const SurrogateModel>> LoadModelVersion(const std::string& path,
+                                                                       ComputeLimits limits);
 
 // Lists every model version in the repository, sorted by name then version.
 // NOT_FOUND if the root is not a readable folder.

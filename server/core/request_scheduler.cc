@@ -273,6 +273,54 @@ absl::StatusOr<RequestScheduler::VersionBases> RequestScheduler::GetBases(
   return result;
 }
 
+absl::StatusOr<RequestScheduler::PriorAnswer> RequestScheduler::Prior(
+    const ModelTarget& target, absl::StatusOr<PriorQuery> query) {
+  const Clock::time_point arrived = Clock::now();
+  const char* method = "GetPrior";
+  if (query.ok() && query->kind == PriorQuery::Kind::kSample) method = "SamplePrior";
+  if (query.ok() && query->kind == PriorQuery::Kind::kApply) method = "ApplyPrior";
+  std::string model;
+  absl::StatusOr<PriorAnswer> result = [&]() -> absl::StatusOr<PriorAnswer> {
+    auto servable = models_.Get(target.name, target.version, target.label);
+    if (!servable.ok()) return servable.status();
+    model = servable->name;
+    if (!query.ok()) return query.status();
+    auto prior = servable->model->prior();
+    if (!prior.ok()) return prior.status();
+    PriorAnswer answer;
+    answer.version = servable->version;
+    answer.prior = *prior;
+    answer.source = servable->model->prior_source();
+    const int64_t max_rows = servable->model->limits().max_batch_size;
+    absl::StatusOr<torch::Tensor> values = (*prior)->mean();
+    switch (query->kind) {
+      case PriorQuery::Kind::kDescribe:
+        break;
+      case PriorQuery::Kind::kSample:
+        values = (*prior)->Sample(query->count, query->seed, query->first_index, max_rows);
+        break;
+      case PriorQuery::Kind::kApply:
+        values = (*prior)->Apply(query->op, query->vectors, query->with_mean, max_rows);
+        break;
+    }
+    if (!values.ok()) return values.status();
+    answer.values = values->to(query->output_dtype.value_or(torch::kFloat64));
+    const int64_t bytes = (Answer{answer.values, {}}).bytes();
+    if (bytes > options_.max_response_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the answer is ", bytes, " bytes, above the server's response limit of ",
+                       options_.max_response_bytes, " (--max_message_bytes)"));
+    }
+    return answer;
+  }();
+  if (options_.observer != nullptr) {
+    options_.observer->RequestFinished(
+        method, model, result.status().code(),
+        std::chrono::duration<double>(Clock::now() - arrived).count());
+  }
+  return result;
+}
+
 void RequestScheduler::RunBatch(ModelQueue& queue, std::vector<std::unique_ptr<Pending>> batch) {
   RequestObserver* observer = options_.observer;
   const Clock::time_point started = Clock::now();

@@ -86,6 +86,30 @@ class RequestScheduler {
   absl::StatusOr<VersionBases> GetBases(const ModelTarget& target,
                                         std::optional<torch::Dtype> output_dtype);
 
+  // A request for a model's prior (model_prior.h; dino.v1.Prior).
+  struct PriorQuery {
+    enum class Kind { kDescribe, kSample, kApply } kind = Kind::kDescribe;
+    int64_t count = 0;  // kSample
+    uint64_t seed = 0;
+    uint64_t first_index = 0;
+    PriorOperator op = PriorOperator::kCovariance;  // kApply
+    torch::Tensor vectors;
+    bool with_mean = false;
+    std::optional<torch::Dtype> output_dtype;  // Default float64.
+  };
+  struct PriorAnswer {
+    int64_t version = 0;
+    std::shared_ptr<const ModelPrior> prior;
+    std::string source;    // Where the model names its prior (PriorLookup::source).
+    torch::Tensor values;  // kDescribe: the mean; kSample: the samples; kApply: the result.
+  };
+  // Answers a prior query on the caller's thread: a few sparse solves per vector (well under
+  // a millisecond each on the paper's mesh), nothing to batch with other requests, so no
+  // queue; but the same model resolution, row limit (--max_batch_size), response-size limit
+  // and metrics ("GetPrior", "SamplePrior", "ApplyPrior") as Submit. `query` may carry the
+  // frontend's decoding error, answered and counted like any other refusal.
+  absl::StatusOr<PriorAnswer> Prior(const ModelTarget& target, absl::StatusOr<PriorQuery> query);
+
   // Refuses new requests, answers every request already admitted, stops the compute
   // threads. Idempotent.
   void Shutdown();

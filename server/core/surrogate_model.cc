@@ -100,30 +100,12 @@ Query QueryAt(Method method, const torch::Tensor& m, bool want_q) {
   return query;
 }
 
-// Per-point results [P, k, n] in the query's layout: [k, n], [P, n] or [P, k, n].
-torch::Tensor InLayout(const torch::Tensor& values, Layout layout) {
-  switch (layout) {
-    case Layout::kSinglePoint:
-      return values[0];
-    case Layout::kOnePerPoint:
-      return values.select(1, 0);
-    case Layout::kPerPoint:
-      return values;
-  }
-  return values;
-}
-
-// q [P, d_Q] of a query: [d_Q] in the single-point form.
-torch::Tensor QInLayout(const torch::Tensor& q, Layout layout) {
-  return layout == Layout::kSinglePoint ? q[0] : q;
-}
-
 // ---------------------------------------------------------------------------------------
 // f(m) = U φ(Vᵀm) + b.
 class ReducedBasisModel final : public SurrogateModel {
  public:
-  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits)
-      : SurrogateModel(std::move(info), limits), network_(std::move(network)) {}
+  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior)
+      : SurrogateModel(std::move(info), limits, std::move(prior)), network_(std::move(network)) {}
 
   absl::StatusOr<Bases> GetBases() const override {
     return Bases{network_.input_basis(), network_.output_basis(), network_.output_shift()};
@@ -250,8 +232,8 @@ class ReducedBasisModel final : public SurrogateModel {
 // Any model that follows the contract: autograd on the full input.
 class GenericModel final : public SurrogateModel {
  public:
-  GenericModel(dm::Network network, ModelInfo info, ComputeLimits limits)
-      : SurrogateModel(std::move(info), limits), network_(std::move(network)) {}
+  GenericModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior)
+      : SurrogateModel(std::move(info), limits, std::move(prior)), network_(std::move(network)) {}
 
   absl::StatusOr<Bases> GetBases() const override {
     return absl::FailedPreconditionError("this model has no reduced bases");
@@ -403,6 +385,41 @@ class GenericModel final : public SurrogateModel {
 
 }  // namespace
 
+torch::Tensor InLayout(const torch::Tensor& values, PreparedQuery::Layout layout) {
+  switch (layout) {
+    case Layout::kSinglePoint:
+      return values[0];
+    case Layout::kOnePerPoint:
+      return values.select(1, 0);
+    case Layout::kPerPoint:
+      return values;
+  }
+  return values;
+}
+
+torch::Tensor QInLayout(const torch::Tensor& q, PreparedQuery::Layout layout) {
+  return layout == Layout::kSinglePoint ? q[0] : q;
+}
+
+// The model's info with has_prior filled in from its prior.
+static ModelInfo WithPrior(ModelInfo info, const PriorLookup& prior) {
+  info.has_prior = prior.prior != nullptr;
+  return info;
+}
+
+SurrogateModel::SurrogateModel(ModelInfo info, ComputeLimits limits, PriorLookup prior)
+    : info_(WithPrior(std::move(info), prior)), limits_(limits), prior_(std::move(prior)) {}
+
+absl::StatusOr<std::shared_ptr<const ModelPrior>> SurrogateModel::prior() const {
+  if (prior_.prior == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this model has no prior: ", prior_.why_none));
+  }
+  return prior_.prior;
+}
+
+absl::Status SurrogateModel::CheckPoints(const torch::Tensor&) const { return absl::OkStatus(); }
+
 const char* MethodName(Method method) {
   switch (method) {
     case Method::kEvaluate:
@@ -543,11 +560,13 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
                            mismatch, " (relative); the model contract requires them to agree"));
         }
       }
+      PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
       return std::shared_ptr<const SurrogateModel>(
-          new ReducedBasisModel(*std::move(network), std::move(info), limits));
+          new ReducedBasisModel(*std::move(network), std::move(info), limits, std::move(prior)));
     }
+    PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
     return std::shared_ptr<const SurrogateModel>(
-        new GenericModel(*std::move(network), std::move(info), limits));
+        new GenericModel(*std::move(network), std::move(info), limits, std::move(prior)));
   } catch (const std::exception& e) {
     std::string what = e.what();
     return fail(what.substr(0, what.find('\n')));
@@ -674,6 +693,7 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
   }
   auto points = Matrix(query.m, "m", info_.input_dim);
   if (!points.ok()) return points.status();
+  if (auto status = CheckPoints(*points); !status.ok()) return status;
   prepared.points = *std::move(points);
   const int64_t count = prepared.points.size(0);
   switch (query.method) {

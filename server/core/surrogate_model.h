@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "models/architectures/network.h"
+#include "server/core/model_prior.h"
 
 namespace dino::serving {
 
@@ -49,6 +50,7 @@ struct ModelInfo {
   int64_t output_rank = 0;  // r_Q (reduced-basis models)
   std::string architecture;
   torch::Dtype dtype = torch::kFloat32;
+  bool has_prior = false;  // The model serves its parameter's prior (SurrogateModel::prior).
   nlohmann::json metadata = nlohmann::json::object();
 };
 
@@ -89,6 +91,11 @@ struct PreparedQuery {
   int64_t points_count() const { return points.size(0); }
 };
 
+// Per-point results [P, k, n] in a query's layout: [k, n], [P, n] or [P, k, n].
+torch::Tensor InLayout(const torch::Tensor& values, PreparedQuery::Layout layout);
+// q [P, d_Q] of a query: [d_Q] in the single-point form.
+torch::Tensor QInLayout(const torch::Tensor& q, PreparedQuery::Layout layout);
+
 // Results in the requested output dtype.
 struct Answer {
   torch::Tensor values;   // q (Evaluate), jvp, vjp, reduced_jacobian or jacobian.
@@ -124,6 +131,13 @@ class SurrogateModel {
   virtual ~SurrogateModel() = default;
 
   const ModelInfo& info() const { return info_; }
+  const ComputeLimits& limits() const { return limits_; }
+
+  // The prior of the model's parameter (model_prior.h): an exact PDE model's problem's, or the
+  // one a DINO's metadata names. FAILED_PRECONDITION saying why for a model without.
+  absl::StatusOr<std::shared_ptr<const ModelPrior>> prior() const;
+  // Where the model names its prior (PriorLookup::source); "" without one.
+  const std::string& prior_source() const { return prior_.source; }
 
   // Checks a query (errors name its fields) and converts it for Compute.
   absl::StatusOr<PreparedQuery> Prepare(const Query& query) const;
@@ -151,13 +165,17 @@ class SurrogateModel {
   virtual absl::StatusOr<Bases> GetBases() const = 0;
 
  protected:
-  SurrogateModel(ModelInfo info, ComputeLimits limits) : info_(std::move(info)), limits_(limits) {}
+  SurrogateModel(ModelInfo info, ComputeLimits limits, PriorLookup prior);
 
   // Answers in the model's dtype, in the layouts of PreparedQuery; may throw.
   virtual std::vector<Answer> ComputeBatch(absl::Span<const PreparedQuery* const> batch) const = 0;
+  // A model's own check of a query's points [P, d_M] (already finite, in the model's dtype),
+  // run by Prepare: INVALID_ARGUMENT naming "m" for points where the model is undefined.
+  virtual absl::Status CheckPoints(const torch::Tensor& points) const;
 
   const ModelInfo info_;
   const ComputeLimits limits_;
+  const PriorLookup prior_;
 
  private:
   // Run, for the one-query methods.

@@ -137,6 +137,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   response->set_input_dim(info.input_dim);
   response->set_output_dim(info.output_dim);
   response->set_has_reduced_bases(info.has_reduced_bases);
+  response->set_has_prior(info.has_prior);
   response->set_input_rank(info.input_rank);
   response->set_output_rank(info.output_rank);
   response->set_architecture(info.architecture);

@@ -60,6 +60,29 @@ TEST(BiLaplacianPrior, OperatorsAreConsistent) {
   EXPECT_THROW(prior.SampleFromNoise(Eigen::VectorXd::Zero(5)), std::invalid_argument);
 }
 
+// G = A⁻¹F, the square covariance factor: G Gᵀ = C, G⁻¹ inverts G, Gᵀ is G's transpose, and
+// G⁻ᵀG⁻¹ = C⁻¹, for both noise factors.
+TEST(BiLaplacianPrior, CovarianceFactor) {
+  const StructuredTriMesh mesh(5);
+  for (NoiseFactor factor : {NoiseFactor::kQuadrature, NoiseFactor::kLumped}) {
+    SCOPED_TRACE(factor == NoiseFactor::kQuadrature ? "quadrature" : "lumped");
+    const BiLaplacianPrior prior(mesh, Config(factor));
+    const Eigen::MatrixXd identity = Eigen::MatrixXd::Identity(prior.dim(), prior.dim());
+    const Eigen::MatrixXd g = prior.ApplyCovarianceFactor(identity);
+    const Eigen::MatrixXd covariance = prior.CovarianceMatrix();
+    EXPECT_LT((g * g.transpose() - covariance).norm() / covariance.norm(), 1e-13);
+    EXPECT_LT((prior.ApplyCovarianceFactorTranspose(identity) - g.transpose()).norm() / g.norm(),
+              1e-13);
+    EXPECT_LT((prior.SolveCovarianceFactor(g) - identity).norm() / identity.norm(), 1e-12);
+    const Eigen::MatrixXd g_inv = prior.SolveCovarianceFactor(identity);
+    const Eigen::MatrixXd precision = prior.ApplyPrecision(identity);
+    EXPECT_LT((g_inv.transpose() * g_inv - precision).norm() / precision.norm(), 1e-12);
+    // Not symmetric: a factor, not the symmetric square root.
+    EXPECT_GT((g - g.transpose()).norm() / g.norm(), 1e-3);
+    EXPECT_THROW(prior.ApplyCovarianceFactor(Eigen::MatrixXd::Zero(3, 1)), std::invalid_argument);
+  }
+}
+
 TEST(BiLaplacianPrior, RejectsInvalidParameters) {
   const StructuredTriMesh mesh(4);
   PriorConfig config = PoissonPrior();

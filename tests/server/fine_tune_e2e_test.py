@@ -276,6 +276,10 @@ class FineTuneTest(unittest.TestCase):
             self.assertAlmostEqual(metadata["fine_tune"]["gate"]["new"], new_h1)
             self.assertIn("validation", metadata["metrics"])
             self.assertIn("finished_unix_seconds", metadata["fine_tune"])
+            # dino-train fit recorded the data's problem, which the published version keeps:
+            # the server serves that problem's prior for it.
+            self.assertEqual(metadata["problem"], {"name": "poisson", "mesh_cells": MESH})
+            self.assertTrue(info.has_prior)
             # The default answers with the new weights.
             self.assertEqual(evaluate(server, m_probe).version, 2)
 
