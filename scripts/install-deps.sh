@@ -10,12 +10,12 @@ BUILD_PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev libcli11-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-matplotlib
 )
 RUNTIME_PACKAGES=(
   libtorch1.13 libopenblas0-pthread libgrpc++1.51 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 zlib1g ca-certificates
+  libprometheus-cpp-core1.0 libcpp-httplib0.11 zlib1g ca-certificates
 )
 
 packages=("${BUILD_PACKAGES[@]}")
