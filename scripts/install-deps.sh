@@ -11,6 +11,7 @@ BUILD_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev libcli11-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev
+  nodejs npm
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-matplotlib
 )
 RUNTIME_PACKAGES=(
@@ -23,6 +24,10 @@ if [[ "${1:-}" == "--runtime" ]]; then packages=("${RUNTIME_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${packages[@]}"; do
+  # Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm) does as well as
+  # Debian's, and Debian's npm would conflict with it.
+  if [[ "$p" == "nodejs" ]] && command -v node >/dev/null; then continue; fi
+  if [[ "$p" == "npm" ]] && command -v npm >/dev/null; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
