@@ -14,6 +14,10 @@
 // ModelRef selects: {"version": 3} or {"label": "stable"} (default: the default version), and
 // may give {"timeout_seconds": 2.5}, the call's deadline; other keys are refused.
 //
+// Bodies are read as JSON whatever their Content-Type says (UM-Bridge's clients send
+// application/json, `curl -d` sends application/x-www-form-urlencoded); answers are
+// application/json.
+//
 // Errors: the protocol's types with its status codes (ModelNotFound, InvalidInput,
 // UnsupportedFeature: 400; InvalidOutput: 500), and for conditions the protocol has no type
 // for, the core's: Unauthenticated 401, ResourceExhausted 429, DeadlineExceeded 504,
