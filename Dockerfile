@@ -1,6 +1,7 @@
 # dino-serve container: the same install script and build commands as `make` and CI.
 #   docker build -t dino-serve .
 #   docker run -p 50051:50051 -p 9090:9090 dino-serve
+#   docker run -p 50051:50051 -p 4242:4242 dino-serve --umbridge_port=4242   (UM-Bridge too)
 FROM debian:bookworm AS build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
@@ -15,7 +16,7 @@ RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/inst
 COPY --from=build /build/bin/dino-server /build/bin/dino /usr/local/bin/
 COPY --chown=dino models/repository /models
 USER dino
-EXPOSE 50051 9090
+EXPOSE 50051 9090 4242
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["dino", "health", "--server=127.0.0.1:50051"]
 ENTRYPOINT ["dino-server", "--model_repository=/models", "--port=50051", "--metrics_port=9090"]

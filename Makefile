@@ -7,7 +7,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9090
 MODEL_REPOSITORY ?= models/repository
 
-.PHONY: deps configure build serve test clean format
+.PHONY: deps configure build serve test node-deps clean format
 
 deps:
 	bash scripts/install-deps.sh
@@ -24,7 +24,13 @@ serve: build
 	$(BUILD_DIR)/bin/dino-server --model_repository=$(MODEL_REPOSITORY) \
 	  --port=$(PORT) --metrics_port=$(METRICS_PORT)
 
-test: build
+# The Node client's npm packages (client/node/package-lock.json), for its test in ctest.
+node-deps: client/node/node_modules/.package-lock.json
+
+client/node/node_modules/.package-lock.json: client/node/package-lock.json | deps
+	cd client/node && npm ci --no-audit --no-fund
+
+test: build node-deps
 	ctest --test-dir $(BUILD_DIR) --output-on-failure --timeout 900
 
 format:

@@ -10,12 +10,13 @@ BUILD_PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev libcli11-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev
+  nodejs npm
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-matplotlib
 )
 RUNTIME_PACKAGES=(
   libtorch1.13 libopenblas0-pthread libgrpc++1.51 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 zlib1g ca-certificates
+  libprometheus-cpp-core1.0 libcpp-httplib0.11 zlib1g ca-certificates
 )
 
 packages=("${BUILD_PACKAGES[@]}")
@@ -23,6 +24,10 @@ if [[ "${1:-}" == "--runtime" ]]; then packages=("${RUNTIME_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${packages[@]}"; do
+  # Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm) does as well as
+  # Debian's, and Debian's npm would conflict with it.
+  if [[ "$p" == "nodejs" ]] && command -v node >/dev/null; then continue; fi
+  if [[ "$p" == "npm" ]] && command -v npm >/dev/null; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

@@ -1,6 +1,7 @@
 // dino-server: serves the models of a model repository over gRPC (services dino.v1.Surrogate,
 // dino.v1.Prior, dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server
-// reflection) and Prometheus metrics over HTTP.
+// reflection), over the UM-Bridge protocol (HTTP/JSON, --umbridge_port) and Prometheus
+// metrics over HTTP.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -24,8 +25,10 @@
 #include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
 #include "server/frontend/prior_service.h"
+#include "server/frontend/http_server.h"
 #include "server/frontend/surrogate_service.h"
 #include "server/frontend/training_service.h"
+#include "server/frontend/umbridge_service.h"
 #include "server/metrics/metrics_http_server.h"
 #include "server/metrics/server_metrics.h"
 #include "server/training/fine_tune_jobs.h"
@@ -42,6 +45,13 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(int32_t, umbridge_port, -1,
+          "Port of the UM-Bridge protocol 1.0 endpoint (HTTP/JSON: /Info, /Evaluate, "
+          "/Gradient, /ApplyJacobian, /ApplyHessian, …) on --host; 0 picks a free one (printed "
+          "on stdout), -1 (the default) disables it.");
+ABSL_FLAG(int32_t, http_threads, 16,
+          "Threads of the HTTP frontend: HTTP requests served at once (each waits on its thread "
+          "for the model's answer; more connections wait in the listen backlog).");
 ABSL_FLAG(int32_t, threads, 0,
           "Compute threads per model (a model's config.json \"executors\" overrides it); 0 "
           "means one per CPU core.");
@@ -266,6 +276,24 @@ int Run() {
       scheduler, absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::TrainingService training_service(jobs, admin_auth);
   dino::frontend::ModelAdminService admin_service(manager, admin_auth);
+  // UM-Bridge: the same scheduler, models, metrics and inference token as gRPC.
+  dino::frontend::UmbridgeService umbridge(
+      manager, scheduler, metrics.get(),
+      absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  dino::frontend::HttpServer::Options http_options;
+  http_options.threads = absl::GetFlag(FLAGS_http_threads);
+  http_options.max_body_bytes = max_message_bytes;
+  dino::frontend::HttpServer http_server(http_options);
+  if (const int umbridge_port = absl::GetFlag(FLAGS_umbridge_port); umbridge_port >= 0) {
+    umbridge.Register(http_server);
+    auto port = http_server.Start(absl::GetFlag(FLAGS_host), umbridge_port);
+    if (!port.ok()) {
+      LogError(port.status().message());
+      return 1;
+    }
+    std::printf("dino-server: UM-Bridge on http://%s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
+                *port);
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -306,6 +334,8 @@ int Run() {
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   // Jobs not yet published are cancelled (a published version is complete on disk).
   jobs.Shutdown();
+  // HTTP requests in progress finish (the scheduler still runs); new connections are refused.
+  http_server.Stop();
   server->Shutdown(std::chrono::system_clock::now() + grace);
   manager.StopPolling();
   scheduler.Shutdown();
@@ -320,8 +350,8 @@ int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
   dino::models::KeepLargeBlocksForReuse();
   absl::SetProgramUsageMessage(
-      "Serves DINO surrogates and their derivatives over gRPC.\n"
-      "  dino-server --model_repository=models/repository --port=50051");
+      "Serves DINO surrogates and their derivatives over gRPC (and UM-Bridge).\n"
+      "  dino-server --model_repository=models/repository --port=50051 [--umbridge_port=4242]");
   absl::ParseCommandLine(argc, argv);
   return Run();
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -90,6 +91,8 @@ void ComputePoint(pde::LogDiffusionModel& solver, const PointTask& task) {
     case Method::kJacobian:
       Eigen::Map<RowMajorMatrix>(out, d_q, d_m) = FullJacobian(evaluation);
       break;
+    case Method::kHessianVectorProduct:
+      throw std::logic_error("HessianVectorProduct reached a PDE model");  // Prepare refuses it.
     case Method::kReducedJacobian: {
       const int64_t k_q = query.output_basis.size(1), k_m = query.input_basis.size(1);
       ConstRowMajorMap u(query.output_basis.data_ptr<double>(), d_q, k_q);
@@ -252,6 +255,8 @@ std::vector<Answer> PdeSolverModel::ComputeBatch(
         values[i] =
             torch::empty({points, query.output_basis.size(1), query.input_basis.size(1)}, f64);
         break;
+      case Method::kHessianVectorProduct:
+        throw std::logic_error("HessianVectorProduct reached a PDE model");  // Prepare refuses it.
     }
     for (int64_t p = 0; p < points; ++p) tasks.push_back({&query, p, &values[i], &qs[i]});
   }
@@ -283,6 +288,8 @@ std::vector<Answer> PdeSolverModel::ComputeBatch(
         answer.values = values[i];
         answer.q = qs[i];
         break;
+      case Method::kHessianVectorProduct:
+        break;  // Never prepared (see above).
     }
   }
   return answers;
@@ -323,6 +330,7 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> PdeSolverModel::FromConfig
   info.output_dim = solver->observation_dim();
   info.architecture = kPdeArchitecture;
   info.dtype = torch::kFloat64;
+  info.has_hessian_vector_product = false;
   nlohmann::json points = nlohmann::json::array();
   for (const Eigen::Vector2d& point : problem_config.observation_points) {
     points.push_back({point.x(), point.y()});

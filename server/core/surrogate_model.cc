@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -100,6 +102,43 @@ Query QueryAt(Method method, const torch::Tensor& m, bool want_q) {
   return query;
 }
 
+// ∂²⟨s_b, g(x_b)⟩/∂x_b² · v_b for every row b of x (rows are independent points), by double
+// backward: the gradient ∇⟨s, g⟩ = J_gᵀs is built differentiably, and its reverse product with
+// v is the Hessian's action, the Hessian of ⟨s, g⟩ being symmetric.
+torch::Tensor SecondOrderAction(const std::function<torch::Tensor(const torch::Tensor&)>& g,
+                                const torch::Tensor& x, const torch::Tensor& s,
+                                const torch::Tensor& v) {
+  torch::AutoGradMode grad_mode(true);
+  torch::Tensor inputs = x.detach().contiguous().requires_grad_(true);
+  torch::Tensor outputs = g(inputs);
+  torch::Tensor gradient = dm::ReverseProduct(outputs, inputs, s, /*create_graph=*/true);
+  return dm::ReverseProduct(gradient, inputs, v, /*create_graph=*/false).detach();
+}
+
+// The HessianVectorProduct queries of a batch, each with its position in the batch.
+struct HessianQueries {
+  std::vector<const PreparedQuery*> queries;
+  std::vector<size_t> index;
+  torch::Tensor Points() const {
+    return Stack(queries, [](const PreparedQuery& p) { return p.points; });
+  }
+  torch::Tensor Cotangents() const {
+    return Stack(queries, [](const PreparedQuery& p) { return p.cotangents; });
+  }
+  torch::Tensor Directions() const {
+    return Stack(queries, [](const PreparedQuery& p) { return p.vectors.select(1, 0); });
+  }
+  // Hands each query its rows of `actions` [P, d_M].
+  void Scatter(const torch::Tensor& actions, std::vector<Answer>& answers) const {
+    int64_t row = 0;
+    for (size_t j = 0; j < queries.size(); ++j) {
+      const int64_t points = queries[j]->points_count();
+      answers[index[j]].values = actions.narrow(0, row, points);
+      row += points;
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // f(m) = U φ(Vᵀm) + b.
 class ReducedBasisModel final : public SurrogateModel {
@@ -119,12 +158,30 @@ class ReducedBasisModel final : public SurrogateModel {
     std::vector<Answer> answers(batch.size());
     std::vector<const PreparedQuery*> evaluations, derivatives;
     std::vector<size_t> evaluation_index, derivative_index;
+    HessianQueries hessians;
     for (size_t i = 0; i < batch.size(); ++i) {
-      const bool evaluate = batch[i]->method == Method::kEvaluate;
+      const Method method = batch[i]->method;
+      if (method == Method::kHessianVectorProduct) {
+        hessians.queries.push_back(batch[i]);
+        hessians.index.push_back(i);
+        continue;
+      }
+      const bool evaluate = method == Method::kEvaluate;
       (evaluate ? evaluations : derivatives).push_back(batch[i]);
       (evaluate ? evaluation_index : derivative_index).push_back(i);
     }
     EvaluateTogether(network_, evaluations, evaluation_index, answers);
+    if (!hessians.queries.empty()) {
+      // ⟨s, f(m)⟩ = ⟨Uᵀs, φ(Vᵀm)⟩ + ⟨s, b⟩, so its Hessian is V ∇²_z⟨Uᵀs, φ(z)⟩ Vᵀ: the
+      // double backward runs on the reduced network only, r_M inputs per point.
+      torch::Tensor z = network_.ProjectInput(hessians.Points());
+      torch::Tensor reduced_cotangents = torch::mm(hessians.Cotangents(), u);
+      torch::Tensor reduced_directions = network_.ProjectInput(hessians.Directions());
+      torch::Tensor reduced_actions =
+          SecondOrderAction([this](const torch::Tensor& x) { return network_.ReducedForward(x); },
+                            z, reduced_cotangents, reduced_directions);
+      hessians.Scatter(torch::mm(reduced_actions, v.t()), answers);
+    }
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
@@ -201,6 +258,7 @@ class ReducedBasisModel final : public SurrogateModel {
           if (query.want_q) answer.q = q[0];
           break;
         case Method::kEvaluate:
+        case Method::kHessianVectorProduct:
           break;
       }
     }
@@ -263,6 +321,7 @@ class GenericModel final : public SurrogateModel {
     Rows reverse, forward_mode;
     std::vector<const PreparedQuery*> evaluations;
     std::vector<size_t> evaluation_index;
+    HessianQueries hessians;
     for (size_t i = 0; i < batch.size(); ++i) {
       const PreparedQuery& query = *batch[i];
       const int64_t points = query.points_count();
@@ -270,6 +329,10 @@ class GenericModel final : public SurrogateModel {
         case Method::kEvaluate:
           evaluations.push_back(&query);
           evaluation_index.push_back(i);
+          break;
+        case Method::kHessianVectorProduct:
+          hessians.queries.push_back(&query);
+          hessians.index.push_back(i);
           break;
         case Method::kVjp: {
           const int64_t k = query.vectors.size(1);
@@ -301,6 +364,12 @@ class GenericModel final : public SurrogateModel {
       }
     }
     EvaluateTogether(network_, evaluations, evaluation_index, answers);
+    if (!hessians.queries.empty()) {
+      hessians.Scatter(
+          SecondOrderAction([this](const torch::Tensor& x) { return network_.Forward(x); },
+                            hessians.Points(), hessians.Cotangents(), hessians.Directions()),
+          answers);
+    }
     torch::Tensor reverse_values, reverse_rows, forward_values, forward_rows;
     if (reverse.count > 0) {
       torch::AutoGradMode grad_mode(true);
@@ -325,6 +394,7 @@ class GenericModel final : public SurrogateModel {
       const int64_t points = query.points_count();
       switch (query.method) {
         case Method::kEvaluate:
+        case Method::kHessianVectorProduct:
           break;
         case Method::kVjp: {
           const int64_t k = query.vectors.size(1);
@@ -432,6 +502,8 @@ const char* MethodName(Method method) {
       return "ReducedJacobian";
     case Method::kJacobian:
       return "Jacobian";
+    case Method::kHessianVectorProduct:
+      return "HessianVectorProduct";
   }
   return "?";
 }
@@ -682,6 +754,12 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
   prepared.method = query.method;
   prepared.want_q = query.want_q;
   prepared.output_dtype = query.output_dtype.value_or(info_.dtype);
+  if (query.method == Method::kHessianVectorProduct && !info_.has_hessian_vector_product) {
+    return absl::UnimplementedError(absl::StrCat(
+        "this model (architecture ", info_.architecture,
+        ") has no second-order action: HessianVectorProduct (UM-Bridge ApplyHessian) needs "
+        "second-order adjoints, which it does not implement"));
+  }
   if (query.method == Method::kJacobian) {
     const int64_t elements = info_.output_dim * info_.input_dim;
     if (elements > limits_.max_jacobian_elements) {
@@ -721,6 +799,24 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
       prepared.want_q = true;
       if (auto status = PrepareClientBases(query, &prepared); !status.ok()) return status;
       break;
+    case Method::kHessianVectorProduct: {
+      // One s and one v per point.
+      auto cotangents = Matrix(query.cotangents, "cotangents", info_.output_dim);
+      if (!cotangents.ok()) return cotangents.status();
+      auto directions = Matrix(query.directions, "directions", info_.input_dim);
+      if (!directions.ok()) return directions.status();
+      for (const auto& [rows, field] : {std::pair(cotangents->size(0), "cotangents"),
+                                        std::pair(directions->size(0), "directions")}) {
+        if (rows != count) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, " must have one row per point of m (", count, "), got ", rows));
+        }
+      }
+      prepared.cotangents = *std::move(cotangents);
+      prepared.vectors = directions->unsqueeze(1);
+      prepared.layout = Layout::kOnePerPoint;
+      break;
+    }
   }
   return prepared;
 }
@@ -802,6 +898,17 @@ absl::StatusOr<SurrogateModel::Products> SurrogateModel::Vjp(const torch::Tensor
 absl::StatusOr<SurrogateModel::Products> SurrogateModel::Jacobian(const torch::Tensor& m,
                                                                   bool want_q) const {
   return RunProducts(QueryAt(Method::kJacobian, m, want_q));
+}
+
+absl::StatusOr<torch::Tensor> SurrogateModel::HessianVectorProduct(
+    const torch::Tensor& m, const torch::Tensor& cotangents,
+    const torch::Tensor& directions) const {
+  Query query = QueryAt(Method::kHessianVectorProduct, m, /*want_q=*/false);
+  query.cotangents = cotangents;
+  query.directions = directions;
+  auto products = RunProducts(query);
+  if (!products.ok()) return products.status();
+  return products->values;
 }
 
 absl::StatusOr<SurrogateModel::ReducedJacobians> SurrogateModel::ReducedJacobian(

@@ -51,6 +51,9 @@ struct ModelInfo {
   std::string architecture;
   torch::Dtype dtype = torch::kFloat32;
   bool has_prior = false;  // The model serves its parameter's prior (SurrogateModel::prior).
+  // Whether Method::kHessianVectorProduct is answered (not by the exact PDE models, which
+  // would need second-order adjoints); otherwise Prepare refuses it with UNIMPLEMENTED.
+  bool has_hessian_vector_product = true;
   nlohmann::json metadata = nlohmann::json::object();
 };
 
@@ -60,16 +63,19 @@ struct ComputeLimits {
   int64_t max_jacobian_elements = 1 << 22;  // d_Q · d_M of a full Jacobian.
 };
 
-enum class Method { kEvaluate, kJvp, kVjp, kReducedJacobian, kJacobian };
-// The RPC name: "Evaluate", "Jvp", "Vjp", "ReducedJacobian", "Jacobian".
+// kHessianVectorProduct is the second-order action ∂²⟨s, f⟩/∂m² · v (UM-Bridge's
+// ApplyHessian); it has no gRPC method yet.
+enum class Method { kEvaluate, kJvp, kVjp, kReducedJacobian, kJacobian, kHessianVectorProduct };
+// The RPC name: "Evaluate", "Jvp", "Vjp", "ReducedJacobian", "Jacobian",
+// "HessianVectorProduct".
 const char* MethodName(Method method);
 
 // One request as the client sent it (any floating dtype; see surrogate.proto for shapes).
 struct Query {
   Method method = Method::kEvaluate;
   torch::Tensor m;
-  torch::Tensor directions;    // Jvp.
-  torch::Tensor cotangents;    // Vjp.
+  torch::Tensor directions;    // Jvp; HessianVectorProduct: v, [d_M] or [B, d_M].
+  torch::Tensor cotangents;    // Vjp; HessianVectorProduct: s, [d_Q] or [B, d_Q].
   torch::Tensor output_basis;  // ReducedJacobian client bases (both or neither).
   torch::Tensor input_basis;
   bool want_q = false;                       // Jvp, Vjp, Jacobian; ReducedJacobian always.
@@ -80,12 +86,16 @@ struct Query {
 // points as rows. Made by SurrogateModel::Prepare; read by SurrogateModel::Compute.
 struct PreparedQuery {
   Method method = Method::kEvaluate;
-  torch::Tensor points;   // [P, d_M]
-  torch::Tensor vectors;  // Jvp: directions [P, k, d_M]; Vjp: cotangents [P, k, d_Q].
+  torch::Tensor points;  // [P, d_M]
+  // Jvp: directions [P, k, d_M]; Vjp: cotangents [P, k, d_Q]; HessianVectorProduct:
+  // directions [P, 1, d_M].
+  torch::Tensor vectors;
+  torch::Tensor cotangents;                 // HessianVectorProduct: s [P, d_Q].
   torch::Tensor output_basis, input_basis;  // Client bases, or undefined.
   bool want_q = false;
   // Jvp/Vjp: the single-point form (one point, results [k, ·], q [d_Q]) or, for B points with
-  // one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q].
+  // one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q]. HessianVectorProduct:
+  // always kOnePerPoint, results [P, d_M].
   enum class Layout { kSinglePoint, kOnePerPoint, kPerPoint } layout = Layout::kPerPoint;
   torch::Dtype output_dtype = torch::kFloat64;
   int64_t points_count() const { return points.size(0); }
@@ -98,7 +108,8 @@ torch::Tensor QInLayout(const torch::Tensor& q, PreparedQuery::Layout layout);
 
 // Results in the requested output dtype.
 struct Answer {
-  torch::Tensor values;   // q (Evaluate), jvp, vjp, reduced_jacobian or jacobian.
+  // q (Evaluate), jvp, vjp, reduced_jacobian, jacobian or the Hessian actions [P, d_M].
+  torch::Tensor values;
   torch::Tensor q;        // When asked for (always for ReducedJacobian), else undefined.
   int64_t bytes() const;  // Payload size of both tensors.
 };
@@ -156,6 +167,10 @@ class SurrogateModel {
   absl::StatusOr<Products> Vjp(const torch::Tensor& m, const torch::Tensor& cotangents,
                                bool want_q) const;
   absl::StatusOr<Products> Jacobian(const torch::Tensor& m, bool want_q) const;
+  // ∂²⟨s, f⟩/∂m² · v at each point: one s [d_Q] and one v [d_M] per row of m; [P, d_M].
+  absl::StatusOr<torch::Tensor> HessianVectorProduct(const torch::Tensor& m,
+                                                     const torch::Tensor& cotangents,
+                                                     const torch::Tensor& directions) const;
   // With undefined client bases: in the model's own bases (FAILED_PRECONDITION for a model
   // without). Client bases must both be given, with orthonormal columns.
   absl::StatusOr<ReducedJacobians> ReducedJacobian(const torch::Tensor& m,

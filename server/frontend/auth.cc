@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -62,6 +63,36 @@ grpc::Status BearerTokenAuth::Check(const grpc::ServerContextBase& context) cons
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not valid");
   }
   return grpc::Status::OK;
+}
+
+absl::Status BearerTokenAuth::CheckHttpAuthorization(absl::string_view authorization) const {
+  if (token_.empty()) return absl::OkStatus();
+  if (authorization.empty()) {
+    return absl::UnauthenticatedError(
+        "this request needs the header 'Authorization: Bearer <token>' (or the token as the "
+        "password of the URL, http://user:<token>@host:port)");
+  }
+  constexpr absl::string_view kBearer = "Bearer ";
+  constexpr absl::string_view kBasic = "Basic ";
+  std::string presented;
+  if (absl::StartsWithIgnoreCase(authorization, kBearer)) {
+    presented = std::string(authorization.substr(kBearer.size()));
+  } else if (absl::StartsWithIgnoreCase(authorization, kBasic)) {
+    std::string credentials;
+    if (!absl::Base64Unescape(authorization.substr(kBasic.size()), &credentials) ||
+        credentials.find(':') == std::string::npos) {
+      return absl::UnauthenticatedError(
+          "the Basic authorization header must be base64(<user>:<token>)");
+    }
+    presented = credentials.substr(credentials.find(':') + 1);
+  } else {
+    return absl::UnauthenticatedError(
+        "the Authorization header must be 'Bearer <token>' or 'Basic base64(<user>:<token>)'");
+  }
+  if (!ConstantTimeEquals(presented, token_)) {
+    return absl::UnauthenticatedError("the bearer token is not valid");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dino::frontend

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace dino::frontend {
 
@@ -28,6 +29,11 @@ class BearerTokenAuth {
   bool enabled() const { return !token_.empty() || refuses_all_; }
   // OK, or UNAUTHENTICATED saying what is missing or wrong (never echoing a token).
   grpc::Status Check(const grpc::ServerContextBase& context) const;
+  // The same check of an HTTP Authorization header's value (empty: none sent). Besides
+  // "Bearer <token>" it accepts "Basic base64(<any user>:<token>)", the header that HTTP
+  // clients send for credentials in the URL (http://user:<token>@host:port), because
+  // clients such as UM-Bridge's cannot add headers of their own.
+  absl::Status CheckHttpAuthorization(absl::string_view authorization) const;
 
  private:
   std::string token_;

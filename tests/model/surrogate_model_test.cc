@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -123,6 +124,58 @@ TEST_P(DerivativeTest, ClientBasisReducedJacobianIsProjectedJacobian) {
               1e-12);
   }
   EXPECT_LE(RelativeError(reduced->q, *model_->Evaluate(batch)), 1e-14);
+}
+
+TEST_P(DerivativeTest, HessianVectorProductMatchesFiniteDifferencesOfVjp) {
+  // ∂²⟨s, f⟩/∂m² · v = d/dt [J(m + t v)ᵀ s] at t = 0, by central differences of the served
+  // Vjp (whose own exactness the tests above establish).
+  torch::Tensor s = Gaussian({kDims.d_q}, 61);
+  torch::Tensor v = Gaussian({kDims.d_m}, 62);
+  auto action = model_->HessianVectorProduct(m_, s, v);
+  ASSERT_TRUE(action.ok()) << action.status();
+  ASSERT_EQ(action->sizes(), (std::vector<int64_t>{1, kDims.d_m}));
+  const double h = 1e-5;
+  auto plus = model_->Vjp(m_ + h * v, s, /*want_q=*/false);
+  auto minus = model_->Vjp(m_ - h * v, s, /*want_q=*/false);
+  ASSERT_TRUE(plus.ok() && minus.ok());
+  torch::Tensor expected = (plus->values - minus->values) / (2 * h);
+  // A nonlinear model: the action is far from zero, so the comparison tests something.
+  ASSERT_GT(expected.norm().item<double>(), 1e-3);
+  EXPECT_LE(RelativeError((*action)[0], expected[0]), 1e-6);
+  // Symmetry of the Hessian of ⟨s, f⟩: ⟨w, H v⟩ = ⟨v, H w⟩.
+  torch::Tensor w = Gaussian({kDims.d_m}, 63);
+  auto action_w = model_->HessianVectorProduct(m_, s, w);
+  ASSERT_TRUE(action_w.ok()) << action_w.status();
+  EXPECT_NEAR(torch::dot((*action)[0], w).item<double>(),
+              torch::dot((*action_w)[0], v).item<double>(),
+              1e-10 * (1 + std::abs(torch::dot((*action)[0], w).item<double>())));
+}
+
+TEST_P(DerivativeTest, HessianVectorProductPerPointEqualsEachPointAlone) {
+  torch::Tensor m = Gaussian({3, kDims.d_m}, 64);
+  torch::Tensor s = Gaussian({3, kDims.d_q}, 65);
+  torch::Tensor v = Gaussian({3, kDims.d_m}, 66);
+  auto together = model_->HessianVectorProduct(m, s, v);
+  ASSERT_TRUE(together.ok()) << together.status();
+  ASSERT_EQ(together->sizes(), (std::vector<int64_t>{3, kDims.d_m}));
+  for (int64_t b = 0; b < 3; ++b) {
+    auto alone = model_->HessianVectorProduct(m[b], s[b], v[b]);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_LE(RelativeError((*together)[b], (*alone)[0]), 1e-12) << "point " << b;
+  }
+}
+
+TEST_P(DerivativeTest, HessianVectorProductErrorsNameTheField) {
+  auto wrong_s = model_->HessianVectorProduct(m_, Gaussian({kDims.d_q + 1}, 1), m_);
+  EXPECT_EQ(wrong_s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_s.status().message(), HasSubstr("cotangents"));
+  auto wrong_v = model_->HessianVectorProduct(m_, Gaussian({kDims.d_q}, 1), Gaussian({3}, 2));
+  EXPECT_EQ(wrong_v.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_v.status().message(), HasSubstr("directions"));
+  auto rows = model_->HessianVectorProduct(Gaussian({2, kDims.d_m}, 3), Gaussian({kDims.d_q}, 1),
+                                           Gaussian({2, kDims.d_m}, 2));
+  EXPECT_EQ(rows.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(rows.status().message(), HasSubstr("cotangents must have one row per point"));
 }
 
 INSTANTIATE_TEST_SUITE_P(BothArchitectures, DerivativeTest, ::testing::Values("dipnet", "generic"));
@@ -299,6 +352,9 @@ TEST_P(BatchedTest, BatchedAnswersEqualUnbatchedAnswers) {
   Query& client = add(Method::kReducedJacobian, Gaussian({2, kDims.d_m}, 44));
   client.output_basis = dino::models::RandomOrthonormalColumns(kDims.d_q, 3, 45);
   client.input_basis = dino::models::RandomOrthonormalColumns(kDims.d_m, 4, 46);
+  Query& hessian = add(Method::kHessianVectorProduct, Gaussian({2, kDims.d_m}, 48));
+  hessian.cotangents = Gaussian({2, kDims.d_q}, 49);
+  hessian.directions = Gaussian({2, kDims.d_m}, 50);
   if (architecture == "dipnet") add(Method::kReducedJacobian, Gaussian({3, kDims.d_m}, 47));
   queries.back().output_dtype = torch::kFloat32;  // Conversions happen per query.
 
