@@ -1,5 +1,6 @@
 // dino-server: serves the models of a model repository over gRPC (services dino.v1.Surrogate,
-// dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server reflection) and
+// dino.v1.Training, dino.v1.ModelAdmin and KServe's Open Inference Protocol
+// inference.GRPCInferenceService, plus grpc.health.v1 and server reflection) and
 // Prometheus metrics over HTTP.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -21,6 +22,7 @@
 #include "server/core/model_manager.h"
 #include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
+#include "server/frontend/oip_service.h"
 #include "server/frontend/surrogate_service.h"
 #include "server/frontend/training_service.h"
 #include "server/metrics/metrics_http_server.h"
@@ -236,6 +238,11 @@ int Run() {
   dino::frontend::SurrogateService service(
       manager, scheduler, metrics.get(),
       absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  // KServe's Open Inference Protocol for Triton's and KServe's clients: the same scheduler,
+  // limits, metrics and token as dino.v1.Surrogate.
+  dino::frontend::OipService oip_service(
+      manager, scheduler, metrics.get(),
+      absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::TrainingService training_service(jobs, admin_auth);
   dino::frontend::ModelAdminService admin_service(manager, admin_auth);
   grpc::EnableDefaultHealthCheckService(true);
@@ -248,6 +255,7 @@ int Run() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
+  builder.RegisterService(&oip_service);
   builder.RegisterService(&training_service);
   builder.RegisterService(&admin_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -270,6 +278,7 @@ int Run() {
   // after the grace period) while new ones are refused.
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
+  oip_service.SetAccepting(false);
   std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));

@@ -6,7 +6,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 
@@ -25,6 +27,10 @@ class BearerTokenAuth {
   bool enabled() const { return !token_.empty(); }
   // OK, or UNAUTHENTICATED saying what is missing or wrong (never echoing a token).
   grpc::Status Check(const grpc::ServerContextBase& context) const;
+  // The same check of an authorization value from any transport (nullopt: none was sent);
+  // `carrier` names where it travels in the messages ("metadata", "header").
+  absl::Status CheckAuthorization(std::optional<std::string_view> authorization,
+                                  const char* carrier) const;
 
  private:
   std::string token_;
