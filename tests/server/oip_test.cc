@@ -526,6 +526,35 @@ TEST_F(OipTest, ModelInferErrorsNameTheInput) {
             1e-12);
 }
 
+TEST_F(OipTest, GrpcNeedsTheInferenceTokenWhenRequiredButProbesDoNot) {
+  const std::string token_file = *repository_ + "/token";
+  std::ofstream(token_file) << "s3cret\n";
+  dino::testing::ServerProcess guarded(
+      DINO_SERVER_BINARY, {"--model_repository=" + *repository_, "--admin_token_file=" + token_file,
+                           "--require_token_for_inference"});
+  auto stub = inference::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(guarded.target(), grpc::InsecureChannelCredentials()));
+  inference::ServerReadyResponse ready;
+  ASSERT_TRUE(stub->ServerReady(Context().get(), {}, &ready).ok());
+  EXPECT_TRUE(ready.ready());
+  const ModelInferRequest request = InferRequest("dipnet", Gaussian({1, kDims.d_m}, 31), true);
+  ModelInferResponse response;
+  grpc::Status status = stub->ModelInfer(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  inference::ModelMetadataRequest metadata_request;
+  metadata_request.set_name("dipnet");
+  inference::ModelMetadataResponse metadata;
+  EXPECT_EQ(stub->ModelMetadata(Context().get(), metadata_request, &metadata).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  auto context = Context();
+  context->AddMetadata("authorization", "Bearer s3cret");
+  ASSERT_TRUE(stub->ModelInfer(context.get(), request, &response).ok());
+  EXPECT_LE(MaxDiff(Output(response, "q"), Evaluate("dipnet", Gaussian({1, kDims.d_m}, 31))),
+            1e-12);
+  guarded.Signal(SIGTERM);
+  EXPECT_EQ(guarded.Wait(), 0);
+}
+
 // ---- REST: the transport-independent functions -------------------------------------------
 
 TEST_F(OipTest, RestHealthAndMetadataRoutes) {
