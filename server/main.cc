@@ -1,7 +1,7 @@
 // dino-server: serves the models of a model repository over gRPC (services dino.v1.Surrogate,
-// dino.v1.Prior, dino.v1.Training and dino.v1.ModelAdmin, plus grpc.health.v1 and server
-// reflection), over the UM-Bridge protocol (HTTP/JSON, --umbridge_port) and Prometheus
-// metrics over HTTP.
+// dino.v1.Prior, dino.v1.Training, dino.v1.ModelAdmin and KServe's Open Inference Protocol
+// inference.GRPCInferenceService, plus grpc.health.v1 and server reflection), over HTTP/JSON
+// (UM-Bridge protocol 1.0, --umbridge_port; OIP REST, --http_port) and Prometheus metrics.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -24,8 +24,10 @@
 #include "server/core/model_manager.h"
 #include "server/core/request_scheduler.h"
 #include "server/frontend/auth.h"
-#include "server/frontend/prior_service.h"
 #include "server/frontend/http_server.h"
+#include "server/frontend/oip_rest.h"
+#include "server/frontend/oip_service.h"
+#include "server/frontend/prior_service.h"
 #include "server/frontend/surrogate_service.h"
 #include "server/frontend/training_service.h"
 #include "server/frontend/umbridge_service.h"
@@ -49,6 +51,10 @@ ABSL_FLAG(int32_t, umbridge_port, -1,
           "Port of the UM-Bridge protocol 1.0 endpoint (HTTP/JSON: /Info, /Evaluate, "
           "/Gradient, /ApplyJacobian, /ApplyHessian, …) on --host; 0 picks a free one (printed "
           "on stdout), -1 (the default) disables it.");
+ABSL_FLAG(int32_t, http_port, -1,
+          "Port of KServe's Open Inference Protocol REST API (/v2/health/..., "
+          "/v2/models/{name}[/versions/{v}][/infer]) on --host; 0 picks a free one (printed on "
+          "stdout), -1 (the default) disables it. The OIP gRPC service is on --port.");
 ABSL_FLAG(int32_t, http_threads, 16,
           "Threads of the HTTP frontend: HTTP requests served at once (each waits on its thread "
           "for the model's answer; more connections wait in the listen backlog).");
@@ -274,6 +280,11 @@ int Run() {
       absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::PriorService prior_service(
       scheduler, absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  // KServe's Open Inference Protocol for Triton's and KServe's clients: the same scheduler,
+  // limits, metrics and token as dino.v1.Surrogate.
+  dino::frontend::OipService oip_service(
+      manager, scheduler, metrics.get(),
+      absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
   dino::frontend::TrainingService training_service(jobs, admin_auth);
   dino::frontend::ModelAdminService admin_service(manager, admin_auth);
   // UM-Bridge: the same scheduler, models, metrics and inference token as gRPC.
@@ -294,6 +305,21 @@ int Run() {
     std::printf("dino-server: UM-Bridge on http://%s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
                 *port);
   }
+  // KServe's Open Inference Protocol over REST: the same mapping as its gRPC service.
+  dino::frontend::OipRestHandler oip_rest(
+      manager, scheduler, metrics.get(),
+      absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);
+  dino::frontend::HttpServer oip_http_server(http_options);
+  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port >= 0) {
+    oip_rest.Register(oip_http_server);
+    auto port = oip_http_server.Start(absl::GetFlag(FLAGS_host), http_port);
+    if (!port.ok()) {
+      LogError(port.status().message());
+      return 1;
+    }
+    std::printf("dino-server: Open Inference Protocol REST on http://%s:%d/v2\n",
+                absl::GetFlag(FLAGS_host).c_str(), *port);
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -305,6 +331,7 @@ int Run() {
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
   builder.RegisterService(&prior_service);
+  builder.RegisterService(&oip_service);
   builder.RegisterService(&training_service);
   builder.RegisterService(&admin_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -329,6 +356,8 @@ int Run() {
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
   health->SetServingStatus(kPriorServiceName, false);
+  oip_service.SetAccepting(false);
+  oip_rest.SetAccepting(false);
   std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
   const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::duration<double>(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
@@ -336,6 +365,7 @@ int Run() {
   jobs.Shutdown();
   // HTTP requests in progress finish (the scheduler still runs); new connections are refused.
   http_server.Stop();
+  oip_http_server.Stop();
   server->Shutdown(std::chrono::system_clock::now() + grace);
   manager.StopPolling();
   scheduler.Shutdown();

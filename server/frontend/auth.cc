@@ -49,20 +49,30 @@ grpc::Status BearerTokenAuth::Check(const grpc::ServerContextBase& context) cons
   if (token_.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "this RPC needs the metadata 'authorization: Bearer <token>'");
+  std::optional<std::string_view> value;
+  if (it != metadata.end()) value = std::string_view(it->second.data(), it->second.size());
+  const absl::Status status = CheckAuthorization(value, "metadata");
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(status.message()));
+}
+
+absl::Status BearerTokenAuth::CheckAuthorization(std::optional<std::string_view> authorization,
+                                                 const char* carrier) const {
+  if (token_.empty()) return absl::OkStatus();
+  if (!authorization.has_value()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("this call needs the ", carrier, " 'authorization: Bearer <token>'"));
   }
-  const std::string value(it->second.data(), it->second.size());
+  const std::string value(*authorization);
   constexpr char kScheme[] = "Bearer ";
   if (!absl::StartsWithIgnoreCase(value, kScheme)) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "the authorization metadata must be 'Bearer <token>'");
+    return absl::UnauthenticatedError(
+        absl::StrCat("the authorization ", carrier, " must be 'Bearer <token>'"));
   }
   if (!ConstantTimeEquals(value.substr(sizeof(kScheme) - 1), token_)) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not valid");
+    return absl::UnauthenticatedError("the bearer token is not valid");
   }
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 absl::Status BearerTokenAuth::CheckHttpAuthorization(absl::string_view authorization) const {

@@ -6,7 +6,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -34,6 +36,10 @@ class BearerTokenAuth {
   // clients send for credentials in the URL (http://user:<token>@host:port), because
   // clients such as UM-Bridge's cannot add headers of their own.
   absl::Status CheckHttpAuthorization(absl::string_view authorization) const;
+  // The same check of an authorization value from any transport (nullopt: none was sent);
+  // `carrier` names where it travels in the messages ("metadata", "header").
+  absl::Status CheckAuthorization(std::optional<std::string_view> authorization,
+                                  const char* carrier) const;
 
  private:
   std::string token_;
