@@ -12,6 +12,7 @@ BUILD_PACKAGES=(
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libeigen3-dev zlib1g-dev libcli11-dev
   libgtest-dev libgmock-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-matplotlib
+  python3-yaml prometheus
 )
 RUNTIME_PACKAGES=(
   libtorch1.13 libopenblas0-pthread libgrpc++1.51 libprotobuf32 libabsl20220623
