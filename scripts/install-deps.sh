@@ -13,6 +13,7 @@ BUILD_PACKAGES=(
   libgtest-dev libgmock-dev libcpp-httplib-dev
   nodejs npm
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-matplotlib
+  python3-yaml prometheus
 )
 RUNTIME_PACKAGES=(
   libtorch1.13 libopenblas0-pthread libgrpc++1.51 libprotobuf32 libabsl20220623

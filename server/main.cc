@@ -32,6 +32,7 @@
 #include "server/frontend/training_service.h"
 #include "server/frontend/umbridge_service.h"
 #include "server/metrics/metrics_http_server.h"
+#include "server/metrics/process_metrics.h"
 #include "server/metrics/server_metrics.h"
 #include "server/training/fine_tune_jobs.h"
 
@@ -127,6 +128,9 @@ constexpr char kPriorServiceName[] = "dino.v1.Prior";
 // Feeds the fine-tune jobs' events into the Prometheus metrics.
 dino::serving::JobObserver TrainingMetricsObserver(dino::metrics::ServerMetrics* metrics) {
   using dino::serving::JobState;
+  for (int state = 0; state < dino::serving::kJobStateCount; ++state) {
+    metrics->DeclareJobState(dino::serving::JobStateName(static_cast<JobState>(state)));
+  }
   dino::serving::JobObserver observer;
   observer.on_state = [metrics](std::optional<JobState> from, JobState to) {
     const std::string from_name = from ? dino::serving::JobStateName(*from) : "";
@@ -176,7 +180,8 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto metrics = std::make_unique<dino::metrics::ServerMetrics>();
-  dino::metrics::MetricsHttpServer metrics_endpoint(metrics->registry());
+  dino::metrics::MetricsHttpServer metrics_endpoint(
+      {metrics->registry(), std::make_shared<dino::metrics::ProcessMetrics>()});
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
     auto port =
         metrics_endpoint.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));

@@ -330,9 +330,11 @@ void RequestScheduler::RunBatch(ModelQueue& queue, std::vector<std::unique_ptr<P
   live.reserve(batch.size());
   queries.reserve(batch.size());
   auto finish = [&](Pending& pending, const absl::Status& status, Answer answer) {
+    // Before the answer leaves: whoever holds the answer then sees the call out of flight
+    // (decremented after `done`, a client could read in-flight 1 with nothing pending).
+    if (observer != nullptr) observer->InFlightChanged(queue.name(), -1);
     Finish(MethodName(pending.query.method), queue.name(), pending.arrived, status,
            pending.servable.version, std::move(answer), pending.done);
-    if (observer != nullptr) observer->InFlightChanged(queue.name(), -1);
   };
   int64_t rows = 0;
   for (auto& pending : batch) {

@@ -3,12 +3,15 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -31,8 +34,9 @@ void SendAll(int fd, const std::string& data) {
 
 }  // namespace
 
-MetricsHttpServer::MetricsHttpServer(std::shared_ptr<prometheus::Registry> registry)
-    : registry_(std::move(registry)) {}
+MetricsHttpServer::MetricsHttpServer(
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
+    : collectables_(std::move(collectables)) {}
 
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
@@ -111,7 +115,13 @@ void MetricsHttpServer::Answer(int connection) {
                        absl::StartsWith(request, "GET / ");
   std::string body, status, type;
   if (metrics) {
-    body = prometheus::TextSerializer().Serialize(registry_->Collect());
+    std::vector<prometheus::MetricFamily> families;
+    for (const auto& collectable : collectables_) {
+      std::vector<prometheus::MetricFamily> collected = collectable->Collect();
+      families.insert(families.end(), std::make_move_iterator(collected.begin()),
+                      std::make_move_iterator(collected.end()));
+    }
+    body = prometheus::TextSerializer().Serialize(families);
     status = "200 OK";
     type = "text/plain; version=0.0.4; charset=utf-8";
   } else {

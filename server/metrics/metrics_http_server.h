@@ -6,12 +6,13 @@
 // Scrapes are rare and tiny, so one thread answering one connection at a time suffices.
 #pragma once
 
-#include <prometheus/registry.h>
+#include <prometheus/collectable.h>
 
 #include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -19,7 +20,9 @@ namespace dino::metrics {
 
 class MetricsHttpServer {
  public:
-  explicit MetricsHttpServer(std::shared_ptr<prometheus::Registry> registry);
+  // Every scrape serializes what each collectable collects (a prometheus::Registry, the
+  // process collector, ...), in this order.
+  explicit MetricsHttpServer(std::vector<std::shared_ptr<prometheus::Collectable>> collectables);
   ~MetricsHttpServer();  // Stop().
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
@@ -32,7 +35,7 @@ class MetricsHttpServer {
   void Serve();
   void Answer(int connection);
 
-  std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   int listen_fd_ = -1;
   std::atomic<bool> stopping_{false};
   std::thread thread_;

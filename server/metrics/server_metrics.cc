@@ -168,6 +168,8 @@ void ServerMetrics::JobStateChanged(const std::string* from, const std::string& 
   jobs_.Add({{"state", to}}).Increment();
 }
 
+void ServerMetrics::DeclareJobState(const std::string& state) { jobs_.Add({{"state", state}}); }
+
 void ServerMetrics::AddSamplesReceived(const std::string& model, int64_t samples, int64_t bytes) {
   samples_received_.Add({{"model", model}}).Increment(static_cast<double>(samples));
   sample_bytes_received_.Add({{"model", model}}).Increment(static_cast<double>(bytes));

@@ -50,6 +50,10 @@ class ServerMetrics final : public serving::RequestObserver {
 
   // Fine-tune jobs. `from` empty: a new job. States are the jobs' state names.
   void JobStateChanged(const std::string* from, const std::string& to);
+  // Exports dino_training_jobs{state} at 0 before any job reaches `state`. increase() and
+  // rate() take a series' first sample as its starting point, so a series born at 1 (the
+  // first failed job since a restart) would never register as an increase in an alert.
+  void DeclareJobState(const std::string& state);
   void AddSamplesReceived(const std::string& model, int64_t samples, int64_t bytes);
   void ObserveEpoch(double seconds);
   // metric: "l2", "h1" or "reduced_h1".

@@ -1,0 +1,38 @@
+// The standard Prometheus process series (the names every client library's process collector
+// exports, so stock dashboards and alerts work unchanged), read from /proc/self when scraped:
+//   process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+//   process_open_fds, process_max_fds, process_threads, process_start_time_seconds.
+// prometheus-cpp has no process collector; reading at scrape time costs nothing between
+// scrapes and never reports a stale value.
+#pragma once
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace dino::metrics {
+
+// One reading of the process' resource use (Linux /proc).
+struct ProcessSnapshot {
+  double cpu_seconds = 0;  // User + system time of every thread.
+  double resident_memory_bytes = 0;
+  double virtual_memory_bytes = 0;
+  double open_fds = 0;
+  double max_fds = 0;  // The soft RLIMIT_NOFILE: what open() runs into.
+  double threads = 0;
+  double start_time_seconds = 0;  // Since the Unix epoch.
+};
+
+// Reads /proc/self/{stat,fd} and /proc/stat; nullopt where /proc is not mounted or
+// unreadable (the collector then exports nothing rather than zeros that look like data).
+std::optional<ProcessSnapshot> ReadProcessSnapshot();
+
+class ProcessMetrics final : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+}  // namespace dino::metrics
