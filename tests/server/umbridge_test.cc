@@ -5,7 +5,6 @@
 // routes in the real dino-server against gRPC: tests/python/umbridge_interop_test.py.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <httplib.h>
 #include <torch/torch.h>
 
 #include <atomic>
@@ -25,6 +24,10 @@
 #include "server/metrics/server_metrics.h"
 #include "tests/common/scratch_dir.h"
 #include "tests/common/test_models.h"
+
+// After every header that includes Eigen: httplib.h includes <resolv.h>, whose macro _res
+// would rewrite a variable of Eigen's templates.
+#include <httplib.h>  // NOLINT(build/include_order)
 
 namespace dino::frontend {
 namespace {
