@@ -112,6 +112,11 @@ class ServedSamplerTest(unittest.TestCase):
         np.testing.assert_array_equal(prior.served_samples(1, seed=7, first_index=2)[0], s[2])
         self.assertEqual(prior.to_parameter(x[0]).shape, (1, d))
         self.assertEqual(prior.sample(2, rng).shape, (2, d))
+        # The last batch of to_parameter is remembered: its rows cost no second RPC.
+        prior.counts.clear()
+        m1 = prior.to_parameter(v[:3])
+        np.testing.assert_array_equal(prior.to_parameter(v[1:3]), m1[1:3])
+        self.assertEqual(prior.counts["covariance_sqrt_calls"], 1)
         # Splitting a large batch into several RPCs gives the same rows.
         small = bayes.ServedPrior(self.client, MODEL, max_rows=3)
         np.testing.assert_allclose(small.apply_cov(v), cv, rtol=1e-12, atol=1e-14 * scale)

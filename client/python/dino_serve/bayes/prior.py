@@ -121,11 +121,13 @@ class ServedPrior(Prior):
 
     ``client``: a :class:`dino_serve.DinoClient`; ``model``: the model whose prior this is
     (a PDE model and the DINOs trained on its problem share one); ``counts`` tallies RPCs
-    and rows per operator."""
+    and rows per operator. ``cache``: ``to_parameter`` remembers its last batch and
+    computes only rows it has not seen (delayed acceptance maps the stage-1 survivors of a
+    proposal again for the exact model: no second RPC)."""
 
     def __init__(self, client: Any, model: str, version: int = 0, label: str = "",
                  timeout: float | None = None, max_rows: int = 4096,
-                 max_bytes: int = 32 << 20) -> None:
+                 max_bytes: int = 32 << 20, cache: bool = True) -> None:
         self.client = client
         self.model = model
         self._ref = {"version": version, "label": label, "timeout": timeout}
@@ -135,6 +137,8 @@ class ServedPrior(Prior):
         self._mean = np.asarray(info["mean"], dtype=np.float64).reshape(self.dim)
         self.max_rows = max(1, min(int(max_rows), int(max_bytes) // (8 * self.dim)))
         self.counts: dict[str, int] = {}
+        self.cache = cache
+        self._last: dict[bytes, np.ndarray] = {}
 
     @property
     def mean(self) -> np.ndarray:
@@ -166,8 +170,21 @@ class ServedPrior(Prior):
         return self._apply("covariance_sqrt_inverse", x)
 
     def to_parameter(self, x: Any) -> np.ndarray:
-        """m = m̄ + G x in one ApplyPrior(COVARIANCE_SQRT, with_mean)."""
-        return self._apply("covariance_sqrt", x, with_mean=True)
+        """m = m̄ + G x in one ApplyPrior(COVARIANCE_SQRT, with_mean) (rows of the last
+        batch from the cache)."""
+        x = _rows(x, self.dim)
+        if not self.cache:
+            return self._apply("covariance_sqrt", x, with_mean=True)
+        keys = [row.tobytes() for row in x]
+        missing = [i for i, k in enumerate(keys) if k not in self._last]
+        out = np.empty_like(x)
+        if missing:
+            out[missing] = self._apply("covariance_sqrt", x[missing], with_mean=True)
+        for i, k in enumerate(keys):
+            if k in self._last:
+                out[i] = self._last[k]
+        self._last = {k: out[i] for i, k in enumerate(keys)}
+        return out
 
     def whiten(self, m: Any) -> np.ndarray:
         """x = G⁻¹ (m − m̄) in one ApplyPrior(COVARIANCE_SQRT_INVERSE, with_mean); equal to
