@@ -189,6 +189,20 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps):
     return state, best, wall, k, history
 
 
+def burn_in(kernel, state, rng, step, seconds):
+    """pilot()'s counterpart at a fixed step size: steps for ``seconds`` (at least 2)."""
+    from dino_serve import bayes
+    set_step(kernel, state, step)
+    history, start, k = [], time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or k < 2:
+        state, info = kernel.step(state, rng)
+        a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
+                 else "accepted"].mean()
+        history.append((step, float(a)))
+        k += 1
+    return state, step, time.perf_counter() - start, k, history
+
+
 def chain_moments(prior, kept_x, chunk=512):
     """Per-chain mean and variance of m = m0 + L x over the kept states [C, N, d]."""
     c, n, d = kept_x.shape
@@ -223,6 +237,12 @@ def main():
                    help="leading GN eigenvectors at the MAP whose projections ESS is taken of")
     p.add_argument("--records", type=int, default=400, help="kept states per chain (moments)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--fixed_steps", default="",
+                   help="extra runs at a given step size, no pilot (a burn-in of "
+                        "--pilot_seconds instead), e.g. pde_mmala=0.1,da_dino_mmala=0.1: "
+                        "stages <method>@<step>, a step-size sensitivity check")
+    p.add_argument("--fixed_budget_seconds", type=float, default=None,
+                   help="budget of the --fixed_steps runs (default --budget_seconds)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for the tests")
     args = p.parse_args()
     if args.smoke:
@@ -323,13 +343,18 @@ def run(args, target):
         raise ValueError(name)
 
     names = ["reference"] + [m for m in args.methods.split(",") if m]
+    fixed = [f.split("=") for f in args.fixed_steps.split(",") if f]
+    names += ["%s@%g" % (m, float(v)) for m, v in fixed]
     for i, name in enumerate(names):
         if load(args.out, name) is not None:
             log(name, "done already")
             continue
+        base, _, fixed_step = name.partition("@")
         seconds = args.reference_seconds if name == "reference" else args.budget_seconds
+        if fixed_step and args.fixed_budget_seconds:
+            seconds = args.fixed_budget_seconds
         rng = np.random.default_rng(1000 + i)
-        kernel, kind, step0 = kernel_for(name)
+        kernel, kind, step0 = kernel_for(base)
         models = [exact_model, dino_model]
         before = [dict(m.counts) for m in models]
         # Every method starts from the same kind of points: draws from the Laplace
@@ -340,9 +365,14 @@ def run(args, target):
         t = time.perf_counter()
         state = kernel.init(x0)
         init_wall = time.perf_counter() - t
-        log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
-        state, step, pilot_wall, pilot_steps, history = pilot(
-            kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20)
+        if fixed_step:
+            log(name, "burn-in at the fixed step %s for %g s" % (fixed_step, args.pilot_seconds))
+            state, step, pilot_wall, pilot_steps, history = burn_in(
+                kernel, state, rng, float(fixed_step), args.pilot_seconds)
+        else:
+            log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
+            state, step, pilot_wall, pilot_steps, history = pilot(
+                kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20)
         mid = [dict(m.counts) for m in models]
         log(name, "step %.4g after %d pilot steps (%.1f s); running %g s"
             % (step, pilot_steps, pilot_wall, seconds))
@@ -413,13 +443,13 @@ def report(args, n_cells):
     map_a, map_i = load(args.out, "map")
     cost = load(args.out, "training_cost")[1]
     ref = load(args.out, "reference")
-    rows, results = [], {}
+    results = {}
     ref_mean = ref[0]["chain_means"].mean(axis=0)
     ref_var = ref[0]["chain_variances"].mean(axis=0)
     c_ref = len(ref[0]["chain_means"])
     se_ref_mean = ref[0]["chain_means"].std(axis=0, ddof=1) / math.sqrt(c_ref)
     se_ref_var = ref[0]["chain_variances"].std(axis=0, ddof=1) / math.sqrt(c_ref)
-    for name in ["reference"] + METHODS:
+    for name in ["reference"] + METHODS + fixed_stages(args.out):
         stage = load(args.out, name)
         if stage is None:
             continue
@@ -437,7 +467,7 @@ def report(args, n_cells):
         se_mean = cm.std(axis=0, ddof=1) / math.sqrt(c)
         se_var = cv.std(axis=0, ddof=1) / math.sqrt(c)
         norm_mean, norm_var = np.linalg.norm(ref_mean), np.linalg.norm(ref_var)
-        r = {"label": LABELS[name], "step": i["step"], "kind": i["kind"], "steps": i["steps"],
+        r = {"label": label(name), "step": i["step"], "kind": i["kind"], "steps": i["steps"],
              "wall": wall, "chains": c, "acceptance": float(a["accepted"].mean()),
              "ess_min": float(all_ess.min()), "ess_median": float(np.median(all_ess)),
              "ess_directions": ess_dir.tolist(), "ess_misfit": ess_misfit,
@@ -482,6 +512,16 @@ def report(args, n_cells):
         with open(os.path.join(args.docs, "bayesian_inversion_table.md"), "w") as f:
             f.write(table)
         plots(args, results, data_a["m_true"], n_cells)
+
+
+def fixed_stages(out):
+    return sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json") and "@" in f)
+
+
+def label(name):
+    base, _, step = name.partition("@")
+    return LABELS[base] + (" (fixed %s = %s)" % ("β" if "pcn" in base else "h", step)
+                           if step else "")
 
 
 def fmt(v, digits=3):
@@ -555,8 +595,8 @@ def plots(args, results, m_true, n_cells):
     for row, k in enumerate(show):
         r = results[k]
         panels = [(m_true if row == 0 else None, "true parameter"),
-                  (r["mean"], LABELS[k] + "\nposterior mean"),
-                  (r["std"], LABELS[k] + "\nposterior std")]
+                  (r["mean"], label(k) + "\nposterior mean"),
+                  (r["std"], label(k) + "\nposterior std")]
         for col, (v, title) in enumerate(panels):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -571,25 +611,25 @@ def plots(args, results, m_true, n_cells):
     fig.savefig(os.path.join(args.docs, "bayesian_inversion_fields.png"), dpi=70)
     plt.close(fig)
 
-    names = [k for k in ["reference"] + METHODS if k in results]
+    names = [k for k in results]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6))
     for k in names:
         a, i = load(args.out, k)
         t = np.arange(a["z"].shape[1]) * i["wall"] / max(i["steps"], 1)
         if k != "reference":
-            axes[0, 0].plot(t, a["z"][0, :, 0], lw=0.6, label=LABELS[k])
-            axes[0, 1].plot(t, a["misfit"][0], lw=0.6, label=LABELS[k])
+            axes[0, 0].plot(t, a["z"][0, :, 0], lw=0.6, label=label(k))
+            axes[0, 1].plot(t, a["misfit"][0], lw=0.6, label=label(k))
         rho = bayes.autocorrelation(a["z"][:, :, 0]).mean(axis=0)
         lags = np.arange(len(rho)) * i["wall"] / max(i["steps"], 1)
         keep = lags <= 30
-        axes[1, 0].plot(lags[keep], rho[keep], label=LABELS[k])
+        axes[1, 0].plot(lags[keep], rho[keep], label=label(k))
     axes[0, 0].set(title="trace, chain 0: leading GN direction", xlabel="seconds")
     axes[0, 1].set(title="trace, chain 0: data misfit Φ", xlabel="seconds", yscale="log")
     axes[1, 0].set(title="autocorrelation, leading GN direction", xlabel="lag (seconds)")
     axes[1, 0].axhline(0, color="k", lw=0.5)
     axes[0, 0].legend(fontsize=6)
     axes[1, 0].legend(fontsize=6)
-    labels = [LABELS[k] for k in names if k != "reference"]
+    labels = [label(k).replace(" (fixed", "\n(fixed") for k in names if k != "reference"]
     vals = [results[k]["ess_per_s_min"] for k in names if k != "reference"]
     med = [results[k]["ess_per_s_median"] for k in names if k != "reference"]
     pos = np.arange(len(labels))
