@@ -78,6 +78,51 @@ class ServedSamplerTest(unittest.TestCase):
                 # The "exact" model is the surrogate itself here: stage 2 accepts everything.
                 self.assertEqual(r.stage2_acceptance_rate, 1.0)
 
+    def test_served_prior(self):
+        """ServedPrior (dino.v1.Prior through the Prior interface): G Gᵀ = C, whiten inverts
+        to_parameter, C⁻¹ inverts C, and the DINO and the PDE model share one prior."""
+        prior = bayes.ServedPrior(self.client, MODEL)
+        pde = bayes.ServedPrior(self.client, "poisson_pde")
+        d = prior.dim
+        self.assertEqual(d, self.model.input_dim)
+        np.testing.assert_array_equal(prior.mean, pde.mean)
+        rng = np.random.default_rng(3)
+        v = rng.standard_normal((4, d))
+        cv = prior.apply_cov(v)
+        scale = np.abs(cv).max()
+        # G (Gᵀ v) = C v on random vectors, the non-symmetric square root in its places.
+        ggt = prior.apply_sqrt_cov(prior.apply_sqrt_cov(v, transpose=True))
+        np.testing.assert_allclose(ggt, cv, atol=1e-10 * scale)
+        # ⟨G x, y⟩ = ⟨x, Gᵀ y⟩, and G is not symmetric.
+        x, y = v[:2], v[2:]
+        np.testing.assert_allclose(np.sum(prior.apply_sqrt_cov(x) * y, axis=1),
+                                   np.sum(x * prior.apply_sqrt_cov(y, transpose=True), axis=1),
+                                   rtol=1e-10)
+        self.assertGreater(np.abs(prior.apply_sqrt_cov(x) - prior.apply_sqrt_cov(x, True)).max(),
+                           1e-3 * np.abs(prior.apply_sqrt_cov(x)).max())
+        # C⁻¹ C v = v; whiten(to_parameter(x)) = x (the RPC's G⁻¹ and the base class's
+        # Gᵀ C⁻¹, which holds for any square root, agree).
+        np.testing.assert_allclose(prior.apply_precision(cv), v, atol=1e-8 * np.abs(v).max())
+        m = prior.to_parameter(x)
+        np.testing.assert_allclose(m, prior.mean + prior.apply_sqrt_cov(x), atol=1e-12 * scale)
+        np.testing.assert_allclose(prior.whiten(m), x, atol=1e-8)
+        np.testing.assert_allclose(bayes.Prior.whiten(prior, m), x, atol=1e-8)
+        # Served samples are reproducible by (seed, index) and a single row works.
+        s = prior.served_samples(3, seed=7)
+        np.testing.assert_array_equal(prior.served_samples(1, seed=7, first_index=2)[0], s[2])
+        self.assertEqual(prior.to_parameter(x[0]).shape, (1, d))
+        self.assertEqual(prior.sample(2, rng).shape, (2, d))
+        # The last batch of to_parameter is remembered: its rows cost no second RPC.
+        prior.counts.clear()
+        m1 = prior.to_parameter(v[:3])
+        np.testing.assert_array_equal(prior.to_parameter(v[1:3]), m1[1:3])
+        self.assertEqual(prior.counts["covariance_sqrt_calls"], 1)
+        # Splitting a large batch into several RPCs gives the same rows.
+        small = bayes.ServedPrior(self.client, MODEL, max_rows=3)
+        np.testing.assert_allclose(small.apply_cov(v), cv, rtol=1e-12, atol=1e-14 * scale)
+        self.assertEqual(small.counts["covariance_calls"], 1)
+        self.assertEqual(small.counts["covariance_rows"], 4)
+
     def test_map(self):
         result = bayes.gauss_newton_cg(self.problem, max_iter=3, max_cg=20)
         start = self.problem.cost(np.zeros((1, self.problem.dim)))[0]

@@ -14,7 +14,7 @@ import os
 import sys
 import types
 
-__all__ = ["load_stubs", "default_gen_dir"]
+__all__ = ["load_stubs", "default_gen_dir", "prior_stubs", "training_stubs"]
 
 _stubs: types.SimpleNamespace | None = None
 
@@ -31,8 +31,8 @@ def default_gen_dir() -> str:
 def load_stubs(gen_dir: str | None = None) -> types.SimpleNamespace:
     """Imports the generated modules once and returns them as a namespace with the attributes
     ``pb`` (surrogate_pb2), ``pb_grpc`` (surrogate_pb2_grpc), ``health_pb`` (health_pb2) and,
-    when the build generated them, ``tpb`` (training_pb2) and ``tpb_grpc``
-    (training_pb2_grpc), else None. Later calls return the first result whatever their
+    when the build generated them, ``tpb`` (training_pb2), ``tpb_grpc``
+    (training_pb2_grpc), ``ppb`` (prior_pb2) and ``ppb_grpc`` (prior_pb2_grpc), else None. Later calls return the first result whatever their
     ``gen_dir``. ImportError, saying what to do, when the generated code is not found."""
     global _stubs
     if _stubs is not None:
@@ -53,8 +53,13 @@ def load_stubs(gen_dir: str | None = None) -> types.SimpleNamespace:
     if os.path.isfile(os.path.join(gen_dir, "dino", "v1", "training_pb2.py")):
         tpb = importlib.import_module("dino.v1.training_pb2")
         tpb_grpc = importlib.import_module("dino.v1.training_pb2_grpc")
+    ppb = ppb_grpc = None
+    if os.path.isfile(os.path.join(gen_dir, "dino", "v1", "prior_pb2.py")):
+        ppb = importlib.import_module("dino.v1.prior_pb2")
+        ppb_grpc = importlib.import_module("dino.v1.prior_pb2_grpc")
     _stubs = types.SimpleNamespace(pb=pb, pb_grpc=pb_grpc, health_pb=health_pb, tpb=tpb,
-                                   tpb_grpc=tpb_grpc, gen_dir=gen_dir)
+                                   tpb_grpc=tpb_grpc, ppb=ppb, ppb_grpc=ppb_grpc,
+                                   gen_dir=gen_dir)
     return _stubs
 
 
@@ -63,6 +68,15 @@ def training_stubs() -> types.SimpleNamespace:
     stubs = load_stubs()
     if stubs.tpb is None:
         raise ImportError("the generated training_pb2.py is missing: rebuild the project (it is "
+                          "generated next to surrogate_pb2.py)")
+    return stubs
+
+
+def prior_stubs() -> types.SimpleNamespace:
+    """load_stubs(), or ImportError when the build did not generate prior_pb2.py."""
+    stubs = load_stubs()
+    if stubs.ppb is None:
+        raise ImportError("the generated prior_pb2.py is missing: rebuild the project (it is "
                           "generated next to surrogate_pb2.py)")
     return stubs
 

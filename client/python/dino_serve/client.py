@@ -1,5 +1,6 @@
 """DinoClient: a NumPy-friendly client of a dino-serve server's gRPC services
-(dino.v1.Surrogate, dino.v1.Training, dino.v1.ModelAdmin and grpc.health.v1.Health), with
+(dino.v1.Surrogate, dino.v1.Prior, dino.v1.Training, dino.v1.ModelAdmin and
+grpc.health.v1.Health), with
 per-call deadlines, retries of idempotent calls on UNAVAILABLE, bearer tokens and TLS."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
-from ._stubs import load_stubs, training_stubs
+from ._stubs import load_stubs, prior_stubs, training_stubs
 from .credentials import PemSource, channel_credentials, check_token, read_token_file
 from .errors import DeadlineExceededError, DinoError, error_from_rpc_error
 from .tensors import from_tensor, proto_dtype, to_tensor
@@ -34,7 +35,8 @@ class RetryPolicy:
     ``max_backoff``) before retry i, each sleep scaled by a random factor in
     [1 - jitter, 1 + jitter]. The call's deadline covers all attempts and sleeps: no retry
     starts that would sleep past it. Only idempotent calls are retried: inference
-    (Evaluate, Jvp, Vjp, ReducedJacobian, Jacobian), discovery (ListModels, GetModelInfo,
+    (Evaluate, Jvp, Vjp, ReducedJacobian, Jacobian), the prior (GetPrior, SamplePrior,
+    ApplyPrior), discovery (ListModels, GetModelInfo,
     GetBases, health) and job reads (GetJob, ListJobs); never StartFineTune, WatchJob,
     CancelJob or the ModelAdmin calls."""
 
@@ -137,6 +139,10 @@ class DinoClient:
             self._admin = self._stubs.tpb_grpc.ModelAdminStub(self._channel)
         else:
             self._training = self._admin = None
+        if self._stubs.ppb_grpc is not None:
+            self._prior = self._stubs.ppb_grpc.PriorStub(self._channel)
+        else:
+            self._prior = None
         health = self._stubs.health_pb
         self._health_check = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -326,6 +332,67 @@ class DinoClient:
             output_dtype=proto_dtype(dtype)), timeout)
         jac = from_tensor(r.jacobian, "jacobian")
         return (jac, from_tensor(r.q, "q")) if return_q else jac
+
+    # The prior (dino.v1.Prior, docs/prior.md) --------------------------------------------
+
+    _PRIOR_OPERATORS = ("covariance", "precision", "covariance_sqrt",
+                        "covariance_sqrt_transpose", "covariance_sqrt_inverse")
+
+    def _prior_stub(self) -> Any:
+        if self._prior is None:
+            prior_stubs()  # Raises ImportError saying what is missing.
+        return self._prior
+
+    def get_prior(self, model: str, version: int = 0, dtype: str | None = None,
+                  label: str = "", timeout: float | None = None) -> dict[str, Any]:
+        """The Gaussian prior N(m̄, C) of the model's parameter (GetPrior): {"version",
+        "input_dim" (d_M), "mean" (m̄ [d_M]), "problem", "mesh_cells" (n: d_M = (n+1)²),
+        "source" (where the model names its prior), "description" (the parsed JSON:
+        delta, gamma, ...)}. FailedPreconditionError for a model without a prior."""
+        ppb = prior_stubs().ppb
+        r = self._call("GetPrior", ppb.GetPriorRequest(model=self._ref(model, version, label),
+                                                       output_dtype=proto_dtype(dtype)),
+                       timeout, stub=self._prior_stub())
+        try:
+            description = json.loads(r.description_json) if r.description_json else {}
+        except ValueError:
+            description = r.description_json
+        return {"version": r.version, "input_dim": r.input_dim,
+                "mean": from_tensor(r.mean, "mean"), "problem": r.problem,
+                "mesh_cells": r.mesh_cells, "source": r.source, "description": description}
+
+    def sample_prior(self, model: str, count: int, seed: int = 0, first_index: int = 0,
+                     version: int = 0, dtype: str | None = None, label: str = "",
+                     timeout: float | None = None) -> np.ndarray:
+        """``count`` prior samples [count, d_M] (SamplePrior): sample i is sample
+        ``first_index + i`` of ``dino-train generate --seed seed`` for the model's problem
+        and mesh, bit for bit (reproducible anywhere from (seed, index))."""
+        ppb = prior_stubs().ppb
+        r = self._call("SamplePrior", ppb.SamplePriorRequest(
+            model=self._ref(model, version, label), count=int(count), seed=int(seed),
+            first_index=int(first_index), output_dtype=proto_dtype(dtype)), timeout,
+            stub=self._prior_stub())
+        return from_tensor(r.samples, "samples")
+
+    def apply_prior(self, model: str, operator: str, vectors: Any, with_mean: bool = False,
+                    version: int = 0, dtype: str | None = None, label: str = "",
+                    timeout: float | None = None) -> np.ndarray:
+        """One prior operator on k vectors at once (ApplyPrior): ``vectors`` [k, d_M] or
+        [d_M] -> the same shape. ``operator``: "covariance" (C), "precision" (C⁻¹),
+        "covariance_sqrt" (G, G Gᵀ = C, not symmetric), "covariance_sqrt_transpose" (Gᵀ) or
+        "covariance_sqrt_inverse" (G⁻¹). ``with_mean``: the affine maps ξ ↦ m̄ + Gξ
+        (covariance_sqrt), m ↦ G⁻¹(m − m̄) (covariance_sqrt_inverse) and m ↦ C⁻¹(m − m̄)
+        (precision); InvalidArgumentError for the other operators."""
+        ppb = prior_stubs().ppb
+        if operator not in self._PRIOR_OPERATORS:
+            raise ValueError("operator must be one of %s, got %r"
+                             % (", ".join(self._PRIOR_OPERATORS), operator))
+        r = self._call("ApplyPrior", ppb.ApplyPriorRequest(
+            model=self._ref(model, version, label),
+            prior_operator=ppb.PriorOperator.Value(operator.upper()),
+            vectors=to_tensor(vectors), with_mean=bool(with_mean),
+            output_dtype=proto_dtype(dtype)), timeout, stub=self._prior_stub())
+        return from_tensor(r.result, "result")
 
     # Fine-tuning (dino.v1.Training) --------------------------------------------------------
 

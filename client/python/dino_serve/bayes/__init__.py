@@ -9,7 +9,7 @@ served model (:class:`ServedModel`, through a DinoClient) or an in-process NumPy
     from dino_serve import bayes
     client = DinoClient("localhost:50051")
     surrogate = bayes.ServedModel(client, "poisson_dipnet")
-    prior = bayes.DiagonalGaussianPrior(np.zeros(surrogate.input_dim), 1.0)
+    prior = bayes.ServedPrior(client, "poisson_dipnet")  # the prior it was trained under
     problem = bayes.BayesianProblem(surrogate, prior, data, noise_std)
     kernel = bayes.MMALA(bayes.ReducedGaussNewton(problem), h=0.5)
     result = bayes.sample(kernel, 16, 1000, np.random.default_rng(0))  # 16 chains
@@ -24,12 +24,13 @@ from .mcmc import (MMALA, PCN, ChainState, DelayedAcceptance, Kernel, MCMCResult
                    MetropolisKernel, sample)
 from .models import (ForwardModel, FunctionModel, LinearModel, ReducedBases,
                      ReducedBasisModel, ServedModel)
-from .prior import DenseGaussianPrior, DiagonalGaussianPrior, Prior
+from .prior import DenseGaussianPrior, DiagonalGaussianPrior, Prior, ServedPrior
 from .problem import BayesianProblem
 
 __all__ = [
     "ForwardModel", "FunctionModel", "LinearModel", "ReducedBasisModel", "ReducedBases",
-    "ServedModel", "Prior", "DenseGaussianPrior", "DiagonalGaussianPrior", "BayesianProblem",
+    "ServedModel", "Prior", "DenseGaussianPrior", "DiagonalGaussianPrior",
+    "ServedPrior", "BayesianProblem",
     "LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton", "Kernel",
     "MetropolisKernel", "ChainState", "PCN", "MMALA", "DelayedAcceptance", "MCMCResult",
     "sample", "ess", "ess_batch_means", "ess_bulk", "ess_tail",

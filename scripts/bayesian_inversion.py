@@ -1,0 +1,648 @@
+#!/usr/bin/python3
+"""Bayesian inversion on served models, end to end (issue 9 item 4), resumably.
+
+The Poisson problem of paper §3.1.1 (64 × 64 mesh, d_M = 4225, 50 observations): synthetic
+data from the exact PDE servable `poisson_pde` at a true parameter drawn from the served prior
+(SamplePrior, seed TRUE_SEED, which no sampler uses), 1 % noise; the MAP by Gauss–Newton–CG on
+the PDE; a long PDE-based reference chain (PDE mMALA, exact adjoint Gauss–Newton geometry);
+then, each with the same number of chains and the same wall-clock budget after the same
+step-size pilot:
+
+  pde_pcn        pCN on poisson_pde (one Evaluate of all chains per step)
+  pde_mmala      mMALA, AdjointGaussNewton on poisson_pde (one Vjp with 50 cotangents per
+                 chain per step: 1 forward + 50 adjoint solves)
+  dino_pcn       pCN on poisson_dipnet (the surrogate posterior)
+  dino_mmala     DINO-mMALA: ReducedGaussNewton from one ReducedJacobian call per step
+                 (the surrogate posterior)
+  da_dino_mmala  DINO-mMALA as stage 1 of delayed acceptance, stage 2 on poisson_pde for the
+                 stage-1 survivors only (the exact posterior)
+
+Writes <out>/<stage>.npz / .json (a stage that has its file is skipped, so an interrupted run
+continues), then the table docs/bayesian_inversion_table.md (with --docs) and the plots
+docs/bayesian_inversion_*.png.
+
+usage:
+  scripts/bayesian_inversion.py [--bin build/bin] [--repository models/repository]
+      [--out build/bayesian_inversion] [--docs docs] [--server HOST:PORT] [--threads N]
+      [--chains 16] [--budget_seconds 180] [--reference_seconds 600] [--pilot_seconds 30]
+      [--smoke]
+
+--smoke: a seconds-long run (4 chains, 2 s budgets, 8 × 8-sample pilot) into a temporary
+folder, for the tests. Without --server the script starts build/bin/dino-server on a free
+port with the repository and stops it at the end.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, ".."))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+TRUE_SEED = 9          # SamplePrior seed of the true parameter (training data: 1, test: 2).
+NOISE_SEED = 11        # the observation noise
+EXACT, DINO = "poisson_pde", "poisson_dipnet"
+METHODS = ["pde_pcn", "pde_mmala", "dino_pcn", "dino_mmala", "da_dino_mmala"]
+LABELS = {"reference": "PDE mMALA (reference)", "pde_pcn": "PDE pCN",
+          "pde_mmala": "PDE mMALA", "dino_pcn": "DINO pCN", "dino_mmala": "DINO-mMALA",
+          "da_dino_mmala": "DA-DINO-mMALA"}
+TARGET_ACCEPTANCE = {"pcn": 0.25, "mmala": 0.6}
+
+
+def log(*args):
+    print("[%s]" % time.strftime("%H:%M:%S"), *args, flush=True)
+
+
+# Server ----------------------------------------------------------------------------------------
+
+def start_server(bin_dir, repository, threads):
+    cmd = [os.path.join(bin_dir, "dino-server"), "--model_repository=" + repository,
+           "--port=0", "--metrics_port=-1", "--host=127.0.0.1"]
+    if threads:
+        cmd.append("--threads=%d" % threads)
+    log("+", " ".join(cmd))
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in server.stdout:
+        match = re.search(r"listening on \S*:(\d+)", line)
+        if match:
+            return server, "127.0.0.1:" + match.group(1)
+    raise RuntimeError("dino-server did not start")
+
+
+def stop_server(server):
+    if server is not None and server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+# Stage files -----------------------------------------------------------------------------------
+
+def save(out, name, arrays=None, info=None):
+    if arrays is not None:
+        np.savez(os.path.join(out, name + ".tmp.npz"), **arrays)
+        os.replace(os.path.join(out, name + ".tmp.npz"), os.path.join(out, name + ".npz"))
+    with open(os.path.join(out, name + ".json.tmp"), "w") as f:
+        json.dump(info or {}, f, indent=1, sort_keys=True)
+    os.replace(os.path.join(out, name + ".json.tmp"), os.path.join(out, name + ".json"))
+
+
+def load(out, name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        info = json.load(f)
+    npz = os.path.join(out, name + ".npz")
+    arrays = dict(np.load(npz)) if os.path.exists(npz) else {}
+    return arrays, info
+
+
+# Chains ----------------------------------------------------------------------------------------
+
+def set_step(kernel, state, value):
+    """Sets pCN's β or mMALA's h (inside delayed acceptance too); mMALA's drift at the
+    current states depends on h, so it is recomputed (no model call)."""
+    from dino_serve import bayes
+    inner = kernel.kernel if isinstance(kernel, bayes.DelayedAcceptance) else kernel
+    if isinstance(inner, bayes.PCN):
+        inner.beta = float(min(value, 1.0))
+    else:
+        inner.h = float(value)
+        inner.rho = (4.0 - value) / (4.0 + value)
+        inner.scale = math.sqrt(1.0 - inner.rho ** 2)
+        state.drift = inner._drift(state.x, state.geometry)
+
+
+def pde_solves(counts):
+    """Forward solves (points of every PDE call) + linearized/adjoint solves (products)."""
+    forward = sum(v for k, v in counts.items() if k.endswith("_points"))
+    linear = sum(v for k, v in counts.items() if k.endswith("_products"))
+    return forward, linear
+
+
+def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_steps=None):
+    """Steps all chains until ``seconds`` pass. Records every step the projections
+    z = x·W of the whitened states on ``directions`` W [d, K], the target's misfit and the
+    acceptance, and every ``thin``-th step x (float32, for the mean and variance of m)."""
+    from dino_serve import bayes
+    delayed = isinstance(kernel, bayes.DelayedAcceptance)
+    z, misfit, accepted, stage1, kept = [], [], [], [], []
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
+        state, info = kernel.step(state, rng)
+        steps += 1
+        z.append(state.x @ directions)
+        misfit.append(np.array(state.exact_misfit if delayed else state.misfit))
+        accepted.append(info["accepted"])
+        if delayed:
+            stage1.append(info["stage1_accepted"])
+        if steps % thin == 0 and len(kept) < max_records:
+            kept.append(state.x.astype(np.float32))
+    wall = time.perf_counter() - start
+    out = {"z": np.stack(z, axis=1), "misfit": np.stack(misfit, axis=1),
+           "accepted": np.stack(accepted, axis=1),
+           "kept_x": np.stack(kept, axis=1) if kept else np.zeros((len(state.x), 0, 0))}
+    if delayed:
+        out["stage1"] = np.stack(stage1, axis=1)
+    return state, out, wall, steps
+
+
+def pilot(kernel, state, rng, kind, step0, seconds, min_steps):
+    """Tunes the step size for the target acceptance rate of ``kind`` (pCN 0.25, mMALA 0.6;
+    stage 1 for delayed acceptance) by stochastic approximation on log(step):
+    log s ← log s + (ā − target)/√(k+1), ā the mean acceptance over chains at step k; the
+    result is exp of the mean log s over the second half. The pilot is also the burn-in."""
+    from dino_serve import bayes
+    target = TARGET_ACCEPTANCE[kind]
+    log_s = math.log(step0)
+    history = []
+    start = time.perf_counter()
+    k = 0
+    while time.perf_counter() - start < seconds or k < min_steps:
+        set_step(kernel, state, math.exp(log_s))
+        state, info = kernel.step(state, rng)
+        a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
+                 else "accepted"].mean()
+        log_s += (a - target) / math.sqrt(k + 1.0)
+        if kind == "pcn":
+            log_s = min(log_s, 0.0)
+        history.append((math.exp(log_s), float(a)))
+        k += 1
+    wall = time.perf_counter() - start
+    steps = np.array([h[0] for h in history])
+    best = float(np.exp(np.mean(np.log(steps[len(steps) // 2:]))))
+    set_step(kernel, state, best)
+    return state, best, wall, k, history
+
+
+def burn_in(kernel, state, rng, step, seconds):
+    """pilot()'s counterpart at a fixed step size: steps for ``seconds`` (at least 2)."""
+    from dino_serve import bayes
+    set_step(kernel, state, step)
+    history, start, k = [], time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or k < 2:
+        state, info = kernel.step(state, rng)
+        a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
+                 else "accepted"].mean()
+        history.append((step, float(a)))
+        k += 1
+    return state, step, time.perf_counter() - start, k, history
+
+
+def chain_moments(prior, kept_x, chunk=512):
+    """Per-chain mean and variance of m = m0 + L x over the kept states [C, N, d]."""
+    c, n, d = kept_x.shape
+    means, variances = np.zeros((c, d)), np.zeros((c, d))
+    for i in range(c):
+        s1, s2 = np.zeros(d), np.zeros(d)
+        for j in range(0, n, chunk):
+            m = prior.to_parameter(kept_x[i, j:j + chunk].astype(np.float64))
+            s1 += m.sum(axis=0)
+            s2 += (m * m).sum(axis=0)
+        means[i] = s1 / n
+        variances[i] = np.maximum(s2 / n - means[i] ** 2, 0.0) * n / max(n - 1, 1)
+    return means, variances
+
+
+# The experiment ---------------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin"))
+    p.add_argument("--repository", default=os.path.join(ROOT, "models", "repository"))
+    p.add_argument("--gen_dir", default=None, help="generated Python stubs (build/python)")
+    p.add_argument("--out", default=None, help="stage files (default build/bayesian_inversion)")
+    p.add_argument("--docs", default=None, help="write the table and the plots here")
+    p.add_argument("--server", default=None, help="use this server instead of starting one")
+    p.add_argument("--threads", type=int, default=0, help="the started server's --threads")
+    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--budget_seconds", type=float, default=180.0, help="per method")
+    p.add_argument("--reference_seconds", type=float, default=600.0)
+    p.add_argument("--pilot_seconds", type=float, default=30.0, help="per method, also burn-in")
+    p.add_argument("--directions", type=int, default=10,
+                   help="leading GN eigenvectors at the MAP whose projections ESS is taken of")
+    p.add_argument("--records", type=int, default=400, help="kept states per chain (moments)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--fixed_steps", default="",
+                   help="extra runs at a given step size, no pilot (a burn-in of "
+                        "--pilot_seconds instead), e.g. pde_mmala=0.1,da_dino_mmala=0.1: "
+                        "stages <method>@<step>, a step-size sensitivity check")
+    p.add_argument("--fixed_budget_seconds", type=float, default=None,
+                   help="budget of the --fixed_steps runs (default --budget_seconds)")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long run for the tests")
+    args = p.parse_args()
+    if args.smoke:
+        args.chains, args.budget_seconds, args.reference_seconds = 4, 1.5, 2.0
+        args.pilot_seconds, args.directions, args.records = 0.5, 4, 50
+    tmp = None
+    if args.out is None:
+        if args.smoke:
+            tmp = args.out = tempfile.mkdtemp(prefix="bayesian_inversion_smoke_")
+        else:
+            args.out = os.path.join(ROOT, "build", "bayesian_inversion")
+    os.makedirs(args.out, exist_ok=True)
+    if args.smoke and args.docs is None:
+        args.docs = os.path.join(args.out, "docs")  # the table and plots, thrown away
+    server = None
+    try:
+        if args.server:
+            target = args.server
+        else:
+            server, target = start_server(args.bin, args.repository, args.threads)
+        run(args, target)
+    finally:
+        stop_server(server)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, target):
+    import dino_serve
+    from dino_serve import bayes
+    client = dino_serve.DinoClient(target, timeout=600, gen_dir=args.gen_dir)
+    log("server", target, "out", args.out)
+    exact_model = bayes.ServedModel(client, EXACT)
+    dino_model = bayes.ServedModel(client, DINO)
+    prior = bayes.ServedPrior(client, EXACT)
+    dino_prior = bayes.ServedPrior(client, DINO)
+    assert np.array_equal(prior.mean, dino_prior.mean), "the DINO's prior is not the PDE's"
+    n_cells = int(prior.info["mesh_cells"])
+    chains = args.chains
+
+    # Data -------------------------------------------------------------------------------------
+    stage = load(args.out, "data")
+    if stage is None:
+        m_true = prior.served_samples(1, seed=TRUE_SEED)[0]
+        q_true = exact_model.evaluate(m_true[None])[0]
+        noise_std = 0.01 * np.abs(q_true).max()
+        data = q_true + noise_std * np.random.default_rng(NOISE_SEED).standard_normal(q_true.shape)
+        save(args.out, "data", {"m_true": m_true, "q_true": q_true, "data": data},
+             {"noise_std": float(noise_std), "true_seed": TRUE_SEED, "noise_seed": NOISE_SEED,
+              "noise_model": "sigma = 0.01 * max_i |q_true,i| for all 50 observations",
+              "q_dino_rel_error": float(np.linalg.norm(dino_model.evaluate(m_true[None])[0]
+                                                       - q_true) / np.linalg.norm(q_true))})
+        stage = load(args.out, "data")
+    arrays, info = stage
+    m_true, data, noise_std = arrays["m_true"], arrays["data"], info["noise_std"]
+    exact = bayes.BayesianProblem(exact_model, prior, data, noise_std)
+    surrogate = bayes.BayesianProblem(dino_model, prior, data, noise_std)
+    log("data: sigma %.3g, DINO rel. error at m_true %.3g" % (noise_std, info["q_dino_rel_error"]))
+
+    # MAP and the directions of the ESS --------------------------------------------------------
+    stage = load(args.out, "map")
+    if stage is None:
+        t = time.perf_counter()
+        result = bayes.gauss_newton_cg(exact, max_iter=3 if args.smoke else 25,
+                                       max_cg=10 if args.smoke else 100, gtol_rel=1e-6)
+        wall = time.perf_counter() - t
+        geo = bayes.AdjointGaussNewton(exact)(result.x[None])
+        save(args.out, "map", {"x_map": result.x, "m_map": result.m,
+                               "eigenvalues": geo.eigenvalues[0], "W": geo.vectors[0]},
+             {"iterations": result.iterations, "cg_iterations": result.cg_iterations,
+              "misfit": result.misfit, "cost": result.cost, "reason": result.reason,
+              "seconds": wall, "converged": bool(result.converged)})
+        stage = load(args.out, "map")
+    arrays, info = stage
+    x_map, W_all, lam_map = arrays["x_map"], arrays["W"], arrays["eigenvalues"]
+    W = W_all[:, :args.directions]
+    log("MAP: misfit %.3g after %d GN iterations; GN eigenvalues %s" % (
+        info["misfit"], info["iterations"], np.array2string(arrays["eigenvalues"][:6],
+                                                            precision=3)))
+
+    # Training cost of the DINO ----------------------------------------------------------------
+    if load(args.out, "training_cost") is None:
+        training_cost(args, client)
+
+    # Chains -----------------------------------------------------------------------------------
+    def kernel_for(name):
+        if name in ("reference", "pde_mmala"):
+            return bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1), "mmala", 0.1
+        if name == "pde_pcn":
+            return bayes.PCN(exact, 0.02), "pcn", 0.02
+        if name == "dino_pcn":
+            return bayes.PCN(surrogate, 0.02), "pcn", 0.02
+        if name == "dino_mmala":
+            return bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1), "mmala", 0.1
+        if name == "da_dino_mmala":
+            return (bayes.DelayedAcceptance(
+                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1), exact), "mmala", 0.1)
+        raise ValueError(name)
+
+    names = ["reference"] + [m for m in args.methods.split(",") if m]
+    fixed = [f.split("=") for f in args.fixed_steps.split(",") if f]
+    names += ["%s@%g" % (m, float(v)) for m, v in fixed]
+    for i, name in enumerate(names):
+        if load(args.out, name) is not None:
+            log(name, "done already")
+            continue
+        base, _, fixed_step = name.partition("@")
+        seconds = args.reference_seconds if name == "reference" else args.budget_seconds
+        if fixed_step and args.fixed_budget_seconds:
+            seconds = args.fixed_budget_seconds
+        rng = np.random.default_rng(1000 + i)
+        kernel, kind, step0 = kernel_for(base)
+        models = [exact_model, dino_model]
+        before = [dict(m.counts) for m in models]
+        # Every method starts from the same kind of points: draws from the Laplace
+        # approximation N(x_map, (I + H_GN(x_map))⁻¹) (the exact GN Hessian at the MAP,
+        # whitened), so the pilot (also the burn-in) starts near stationarity.
+        xi = rng.standard_normal((chains, x_map.size))
+        x0 = x_map + xi + ((xi @ W_all) * (1.0 / np.sqrt(1.0 + lam_map) - 1.0)) @ W_all.T
+        t = time.perf_counter()
+        state = kernel.init(x0)
+        init_wall = time.perf_counter() - t
+        if fixed_step:
+            log(name, "burn-in at the fixed step %s for %g s" % (fixed_step, args.pilot_seconds))
+            state, step, pilot_wall, pilot_steps, history = burn_in(
+                kernel, state, rng, float(fixed_step), args.pilot_seconds)
+        else:
+            log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
+            state, step, pilot_wall, pilot_steps, history = pilot(
+                kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20)
+        mid = [dict(m.counts) for m in models]
+        log(name, "step %.4g after %d pilot steps (%.1f s); running %g s"
+            % (step, pilot_steps, pilot_wall, seconds))
+        step_time = pilot_wall / pilot_steps
+        thin = max(1, int(math.ceil(seconds / step_time / args.records)))
+        state, rec, wall, steps = run_chains(kernel, state, rng, seconds, W, thin, args.records)
+        after = [dict(m.counts) for m in models]
+        diff = lambda a, b: {k: a[k] - b.get(k, 0) for k in a if a[k] != b.get(k, 0)}  # noqa
+        counts = {"exact": diff(after[0], mid[0]), "dino": diff(after[1], mid[1]),
+                  "exact_pilot": diff(mid[0], before[0]), "dino_pilot": diff(mid[1], before[1])}
+        t = time.perf_counter()
+        means, variances = chain_moments(prior, rec.pop("kept_x"))
+        log(name, "%d steps in %.1f s, acceptance %.3f; moments in %.1f s"
+            % (steps, wall, rec["accepted"].mean(), time.perf_counter() - t))
+        save(args.out, name, dict(rec, chain_means=means, chain_variances=variances,
+                                  pilot_history=np.array(history)),
+             {"step": step, "kind": kind, "steps": steps, "wall": wall, "thin": thin,
+              "pilot_wall": pilot_wall, "pilot_steps": pilot_steps, "init_wall": init_wall,
+              "counts": counts, "chains": chains})
+    client.close()
+    report(args, n_cells)
+
+
+# Training cost -----------------------------------------------------------------------------------
+
+def training_cost(args, client):
+    """Data generation measured (a few samples of the DINO's generate command, timed), fit
+    time from the model's metadata (its per-epoch seconds, measured when it was trained)."""
+    meta = client.model_info(DINO)["metadata"]
+    train = meta["data"]["train"]
+    history = meta.get("training", {}).get("history", [])
+    fit_seconds = float(sum(h.get("seconds", 0.0) for h in history))
+    cmd = train["generated_by"].split()
+    n_total = int(cmd[cmd.index("--samples") + 1])
+    n_timed = 2 if args.smoke else 8
+    cmd[cmd.index("--samples") + 1] = str(n_timed)
+    cmd[0] = os.path.join(args.bin, "dino-train")
+    gen_seconds = None
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd[cmd.index("--seed") + 1] = "77"
+        full = cmd + ["--out", os.path.join(tmp, "data")]
+        if args.smoke:
+            full[full.index("--mesh") + 1] = "8"
+        t = time.perf_counter()
+        r = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        gen_seconds = time.perf_counter() - t
+        if r.returncode != 0:
+            log("dino-train generate failed:", r.stderr[-500:])
+            gen_seconds = None
+    per_sample = gen_seconds / n_timed if gen_seconds else None
+    info = {"generated_by": train["generated_by"], "samples": n_total,
+            "timed_samples": n_timed, "timed_command": " ".join(full),
+            "generate_seconds_timed": gen_seconds, "generate_seconds_per_sample": per_sample,
+            "generate_seconds_estimated": per_sample * n_total if per_sample else None,
+            "fit_seconds_metadata": fit_seconds, "epochs": len(history),
+            "bases_note": "the bases computation (dino-train bases) is not counted"}
+    info["total_seconds"] = (info["generate_seconds_estimated"] or 0.0) + fit_seconds
+    save(args.out, "training_cost", None, info)
+    log("training cost: generate %.3g s/sample x %d + fit %.0f s = %.0f s"
+        % (per_sample or float("nan"), n_total, fit_seconds, info["total_seconds"]))
+
+
+# Report ------------------------------------------------------------------------------------------
+
+def report(args, n_cells):
+    from dino_serve import bayes
+    data_a, data_i = load(args.out, "data")
+    map_a, map_i = load(args.out, "map")
+    cost = load(args.out, "training_cost")[1]
+    ref = load(args.out, "reference")
+    results = {}
+    ref_mean = ref[0]["chain_means"].mean(axis=0)
+    ref_var = ref[0]["chain_variances"].mean(axis=0)
+    c_ref = len(ref[0]["chain_means"])
+    se_ref_mean = ref[0]["chain_means"].std(axis=0, ddof=1) / math.sqrt(c_ref)
+    se_ref_var = ref[0]["chain_variances"].std(axis=0, ddof=1) / math.sqrt(c_ref)
+    for name in ["reference"] + METHODS + fixed_stages(args.out):
+        stage = load(args.out, name)
+        if stage is None:
+            continue
+        a, i = stage
+        z, misfit = a["z"], a["misfit"]
+        ess_dir = np.atleast_1d(bayes.ess(z))
+        ess_misfit = float(bayes.ess(misfit))
+        all_ess = np.append(ess_dir, ess_misfit)
+        all_ess = all_ess[np.isfinite(all_ess)]
+        wall = i["wall"]
+        fwd, lin = pde_solves(i["counts"]["exact"])
+        cm, cv = a["chain_means"], a["chain_variances"]
+        c = len(cm)
+        mean, var = cm.mean(axis=0), cv.mean(axis=0)
+        se_mean = cm.std(axis=0, ddof=1) / math.sqrt(c)
+        se_var = cv.std(axis=0, ddof=1) / math.sqrt(c)
+        norm_mean, norm_var = np.linalg.norm(ref_mean), np.linalg.norm(ref_var)
+        r = {"label": label(name), "step": i["step"], "kind": i["kind"], "steps": i["steps"],
+             "wall": wall, "chains": c, "acceptance": float(a["accepted"].mean()),
+             "ess_min": float(all_ess.min()), "ess_median": float(np.median(all_ess)),
+             "ess_directions": ess_dir.tolist(), "ess_misfit": ess_misfit,
+             "rhat_max": float(np.nanmax(np.append(np.atleast_1d(bayes.split_rhat(z)),
+                                                   bayes.split_rhat(misfit)))),
+             "forward_solves": fwd, "adjoint_solves": lin, "pde_solves": fwd + lin,
+             "counts": i["counts"], "mean": mean, "std": np.sqrt(var)}
+        if "stage1" in a:
+            s1 = a["stage1"]
+            r["stage1_acceptance"] = float(s1.mean())
+            r["stage2_acceptance"] = float(a["accepted"].sum() / max(s1.sum(), 1))
+        r["ess_per_s_min"] = r["ess_min"] / wall
+        r["ess_per_s_median"] = r["ess_median"] / wall
+        r["ess_per_solve_min"] = r["ess_min"] / r["pde_solves"] if r["pde_solves"] else None
+        r["seconds_to_100"] = 100.0 / r["ess_per_s_min"] if r["ess_min"] > 0 else float("inf")
+        if name != "reference":
+            r["mean_rel_error"] = float(np.linalg.norm(mean - ref_mean) / norm_mean)
+            r["mean_mc_error"] = float(np.sqrt(np.sum(se_mean ** 2 + se_ref_mean ** 2))
+                                       / norm_mean)
+            r["var_rel_error"] = float(np.linalg.norm(var - ref_var) / norm_var)
+            r["var_mc_error"] = float(np.sqrt(np.sum(se_var ** 2 + se_ref_var ** 2)) / norm_var)
+        results[name] = r
+    # Speed-ups and break-even against the PDE methods.
+    train = cost["total_seconds"]
+    for name, r in results.items():
+        for base in ("pde_mmala", "pde_pcn"):
+            if base in results:
+                b = results[base]
+                r["speedup_vs_" + base] = r["ess_per_s_min"] / b["ess_per_s_min"]
+                if name.startswith("dino") or name.startswith("da_"):
+                    gain = 1.0 / b["ess_per_s_min"] - 1.0 / r["ess_per_s_min"]
+                    r["break_even_ess_vs_" + base] = train / gain if gain > 0 else float("inf")
+    summary = {k: {kk: vv for kk, vv in v.items() if kk not in ("mean", "std")}
+               for k, v in results.items()}
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump({"results": summary, "training_cost": cost, "data": data_i, "map": map_i},
+                  f, indent=1, sort_keys=True)
+    table = make_table(results, cost, data_i, map_i)
+    print(table)
+    if args.docs:
+        os.makedirs(args.docs, exist_ok=True)
+        with open(os.path.join(args.docs, "bayesian_inversion_table.md"), "w") as f:
+            f.write(table)
+        plots(args, results, data_a["m_true"], n_cells)
+
+
+def fixed_stages(out):
+    return sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json") and "@" in f)
+
+
+def label(name):
+    base, _, step = name.partition("@")
+    return LABELS[base] + (" (fixed %s = %s)" % ("β" if "pcn" in base else "h", step)
+                           if step else "")
+
+
+def fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if abs(v) >= 1000:
+        return "%.0f" % v
+    return "%.*g" % (digits, v)
+
+
+def make_table(results, cost, data_i, map_i):
+    lines = ["| method | step | chains × steps | acceptance | ESS min / median | "
+             "ESS/s min / median | PDE solves (fwd + adj) | ESS per 1000 PDE solves | "
+             "s to 100 ESS | speed-up vs PDE mMALA / pCN | rel. error mean (MC) | "
+             "rel. error variance (MC) | max split-R̂ |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
+    for name, r in results.items():
+        acc = fmt(r["acceptance"], 2)
+        if "stage1_acceptance" in r:
+            acc += " (stage 1 %s, stage 2 %s)" % (fmt(r["stage1_acceptance"], 2),
+                                                  fmt(r["stage2_acceptance"], 2))
+        sp = "%s / %s" % (fmt(r.get("speedup_vs_pde_mmala")), fmt(r.get("speedup_vs_pde_pcn")))
+        per_solve = (fmt(1000 * r["ess_per_solve_min"]) if r["ess_per_solve_min"] is not None
+                     else "no PDE solve")
+        err_m = ("%s (%s)" % (fmt(r["mean_rel_error"], 2), fmt(r["mean_mc_error"], 2))
+                 if "mean_rel_error" in r else "–")
+        err_v = ("%s (%s)" % (fmt(r["var_rel_error"], 2), fmt(r["var_mc_error"], 2))
+                 if "var_rel_error" in r else "–")
+        lines.append("| %s | %s = %s | %d × %d | %s | %s / %s | %s / %s | %d + %d | %s | %s | "
+                     "%s | %s | %s | %s |" % (
+                         r["label"], "β" if r["kind"] == "pcn" else "h", fmt(r["step"]),
+                         r["chains"], r["steps"], acc, fmt(r["ess_min"]), fmt(r["ess_median"]),
+                         fmt(r["ess_per_s_min"]), fmt(r["ess_per_s_median"]),
+                         r["forward_solves"], r["adjoint_solves"], per_solve,
+                         fmt(r["seconds_to_100"]), sp, err_m, err_v, fmt(r["rhat_max"])))
+    lines.append("")
+    lines.append("Training cost of poisson_dipnet: %s s = data generation %s s (%d samples × "
+                 "%s s/sample, timed on %d samples now) + fit %s s (%d epochs, from its "
+                 "metadata)." % (fmt(cost["total_seconds"]),
+                                 fmt(cost["generate_seconds_estimated"]), cost["samples"],
+                                 fmt(cost["generate_seconds_per_sample"]),
+                                 cost["timed_samples"], fmt(cost["fit_seconds_metadata"]),
+                                 cost["epochs"]))
+    lines.append("")
+    be = ["| DINO method | break-even vs PDE mMALA (effective samples) | vs PDE pCN |",
+          "| --- | ---: | ---: |"]
+    for name, r in results.items():
+        if "break_even_ess_vs_pde_mmala" in r or "break_even_ess_vs_pde_pcn" in r:
+            be.append("| %s | %s | %s |" % (r["label"], fmt(r.get("break_even_ess_vs_pde_mmala")),
+                                            fmt(r.get("break_even_ess_vs_pde_pcn"))))
+    lines += be + [""]
+    lines.append("Noise: %s = %s. MAP misfit %s (%d Gauss–Newton iterations)." % (
+        data_i["noise_model"], fmt(data_i["noise_std"]), fmt(map_i["misfit"]),
+        map_i["iterations"]))
+    return "\n".join(lines) + "\n"
+
+
+def plots(args, results, m_true, n_cells):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dino_serve import bayes
+    n = n_cells + 1
+
+    def field(v):
+        return np.asarray(v).reshape(n, n)  # node (i, j) has index n·j + i: rows are y
+
+    show = [k for k in ("reference", "dino_mmala", "da_dino_mmala") if k in results]
+    fig, axes = plt.subplots(len(show), 3, figsize=(9, 2.8 * len(show)), squeeze=False)
+    for row, k in enumerate(show):
+        r = results[k]
+        panels = [(m_true if row == 0 else None, "true parameter"),
+                  (r["mean"], label(k) + "\nposterior mean"),
+                  (r["std"], label(k) + "\nposterior std")]
+        for col, (v, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if v is None:
+                ax.axis("off")
+                continue
+            im = ax.imshow(field(v), origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+            ax.set_title(title, fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.docs, "bayesian_inversion_fields.png"), dpi=70)
+    plt.close(fig)
+
+    names = [k for k in results]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+    for k in names:
+        a, i = load(args.out, k)
+        t = np.arange(a["z"].shape[1]) * i["wall"] / max(i["steps"], 1)
+        if k != "reference":
+            axes[0, 0].plot(t, a["z"][0, :, 0], lw=0.6, label=label(k))
+            axes[0, 1].plot(t, a["misfit"][0], lw=0.6, label=label(k))
+        rho = bayes.autocorrelation(a["z"][:, :, 0]).mean(axis=0)
+        lags = np.arange(len(rho)) * i["wall"] / max(i["steps"], 1)
+        keep = lags <= 30
+        axes[1, 0].plot(lags[keep], rho[keep], label=label(k))
+    axes[0, 0].set(title="trace, chain 0: leading GN direction", xlabel="seconds")
+    axes[0, 1].set(title="trace, chain 0: data misfit Φ", xlabel="seconds", yscale="log")
+    axes[1, 0].set(title="autocorrelation, leading GN direction", xlabel="lag (seconds)")
+    axes[1, 0].axhline(0, color="k", lw=0.5)
+    axes[0, 0].legend(fontsize=6)
+    axes[1, 0].legend(fontsize=6)
+    labels = [label(k).replace(" (fixed", "\n(fixed") for k in names if k != "reference"]
+    vals = [results[k]["ess_per_s_min"] for k in names if k != "reference"]
+    med = [results[k]["ess_per_s_median"] for k in names if k != "reference"]
+    pos = np.arange(len(labels))
+    axes[1, 1].bar(pos - 0.2, vals, 0.4, label="min")
+    axes[1, 1].bar(pos + 0.2, med, 0.4, label="median")
+    axes[1, 1].set_xticks(pos)
+    axes[1, 1].set_xticklabels(labels, rotation=20, fontsize=7)
+    axes[1, 1].set(title="ESS per second (equal budgets)", yscale="log")
+    axes[1, 1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.docs, "bayesian_inversion_chains.png"), dpi=70)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
