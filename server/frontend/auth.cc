@@ -58,6 +58,7 @@ grpc::Status BearerTokenAuth::Check(const grpc::ServerContextBase& context) cons
 
 absl::Status BearerTokenAuth::CheckAuthorization(std::optional<std::string_view> authorization,
                                                  const char* carrier) const {
+  if (refuses_all_) return absl::PermissionDeniedError(refusal_);
   if (token_.empty()) return absl::OkStatus();
   if (!authorization.has_value()) {
     return absl::UnauthenticatedError(
@@ -76,30 +77,24 @@ absl::Status BearerTokenAuth::CheckAuthorization(std::optional<std::string_view>
 }
 
 absl::Status BearerTokenAuth::CheckHttpAuthorization(absl::string_view authorization) const {
-  if (token_.empty()) return absl::OkStatus();
+  const std::string_view header(authorization.data(), authorization.size());
+  if (token_.empty() || refuses_all_) return CheckAuthorization(header, "header");
   if (authorization.empty()) {
     return absl::UnauthenticatedError(
         "this request needs the header 'Authorization: Bearer <token>' (or the token as the "
         "password of the URL, http://user:<token>@host:port)");
   }
-  constexpr absl::string_view kBearer = "Bearer ";
   constexpr absl::string_view kBasic = "Basic ";
-  std::string presented;
-  if (absl::StartsWithIgnoreCase(authorization, kBearer)) {
-    presented = std::string(authorization.substr(kBearer.size()));
-  } else if (absl::StartsWithIgnoreCase(authorization, kBasic)) {
-    std::string credentials;
-    if (!absl::Base64Unescape(authorization.substr(kBasic.size()), &credentials) ||
-        credentials.find(':') == std::string::npos) {
-      return absl::UnauthenticatedError(
-          "the Basic authorization header must be base64(<user>:<token>)");
-    }
-    presented = credentials.substr(credentials.find(':') + 1);
-  } else {
-    return absl::UnauthenticatedError(
-        "the Authorization header must be 'Bearer <token>' or 'Basic base64(<user>:<token>)'");
+  if (!absl::StartsWithIgnoreCase(authorization, kBasic)) {
+    return CheckAuthorization(header, "header");
   }
-  if (!ConstantTimeEquals(presented, token_)) {
+  std::string credentials;
+  if (!absl::Base64Unescape(authorization.substr(kBasic.size()), &credentials) ||
+      credentials.find(':') == std::string::npos) {
+    return absl::UnauthenticatedError(
+        "the Basic authorization header must be base64(<user>:<token>)");
+  }
+  if (!ConstantTimeEquals(credentials.substr(credentials.find(':') + 1), token_)) {
     return absl::UnauthenticatedError("the bearer token is not valid");
   }
   return absl::OkStatus();

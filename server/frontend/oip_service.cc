@@ -20,18 +20,6 @@ OipService::OipService(const serving::ModelManager& models, serving::RequestSche
                        metrics::ServerMetrics* metrics, const BearerTokenAuth* auth)
     : models_(models), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
 
-bool OipService::Refused(const char* method, grpc::CallbackServerContext* context,
-                         grpc::ServerUnaryReactor* reactor) {
-  if (auth_ == nullptr) return false;
-  grpc::Status denied = auth_->Check(*context);
-  if (denied.ok()) return false;
-  if (metrics_ != nullptr) {
-    metrics_->RecordRequest(method, "", absl::StatusCode::kUnauthenticated, 0.0);
-  }
-  reactor->Finish(denied);
-  return true;
-}
-
 void OipService::Answer(const char* method, const std::string& model, const absl::Status& status,
                         double seconds, grpc::ServerUnaryReactor* reactor) {
   if (metrics_ != nullptr) metrics_->RecordRequest(method, model, status.code(), seconds);
@@ -62,7 +50,7 @@ grpc::ServerUnaryReactor* OipService::ModelReady(grpc::CallbackServerContext* co
                                                  inference::ModelReadyResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
-  if (Refused("ModelReady", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "ModelReady", context, reactor)) return reactor;
   response->set_ready(accepting_.load() && oip::ModelReady(models_, *request));
   Answer("ModelReady", response->ready() ? request->name() : "", absl::OkStatus(),
          SecondsSince(start), reactor);
@@ -74,7 +62,7 @@ grpc::ServerUnaryReactor* OipService::ServerMetadata(grpc::CallbackServerContext
                                                      inference::ServerMetadataResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
-  if (Refused("ServerMetadata", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "ServerMetadata", context, reactor)) return reactor;
   oip::ServerMetadata(response);
   Answer("ServerMetadata", "", absl::OkStatus(), SecondsSince(start), reactor);
   return reactor;
@@ -85,7 +73,7 @@ grpc::ServerUnaryReactor* OipService::ModelMetadata(grpc::CallbackServerContext*
                                                     inference::ModelMetadataResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
-  if (Refused("ModelMetadata", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "ModelMetadata", context, reactor)) return reactor;
   const absl::Status status = oip::ModelMetadata(models_, *request, response);
   Answer("ModelMetadata", status.ok() ? request->name() : "", status, SecondsSince(start), reactor);
   return reactor;
@@ -95,7 +83,7 @@ grpc::ServerUnaryReactor* OipService::ModelInfer(grpc::CallbackServerContext* co
                                                  const inference::ModelInferRequest* request,
                                                  inference::ModelInferResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (Refused("ModelInfer", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "ModelInfer", context, reactor)) return reactor;
   serving::CallControl control;
   control.deadline = context->deadline();
   control.is_cancelled = [context] { return context->IsCancelled(); };

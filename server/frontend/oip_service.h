@@ -47,10 +47,6 @@ class OipService final : public inference::GRPCInferenceService::CallbackService
                                        inference::ModelInferResponse* response) override;
 
  private:
-  // True (and the call finished UNAUTHENTICATED) when the token is required and missing or
-  // wrong.
-  bool Refused(const char* method, grpc::CallbackServerContext* context,
-               grpc::ServerUnaryReactor* reactor);
   // Counts a call answered here and finishes it.
   void Answer(const char* method, const std::string& model, const absl::Status& status,
               double seconds, grpc::ServerUnaryReactor* reactor);

@@ -50,13 +50,7 @@ grpc::ServerUnaryReactor* PriorService::Run(grpc::CallbackServerContext* context
                                             const dino::v1::ModelRef& model,
                                             absl::StatusOr<PriorQuery> query, Encode encode) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (auth_ != nullptr) {
-    grpc::Status denied = auth_->Check(*context);
-    if (!denied.ok()) {
-      reactor->Finish(denied);
-      return reactor;
-    }
-  }
+  if (RefuseUnauthorizedCall(auth_, /*metrics=*/nullptr, "Prior", context, reactor)) return reactor;
   absl::StatusOr<PriorAnswer> answer = scheduler_.Prior(
       serving::ModelTarget{model.name(), model.version(), model.label()}, std::move(query));
   if (answer.ok()) encode(*answer);

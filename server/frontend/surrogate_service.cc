@@ -51,22 +51,23 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-SurrogateService::SurrogateService(const serving::ModelManager& models,
-                                   serving::RequestScheduler& scheduler,
-                                   metrics::ServerMetrics* metrics, const BearerTokenAuth* auth)
-    : models_(models), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
-
-bool SurrogateService::Refused(const char* method, grpc::CallbackServerContext* context,
-                               grpc::ServerUnaryReactor* reactor) {
-  if (auth_ == nullptr) return false;
-  grpc::Status denied = auth_->Check(*context);
+bool RefuseUnauthorizedCall(const BearerTokenAuth* auth, metrics::ServerMetrics* metrics,
+                            const char* method, grpc::CallbackServerContext* context,
+                            grpc::ServerUnaryReactor* reactor) {
+  if (auth == nullptr) return false;
+  grpc::Status denied = auth->Check(*context);
   if (denied.ok()) return false;
-  if (metrics_ != nullptr) {
-    metrics_->RecordRequest(method, "", absl::StatusCode::kUnauthenticated, 0.0);
+  if (metrics != nullptr) {
+    metrics->RecordRequest(method, "", static_cast<absl::StatusCode>(denied.error_code()), 0.0);
   }
   reactor->Finish(denied);
   return true;
 }
+
+SurrogateService::SurrogateService(const serving::ModelManager& models,
+                                   serving::RequestScheduler& scheduler,
+                                   metrics::ServerMetrics* metrics, const BearerTokenAuth* auth)
+    : models_(models), scheduler_(scheduler), metrics_(metrics), auth_(auth) {}
 
 template <typename Response, typename Encode>
 grpc::ServerUnaryReactor* SurrogateService::Infer(Method method,
@@ -75,7 +76,8 @@ grpc::ServerUnaryReactor* SurrogateService::Infer(Method method,
                                                   absl::StatusOr<Query> query, Response* response,
                                                   Encode encode) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Refused(serving::MethodName(method), context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, serving::MethodName(method), context, reactor))
+    return reactor;
   serving::CallControl control;
   control.deadline = context->deadline();
   control.is_cancelled = [context] { return context->IsCancelled(); };
@@ -97,7 +99,7 @@ grpc::ServerUnaryReactor* SurrogateService::ListModels(grpc::CallbackServerConte
                                                        dino::v1::ListModelsResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
-  if (Refused("ListModels", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "ListModels", context, reactor)) return reactor;
   for (const auto& listing : models_.List()) {
     auto* model = response->add_models();
     model->set_name(listing.name);
@@ -118,7 +120,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
     dino::v1::GetModelInfoResponse* response) {
   const Clock::time_point start = Clock::now();
   auto* reactor = context->DefaultReactor();
-  if (Refused("GetModelInfo", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "GetModelInfo", context, reactor)) return reactor;
   auto handle =
       models_.Get(request->model().name(), request->model().version(), request->model().label());
   if (!handle.ok()) {
@@ -155,7 +157,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext
                                                      const dino::v1::GetBasesRequest* request,
                                                      dino::v1::GetBasesResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (Refused("GetBases", context, reactor)) return reactor;
+  if (RefuseUnauthorizedCall(auth_, metrics_, "GetBases", context, reactor)) return reactor;
   auto dtype = OutputDtype(request->output_dtype());
   absl::Status status = dtype.status();
   if (status.ok()) {

@@ -18,6 +18,13 @@ namespace dino::frontend {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// True when `auth` (null: open) refuses the call: then `reactor` is finished with the refusal
+// and, when `metrics` is set, the call is counted as `method` with the refusal's code. Every
+// gRPC frontend checks its calls through this one function.
+bool RefuseUnauthorizedCall(const BearerTokenAuth* auth, metrics::ServerMetrics* metrics,
+                            const char* method, grpc::CallbackServerContext* context,
+                            grpc::ServerUnaryReactor* reactor);
+
 class SurrogateService final : public dino::v1::Surrogate::CallbackService {
  public:
   // `metrics` (may be null) counts the calls answered here rather than by the scheduler:
@@ -59,11 +66,6 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
                                   const dino::v1::ModelRef& model,
                                   absl::StatusOr<serving::Query> query, Response* response,
                                   Encode encode);
-
-  // True (and the call finished UNAUTHENTICATED) when the inference token is required and
-  // missing or wrong.
-  bool Refused(const char* method, grpc::CallbackServerContext* context,
-               grpc::ServerUnaryReactor* reactor);
 
   const serving::ModelManager& models_;
   serving::RequestScheduler& scheduler_;
