@@ -334,21 +334,23 @@ HttpResponse UmbridgeService::Info(const HttpRequest& request) const {
   return JsonResponse(json{{"protocolVersion", kProtocolVersion}, {"models", std::move(names)}});
 }
 
+absl::StatusOr<serving::ServableHandle> UmbridgeService::AuthorizedModel(
+    const HttpRequest& request) const {
+  if (auth_ != nullptr) {
+    if (auto denied = auth_->CheckHttpAuthorization(request.authorization); !denied.ok()) {
+      return denied;
+    }
+  }
+  auto body = ParseBody(request.body);
+  if (!body.ok()) return body.status();
+  auto selection = ParseSelection(*body);
+  if (!selection.ok()) return selection.status();
+  return models_.Get(selection->target.name, selection->target.version, selection->target.label);
+}
+
 HttpResponse UmbridgeService::ModelInfo(const HttpRequest& request) const {
   const Clock::time_point start = Clock::now();
-  absl::StatusOr<serving::ServableHandle> handle =
-      [&]() -> absl::StatusOr<serving::ServableHandle> {
-    if (auth_ != nullptr) {
-      if (auto denied = auth_->CheckHttpAuthorization(request.authorization); !denied.ok()) {
-        return denied;
-      }
-    }
-    auto body = ParseBody(request.body);
-    if (!body.ok()) return body.status();
-    auto selection = ParseSelection(*body);
-    if (!selection.ok()) return selection.status();
-    return models_.Get(selection->target.name, selection->target.version, selection->target.label);
-  }();
+  absl::StatusOr<serving::ServableHandle> handle = AuthorizedModel(request);
   if (!handle.ok()) return Refuse("ModelInfo", "", handle.status(), SecondsSince(start));
   const serving::ModelInfo& info = handle->model->info();
   json body = {
@@ -384,19 +386,7 @@ HttpResponse UmbridgeService::OutputSizes(const HttpRequest& request) const {
 HttpResponse UmbridgeService::Sizes(const HttpRequest& request, bool input) const {
   const Clock::time_point start = Clock::now();
   const char* method = input ? "InputSizes" : "OutputSizes";
-  absl::StatusOr<serving::ServableHandle> handle =
-      [&]() -> absl::StatusOr<serving::ServableHandle> {
-    if (auth_ != nullptr) {
-      if (auto denied = auth_->CheckHttpAuthorization(request.authorization); !denied.ok()) {
-        return denied;
-      }
-    }
-    auto body = ParseBody(request.body);
-    if (!body.ok()) return body.status();
-    auto selection = ParseSelection(*body);
-    if (!selection.ok()) return selection.status();
-    return models_.Get(selection->target.name, selection->target.version, selection->target.label);
-  }();
+  absl::StatusOr<serving::ServableHandle> handle = AuthorizedModel(request);
   if (!handle.ok()) return Refuse(method, "", handle.status(), SecondsSince(start));
   const serving::ModelInfo& info = handle->model->info();
   if (metrics_ != nullptr) {

@@ -65,6 +65,8 @@ class UmbridgeService {
 
  private:
   enum class Route { kEvaluate, kGradient, kApplyJacobian, kApplyHessian };
+  // The servable a discovery request's body names ({"name", "config"}), after the token check.
+  absl::StatusOr<serving::ServableHandle> AuthorizedModel(const HttpRequest& request) const;
   HttpResponse Sizes(const HttpRequest& request, bool input) const;
   HttpResponse Compute(Route route, const HttpRequest& request) const;
   // Answers a request refused before the scheduler saw it, and counts it.
