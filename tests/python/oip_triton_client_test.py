@@ -9,12 +9,15 @@ with np.frombuffer and the output's shape. Results must equal dino.v1's.
 
 usage: oip_triton_client_test.py <bin folder> <repository> <generated Python folder>
 """
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import unittest
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -81,14 +84,20 @@ class TritonStyleClientTest(unittest.TestCase):
     def setUpClass(cls):
         cls.server = subprocess.Popen(
             [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--metrics_port=-1", "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
+             "--metrics_port=-1", "--host=127.0.0.1", "--http_port=0"],
+            stdout=subprocess.PIPE, text=True)
+        cls.rest_url = None
         for line in cls.server.stdout:
+            rest = re.search(r"Open Inference Protocol REST on (http://\S+)/v2", line)
+            if rest:
+                cls.rest_url = rest.group(1)
             match = re.search(r"listening on \S*:(\d+)", line)
             if match:
                 target = "127.0.0.1:" + match.group(1)
                 break
         else:
             raise RuntimeError("dino-server did not start")
+        assert cls.rest_url, "no OIP REST port announced"
         cls.channel = grpc.insecure_channel(target)
         cls.oip = service_pb2_grpc.GRPCInferenceServiceStub(cls.channel)
         cls.dino = surrogate_pb2_grpc.SurrogateStub(cls.channel)
@@ -145,6 +154,40 @@ class TritonStyleClientTest(unittest.TestCase):
                                    atol=1e-12)
         np.testing.assert_allclose(as_numpy(response, "q"), unwire(expected.q), rtol=0,
                                    atol=1e-12)
+
+    def rest(self, path, body=None):
+        request = urllib.request.Request(
+            self.rest_url + path, data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def test_rest_port_answers_as_grpc(self):
+        """The REST API on --http_port: the same mapping as ModelInfer, over real HTTP."""
+        status, ready = self.rest("/v2/health/ready")
+        self.assertEqual(status, 200, ready)
+        status, metadata = self.rest(f"/v2/models/{MODEL}")
+        self.assertEqual(status, 200, metadata)
+        self.assertEqual(metadata["name"], MODEL)
+        m = np.random.default_rng(5).standard_normal((2, self.d_m))
+        status, reply = self.rest(f"/v2/models/{MODEL}/infer", {
+            "inputs": [{"name": "m", "shape": [2, self.d_m], "datatype": "FP64",
+                        "data": m.ravel().tolist()}],
+            "outputs": [{"name": "q"}]})
+        self.assertEqual(status, 200, reply)
+        q = np.array(reply["outputs"][0]["data"]).reshape(reply["outputs"][0]["shape"])
+        want = unwire(self.dino.Evaluate(surrogate_pb2.EvaluateRequest(
+            model=surrogate_pb2.ModelRef(name=MODEL), m=wire(m)), timeout=30).q)
+        np.testing.assert_allclose(q, want, rtol=1e-12, atol=0)
+        status, error = self.rest(f"/v2/models/{MODEL}/infer", {
+            "inputs": [{"name": "m", "shape": [2, 3], "datatype": "FP64", "data": [0.0] * 6}]})
+        self.assertEqual(status, 400, error)
+        self.assertIn("m", error["error"])
+        status, error = self.rest("/v2/models/no_such_model/infer", {"inputs": []})
+        self.assertEqual(status, 404, error)
 
     def test_errors_are_grpc_statuses_naming_the_input(self):
         with self.assertRaises(grpc.RpcError) as raised:
