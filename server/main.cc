@@ -192,6 +192,9 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // OpenSSL writes HTTPS responses with write(2): a client that hangs up mid-answer must cost
+  // that connection EPIPE, not the process SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
 
   // TLS files are checked before anything listens: a typo fails the start, naming the flag.
   dino::frontend::TlsFiles tls_files{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
