@@ -206,7 +206,7 @@ std::shared_ptr<const TlsIdentityReloader::Identity> TlsIdentityReloader::Curren
   auto reloaded = LoadIdentity(files_);
   if (!reloaded.ok()) {
     serving::LogError("HTTPS keeps its previous certificate: the changed TLS files do not load: ",
-             reloaded.status().message());
+                      reloaded.status().message());
     return identity_;
   }
   identity_ = *std::move(reloaded);
