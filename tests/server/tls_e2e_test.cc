@@ -37,6 +37,12 @@ constexpr char kToken[] = "tls-test-token-0123456789";
 
 std::string ServerBinary() { return DINO_SERVER_BINARY; }
 
+// Runs `command` with its output discarded; its exit status (-1 when it did not exit).
+int ExitStatusOf(const std::string& command) {
+  const int status = std::system((command + " >/dev/null 2>&1").c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 void Openssl(const std::string& folder, const std::string& arguments) {
   const std::string command = "cd '" + folder + "' && openssl " + arguments + " >/dev/null 2>&1";
   if (std::system(command.c_str()) != 0) throw std::runtime_error("failed: " + command);
@@ -203,6 +209,13 @@ TEST_F(TlsTest, TlsServesTrustingClientsAndRefusesPlaintext) {
   // A name the certificate does not carry is refused too.
   const absl::Status wrong_name = EvaluateStatus(server.target(), "ca", "", "", "dino.example");
   EXPECT_TRUE(absl::IsUnavailable(wrong_name)) << wrong_name;
+
+  // dino-bench's --tls_* flags: measures over TLS; without them it cannot connect.
+  const std::string bench = std::string(DINO_BENCH_BINARY) + " --server " + server.target() +
+                            " --n 5 --warmup 1 --methods evaluate --timeout 5";
+  EXPECT_EQ(ExitStatusOf(bench + " --tls_ca " + File("ca.pem") + " --tls_server_name localhost"),
+            0);
+  EXPECT_NE(ExitStatusOf(bench), 0);
 }
 
 TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
