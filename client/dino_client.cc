@@ -6,8 +6,10 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include <chrono>
+#include <fstream>
 #include <initializer_list>
 #include <optional>
+#include <sstream>
 #include <tuple>
 #include <utility>
 
@@ -115,6 +117,44 @@ absl::Status ValidateBearerToken(absl::string_view token) {
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (contents.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " holds no PEM data"));
+  }
+  return contents.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsChannelCredentials(
+    const TlsClientFiles& files) {
+  if (files.cert_path.empty() != files.key_path.empty()) {
+    return absl::InvalidArgumentError(files.cert_path.empty() ? "--tls_key needs --tls_cert"
+                                                              : "--tls_cert needs --tls_key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!files.ca_path.empty()) {
+    absl::StatusOr<std::string> ca = ReadPemFile(files.ca_path, "--tls_ca");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *std::move(ca);
+  }
+  if (!files.cert_path.empty()) {
+    absl::StatusOr<std::string> cert = ReadPemFile(files.cert_path, "--tls_cert");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPemFile(files.key_path, "--tls_key");
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("empty server target");
   if (options.timeout <= absl::ZeroDuration()) {
@@ -131,6 +171,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const ClientO
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (!options.tls_server_name.empty()) {
+    if (options.credentials == nullptr) {
+      return absl::InvalidArgumentError("tls_server_name needs TLS credentials");
+    }
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
   std::shared_ptr<grpc::Channel> channel =

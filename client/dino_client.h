@@ -50,8 +50,12 @@ struct ClientOptions {
   // When true, a call made while the channel is not connected waits (until its deadline)
   // for the server instead of failing at once with UNAVAILABLE. Useful while a server starts.
   bool wait_for_ready = false;
-  // Channel credentials; null means plaintext (grpc::InsecureChannelCredentials()).
+  // Channel credentials; null means plaintext (grpc::InsecureChannelCredentials()). For a
+  // server run with --tls_cert: TlsChannelCredentials.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // When non-empty, the name checked against the server's certificate instead of the
+  // target's host (an IP target, or a certificate issued for another name).
+  std::string tls_server_name;
   // When non-empty, every call carries the metadata "authorization: Bearer <bearer_token>"
   // (needed by the Training and ModelAdmin services of a server run with --admin_token_file,
   // and by every service with --require_token_for_inference). Printable ASCII without spaces
@@ -140,6 +144,19 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // OK for a token that can travel in an "authorization: Bearer ..." header: non-empty,
 // visible ASCII (0x21-0x7E) only. InvalidArgument otherwise, without echoing the token.
 absl::Status ValidateBearerToken(absl::string_view token);
+
+// TLS settings as PEM files: what the `dino` CLI's and dino-bench's --tls_ca, --tls_cert and
+// --tls_key flags name.
+struct TlsClientFiles {
+  std::string ca_path;    // CA(s) that signed the server's certificate; "": the system roots.
+  std::string cert_path;  // Client certificate chain for mutual TLS (with key_path).
+  std::string key_path;   // Its private key.
+};
+
+// TLS channel credentials from `files`; INVALID_ARGUMENT naming the flag (--tls_ca,
+// --tls_cert, --tls_key) of a file that cannot be read, or a certificate without its key.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsChannelCredentials(
+    const TlsClientFiles& files);
 
 // Checks `options` (non-empty target, positive timeout and message size, valid bearer token)
 // and creates a channel to options.target with its credentials and message limits. Shared by

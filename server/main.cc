@@ -29,6 +29,7 @@
 #include "server/frontend/oip_service.h"
 #include "server/frontend/prior_service.h"
 #include "server/frontend/surrogate_service.h"
+#include "server/frontend/tls.h"
 #include "server/frontend/training_service.h"
 #include "server/frontend/umbridge_service.h"
 #include "server/metrics/metrics_http_server.h"
@@ -111,6 +112,19 @@ ABSL_FLAG(int64_t, max_samples_per_job, 100000, "Most samples one fine-tune job 
 ABSL_FLAG(int64_t, max_bytes_per_job, 0,
           "Most bytes of samples one fine-tune job holds in memory; 0: sized to the machine, "
           "an eighth of its physical memory shared by --max_training_jobs jobs.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (the server's certificate first) for TLS; with --tls_key, the "
+          "gRPC port accepts only TLS and the HTTP ports (--umbridge_port, --http_port) only "
+          "HTTPS. The metrics port stays plaintext HTTP.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of the --tls_cert certificate.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificate(s) for mutual TLS: with it, every gRPC and HTTPS client must "
+          "present a certificate signed by one of these CAs. Such a certificate is an identity "
+          "check: without --admin_token_file, it opens the Training and ModelAdmin RPCs to "
+          "its holders.");
+ABSL_FLAG(int32_t, tls_reload_seconds, 60,
+          "How often --tls_cert, --tls_key and --tls_client_ca are re-read; changed files are "
+          "used for new connections without a restart.");
 ABSL_FLAG(double, drain_seconds, 0.0,
           "On SIGTERM/SIGINT, keep answering this long with health NOT_SERVING before "
           "refusing new calls, so that load balancers stop routing here first.");
@@ -178,6 +192,38 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // OpenSSL writes HTTPS responses with write(2): a client that hangs up mid-answer must cost
+  // that connection EPIPE, not the process SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
+
+  // TLS files are checked before anything listens: a typo fails the start, naming the flag.
+  dino::frontend::TlsFiles tls_files{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                     absl::GetFlag(FLAGS_tls_client_ca),
+                                     absl::GetFlag(FLAGS_tls_reload_seconds)};
+  const bool tls = !tls_files.cert_path.empty() || !tls_files.key_path.empty();
+  std::shared_ptr<dino::frontend::TlsIdentityReloader> https_identity;
+  if (tls) {
+    if (tls_files.cert_path.empty() || tls_files.key_path.empty()) {
+      LogError(tls_files.cert_path.empty() ? "--tls_key needs --tls_cert"
+                                           : "--tls_cert needs --tls_key");
+      return 1;
+    }
+    if (tls_files.reload_seconds < 1) {
+      LogError("--tls_reload_seconds must be at least 1, got ", tls_files.reload_seconds);
+      return 1;
+    }
+    auto identity = dino::frontend::TlsIdentityReloader::Create(tls_files);
+    if (!identity.ok()) {
+      LogError(identity.status().message());
+      return 1;
+    }
+    https_identity = *std::move(identity);
+  } else if (!tls_files.client_ca_path.empty()) {
+    LogError("--tls_client_ca needs --tls_cert and --tls_key");
+    return 1;
+  }
+  const bool mutual_tls = tls && !tls_files.client_ca_path.empty();
+  const char* http_scheme = tls ? "https" : "http";
 
   auto metrics = std::make_unique<dino::metrics::ServerMetrics>();
   dino::metrics::MetricsHttpServer metrics_endpoint(
@@ -245,6 +291,12 @@ int Run() {
   } else if (absl::GetFlag(FLAGS_require_token_for_inference)) {
     LogError("--require_token_for_inference needs --admin_token_file");
     return 1;
+  } else if (mutual_tls) {
+    // Every connection already proved a certificate from --tls_client_ca: that is the
+    // identity check model control needs.
+    LogInfo(
+        "the Training and ModelAdmin RPCs are open to clients holding a certificate from "
+        "--tls_client_ca (add --admin_token_file to require a token as well)");
   } else if (absl::GetFlag(FLAGS_insecure_open_model_control)) {
     LogError(
         "WARNING: --insecure_open_model_control: the Training and ModelAdmin RPCs are open to "
@@ -255,8 +307,8 @@ int Run() {
     // no model control.
     admin_auth = dino::frontend::BearerTokenAuth::RefuseAll(
         "model control (the Training and ModelAdmin RPCs) is off: start dino-server with "
-        "--admin_token_file=<file holding a bearer token> (or, for development only, "
-        "--insecure_open_model_control)");
+        "--admin_token_file=<file holding a bearer token> or with mutual TLS "
+        "(--tls_client_ca) (or, for development only, --insecure_open_model_control)");
   }
 
   dino::serving::FineTuneJobManager::Options job_options;
@@ -299,6 +351,7 @@ int Run() {
   dino::frontend::HttpServer::Options http_options;
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.max_body_bytes = max_message_bytes;
+  http_options.tls = https_identity;
   dino::frontend::HttpServer http_server(http_options);
   if (const int umbridge_port = absl::GetFlag(FLAGS_umbridge_port); umbridge_port >= 0) {
     umbridge.Register(http_server);
@@ -307,8 +360,8 @@ int Run() {
       LogError(port.status().message());
       return 1;
     }
-    std::printf("dino-server: UM-Bridge on http://%s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
-                *port);
+    std::printf("dino-server: UM-Bridge on %s://%s:%d\n", http_scheme,
+                absl::GetFlag(FLAGS_host).c_str(), *port);
   }
   // KServe's Open Inference Protocol over REST: the same mapping as its gRPC service.
   dino::frontend::OipRestHandler oip_rest(
@@ -322,7 +375,7 @@ int Run() {
       LogError(port.status().message());
       return 1;
     }
-    std::printf("dino-server: Open Inference Protocol REST on http://%s:%d/v2\n",
+    std::printf("dino-server: Open Inference Protocol REST on %s://%s:%d/v2\n", http_scheme,
                 absl::GetFlag(FLAGS_host).c_str(), *port);
   }
   grpc::EnableDefaultHealthCheckService(true);
@@ -331,7 +384,11 @@ int Run() {
   int selected_port = 0;
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  // With TLS the port speaks only TLS: a plaintext client fails its handshake.
+  builder.AddListeningPort(
+      address,
+      tls ? dino::frontend::GrpcTlsServerCredentials(tls_files) : grpc::InsecureServerCredentials(),
+      &selected_port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);

@@ -265,7 +265,9 @@ std::string StatusCodeName(int code) {
 }
 
 absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> ConnectChannels(
-    const std::string& target, int count, double connect_timeout_s) {
+    const std::string& target, int count, double connect_timeout_s,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const std::string& tls_server_name) {
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < count; ++i) {
     grpc::ChannelArguments args;
@@ -275,8 +277,9 @@ absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> ConnectChannels(
     args.SetMaxSendMessageSize(-1);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("dino.bench.channel_index", i);
-    std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    if (!tls_server_name.empty()) args.SetSslTargetNameOverride(tls_server_name);
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+        target, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
     if (channel == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("cannot create a channel to ", target));
     }

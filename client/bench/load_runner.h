@@ -7,6 +7,7 @@
 #define DINO_CLIENT_BENCH_LOAD_RUNNER_H_
 
 #include <grpcpp/channel.h>
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include <cstdint>
@@ -27,9 +28,13 @@ namespace dino::bench {
 // argument and a local subchannel pool. One HTTP/2 connection also caps the concurrent
 // streams (the server's limit, often 100): more clients than that would queue inside the
 // client and hide the server's own queueing and refusals. Waits up to `connect_timeout_s`
-// for every channel to connect.
+// for every channel to connect. `credentials`: null for plaintext, else TLS (see
+// dino::client::TlsChannelCredentials); `tls_server_name` overrides the name checked against
+// the server's certificate.
 absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> ConnectChannels(
-    const std::string& target, int count, double connect_timeout_s);
+    const std::string& target, int count, double connect_timeout_s,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials = nullptr,
+    const std::string& tls_server_name = "");
 
 // One unary call with a serialized request, waiting for its answer. `method` is the full
 // path, e.g. "/dino.v1.Surrogate/Evaluate". Returns the response bytes or the call's status.

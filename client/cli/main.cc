@@ -50,6 +50,8 @@ struct ConnectionFlags {
   int max_message_mb = 1024;
   bool wait = false;
   std::string token_file;
+  bool tls = false;
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
 };
 
 struct ModelFlags {
@@ -107,6 +109,18 @@ void AddConnectionFlags(CLI::App* cmd, ConnectionFlags* c) {
                   "File holding a bearer token, sent as 'authorization: Bearer <token>' on every "
                   "call (surrounding whitespace is ignored). Needed for the training and admin "
                   "commands when the server runs with --admin_token_file");
+  cmd->add_flag("--tls", c->tls,
+                "Connect with TLS (a server run with --tls_cert), checking its certificate "
+                "against --tls_ca or the system's roots; implied by the other --tls_* flags");
+  cmd->add_option("--tls_ca", c->tls_ca,
+                  "PEM file of the CA(s) that signed the server's "
+                  "certificate (default: the system's roots)");
+  cmd->add_option("--tls_cert", c->tls_cert,
+                  "PEM client certificate for mutual TLS (a server run with --tls_client_ca); "
+                  "needs --tls_key");
+  cmd->add_option("--tls_key", c->tls_key, "PEM private key of --tls_cert");
+  cmd->add_option("--tls_server_name", c->tls_server_name,
+                  "Name checked against the server's certificate instead of --server's host");
 }
 
 // An integer >= 1 (CLI::PositiveNumber's message prints the range's upper bound in full).
@@ -166,6 +180,14 @@ absl::StatusOr<DinoClient> MakeClient(const ConnectionFlags& c) {
     absl::StatusOr<std::string> token = dino::cli::ReadTokenFile(c.token_file);
     if (!token.ok()) return token.status();
     options.bearer_token = *std::move(token);
+  }
+  if (c.tls || !c.tls_ca.empty() || !c.tls_cert.empty() || !c.tls_key.empty() ||
+      !c.tls_server_name.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        dino::client::TlsChannelCredentials({c.tls_ca, c.tls_cert, c.tls_key});
+    if (!credentials.ok()) return credentials.status();
+    options.credentials = *std::move(credentials);
+    options.tls_server_name = c.tls_server_name;
   }
   options.target = c.server;
   options.timeout = absl::Seconds(c.timeout_s);

@@ -1,7 +1,7 @@
 // Bearer-token authorization of RPCs (--admin_token_file): a call is authorized when its
-// metadata carries "authorization: Bearer <token>" with the configured token. Transport
-// security (TLS) is the deployment's business (a mesh or an ingress in front of the server):
-// the token keeps clients that can reach the port from training or managing models.
+// metadata carries "authorization: Bearer <token>" with the configured token. The token keeps
+// clients that can reach the port from training or managing models; transport security is
+// --tls_cert's (server/frontend/tls.h) or a mesh's, and applies underneath the token.
 #pragma once
 
 #include <grpcpp/grpcpp.h>

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/frontend/tls.h"
 
 namespace dino::frontend {
 namespace {
@@ -83,7 +84,18 @@ HttpResponse HttpServer::Dispatch(const HttpRequest& request) const {
 
 absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   if (server_) return absl::FailedPreconditionError("the HTTP server is already started");
-  auto server = std::make_unique<httplib::Server>();
+  std::unique_ptr<httplib::Server> server;
+  if (options_.tls != nullptr) {
+    // The reloader installs the current certificate on each handshake (see tls.h).
+    auto tls_server = std::make_unique<httplib::SSLServer>(
+        [tls = options_.tls](SSL_CTX& context) { return tls->ConfigureContext(context); });
+    if (!tls_server->is_valid()) {
+      return absl::InternalError("OpenSSL refused the HTTPS server's TLS settings");
+    }
+    server = std::move(tls_server);
+  } else {
+    server = std::make_unique<httplib::Server>();
+  }
   const int threads = std::max(1, options_.threads);
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));

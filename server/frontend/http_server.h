@@ -25,6 +25,8 @@ class Server;
 
 namespace dino::frontend {
 
+class TlsIdentityReloader;
+
 struct HttpRequest {
   std::string method;  // "GET", "POST", …
   std::string path;    // Without the query string.
@@ -54,6 +56,9 @@ class HttpServer {
     double read_timeout_seconds = 30;  // A client sending its request this slowly is cut off.
     double write_timeout_seconds = 30;
     double keep_alive_timeout_seconds = 5;
+    // Set: HTTPS only (cpp-httplib's SSLServer), with this identity and its client CA,
+    // reloaded when the files change. Null: plaintext HTTP.
+    std::shared_ptr<TlsIdentityReloader> tls;
   };
 
   explicit HttpServer(Options options);

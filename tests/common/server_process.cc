@@ -50,6 +50,7 @@ ServerProcess::ServerProcess(const std::string& binary, std::vector<std::string>
     if (std::regex_search(output, match, listening)) port_ = std::stoi(match[1]);
   }
   ::close(out[0]);  // The server prints nothing else on stdout.
+  output_ = output;
   if (port_ == 0) {
     ::kill(pid_, SIGKILL);
     Wait();

@@ -20,6 +20,9 @@ class ServerProcess {
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }
+  // What the server printed on stdout up to its "listening on" line (the ports of its HTTP
+  // fronts among it).
+  const std::string& output() const { return output_; }
 
   void Signal(int signal_number) const;
   // Waits for the process to exit and returns its exit status (-1 if killed by a signal).
@@ -30,6 +33,7 @@ class ServerProcess {
   int port_ = 0;
   int metrics_port_ = 0;
   bool exited_ = false;
+  std::string output_;
 };
 
 // The body of an HTTP GET to 127.0.0.1:port/path ("" on failure).
