@@ -132,6 +132,20 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* fla
 
 }  // namespace
 
+absl::Status ApplyTlsFlags(const TlsClientFlags& flags, ClientOptions* options) {
+  const TlsClientFiles& files = flags.files;
+  if (!flags.tls && files.ca_path.empty() && files.cert_path.empty() && files.key_path.empty() &&
+      flags.server_name.empty()) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      TlsChannelCredentials(files);
+  if (!credentials.ok()) return credentials.status();
+  options->credentials = *std::move(credentials);
+  options->tls_server_name = flags.server_name;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsChannelCredentials(
     const TlsClientFiles& files) {
   if (files.cert_path.empty() != files.key_path.empty()) {

@@ -158,6 +158,18 @@ struct TlsClientFiles {
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsChannelCredentials(
     const TlsClientFiles& files);
 
+// What the `dino` CLI's and dino-bench's --tls, --tls_ca, --tls_cert, --tls_key and
+// --tls_server_name flags ask for. TLS is on when `tls` is set or any other field is.
+struct TlsClientFlags {
+  bool tls = false;
+  TlsClientFiles files;
+  std::string server_name;
+};
+
+// Sets options->credentials and tls_server_name from `flags` when they ask for TLS (errors as
+// TlsChannelCredentials'); leaves `options` alone otherwise.
+absl::Status ApplyTlsFlags(const TlsClientFlags& flags, ClientOptions* options);
+
 // Checks `options` (non-empty target, positive timeout and message size, valid bearer token)
 // and creates a channel to options.target with its credentials and message limits. Shared by
 // DinoClient and TrainingClient; the channel connects lazily.

@@ -94,8 +94,7 @@ struct Flags {
   std::string expected_codes;
   std::string json;
   std::string csv;
-  bool tls = false;
-  std::string tls_ca, tls_cert, tls_key, tls_server_name;
+  dino::client::TlsClientFlags tls;
 };
 
 enum class Method { kEvaluate, kJvp, kVjp, kReducedJacobian, kJacobian };
@@ -584,17 +583,17 @@ int main(int argc, char** argv) {
       "dino-bench");
   Flags f;
   app.add_option("--server", f.server, "Server address")->capture_default_str();
-  app.add_flag("--tls", f.tls,
+  app.add_flag("--tls", f.tls.tls,
                "Connect with TLS (a server run with --tls_cert), checking its certificate "
                "against --tls_ca or the system's roots; implied by the other --tls_* flags");
-  app.add_option("--tls_ca", f.tls_ca,
+  app.add_option("--tls_ca", f.tls.files.ca_path,
                  "PEM file of the CA(s) that signed the server's certificate (default: the "
                  "system's roots)");
-  app.add_option("--tls_cert", f.tls_cert,
+  app.add_option("--tls_cert", f.tls.files.cert_path,
                  "PEM client certificate for mutual TLS (a server run with --tls_client_ca); "
                  "needs --tls_key");
-  app.add_option("--tls_key", f.tls_key, "PEM private key of --tls_cert");
-  app.add_option("--tls_server_name", f.tls_server_name,
+  app.add_option("--tls_key", f.tls.files.key_path, "PEM private key of --tls_cert");
+  app.add_option("--tls_server_name", f.tls.server_name,
                  "Name checked against the server's certificate instead of --server's host");
   app.add_option("--model", f.model, "Model to benchmark; default: the first one listed");
   app.add_option("--version", f.version, "Model version; 0 = default")
@@ -725,13 +724,8 @@ int main(int argc, char** argv) {
   options.target = f.server;
   options.timeout = absl::Seconds(f.timeout_s);
   options.wait_for_ready = f.wait;
-  if (f.tls || !f.tls_ca.empty() || !f.tls_cert.empty() || !f.tls_key.empty() ||
-      !f.tls_server_name.empty()) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-        dino::client::TlsChannelCredentials({f.tls_ca, f.tls_cert, f.tls_key});
-    if (!credentials.ok()) return usage(credentials.status());
-    options.credentials = *std::move(credentials);
-    options.tls_server_name = f.tls_server_name;
+  if (absl::Status status = dino::client::ApplyTlsFlags(f.tls, &options); !status.ok()) {
+    return usage(status);
   }
   absl::StatusOr<DinoClient> client = DinoClient::Connect(options);
   if (!client.ok()) return usage(client.status());

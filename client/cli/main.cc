@@ -50,8 +50,7 @@ struct ConnectionFlags {
   int max_message_mb = 1024;
   bool wait = false;
   std::string token_file;
-  bool tls = false;
-  std::string tls_ca, tls_cert, tls_key, tls_server_name;
+  dino::client::TlsClientFlags tls;
 };
 
 struct ModelFlags {
@@ -109,17 +108,17 @@ void AddConnectionFlags(CLI::App* cmd, ConnectionFlags* c) {
                   "File holding a bearer token, sent as 'authorization: Bearer <token>' on every "
                   "call (surrounding whitespace is ignored). Needed for the training and admin "
                   "commands when the server runs with --admin_token_file");
-  cmd->add_flag("--tls", c->tls,
+  cmd->add_flag("--tls", c->tls.tls,
                 "Connect with TLS (a server run with --tls_cert), checking its certificate "
                 "against --tls_ca or the system's roots; implied by the other --tls_* flags");
-  cmd->add_option("--tls_ca", c->tls_ca,
+  cmd->add_option("--tls_ca", c->tls.files.ca_path,
                   "PEM file of the CA(s) that signed the server's "
                   "certificate (default: the system's roots)");
-  cmd->add_option("--tls_cert", c->tls_cert,
+  cmd->add_option("--tls_cert", c->tls.files.cert_path,
                   "PEM client certificate for mutual TLS (a server run with --tls_client_ca); "
                   "needs --tls_key");
-  cmd->add_option("--tls_key", c->tls_key, "PEM private key of --tls_cert");
-  cmd->add_option("--tls_server_name", c->tls_server_name,
+  cmd->add_option("--tls_key", c->tls.files.key_path, "PEM private key of --tls_cert");
+  cmd->add_option("--tls_server_name", c->tls.server_name,
                   "Name checked against the server's certificate instead of --server's host");
 }
 
@@ -181,13 +180,8 @@ absl::StatusOr<DinoClient> MakeClient(const ConnectionFlags& c) {
     if (!token.ok()) return token.status();
     options.bearer_token = *std::move(token);
   }
-  if (c.tls || !c.tls_ca.empty() || !c.tls_cert.empty() || !c.tls_key.empty() ||
-      !c.tls_server_name.empty()) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-        dino::client::TlsChannelCredentials({c.tls_ca, c.tls_cert, c.tls_key});
-    if (!credentials.ok()) return credentials.status();
-    options.credentials = *std::move(credentials);
-    options.tls_server_name = c.tls_server_name;
+  if (absl::Status status = dino::client::ApplyTlsFlags(c.tls, &options); !status.ok()) {
+    return status;
   }
   options.target = c.server;
   options.timeout = absl::Seconds(c.timeout_s);

@@ -51,8 +51,9 @@ struct ModelInfo {
   std::string architecture;
   torch::Dtype dtype = torch::kFloat32;
   bool has_prior = false;  // The model serves its parameter's prior (SurrogateModel::prior).
-  // Whether Method::kHessianVectorProduct is answered (not by the exact PDE models, which
-  // would need second-order adjoints); otherwise Prepare refuses it with UNIMPLEMENTED.
+  // Whether Method::kHessianVectorProduct is answered. False for the exact PDE models: their
+  // second derivatives take second-order adjoint solves, which models/pde does not have, so
+  // Prepare refuses the method for them with UNIMPLEMENTED (UM-Bridge: UnsupportedFeature).
   bool has_hessian_vector_product = true;
   nlohmann::json metadata = nlohmann::json::object();
 };
