@@ -22,6 +22,24 @@ struct DenseLayers {
   torch::Tensor shift, scale;          // [r_M]
 };
 
+// The input basis and whitening folded into the first dense layer (FirstLayerAtInputs), with
+// the version counters of the tensors it was made from: any in-place update (an optimizer
+// step) makes it stale, and stale means unused.
+struct Network::InputFold {
+  torch::Tensor weight;          // A = V diag(scale) W₀ [d_M, w₁]
+  torch::Tensor weight_columns;  // A with column-major strides, for one or two rows.
+  torch::Tensor bias;            // c = b₀ − (shift ⊙ scale) W₀ [w₁]
+  std::vector<torch::Tensor> sources;
+  std::vector<int64_t> versions;
+
+  bool Current() const {
+    for (size_t i = 0; i < sources.size(); ++i) {
+      if (sources[i]._version() != versions[i]) return false;
+    }
+    return true;
+  }
+};
+
 namespace {
 
 namespace dm = dino::models;
@@ -61,25 +79,88 @@ std::shared_ptr<DenseLayers> MatchLayers(const torch::jit::Module& module, int64
   return layers;
 }
 
+// The first layer's pre-activation a₀ = ((z − shift) ⊙ scale) W₀ + b₀.
+torch::Tensor FirstLayer(const DenseLayers& layers, const torch::Tensor& z) {
+  return torch::addmm(layers.biases[0], (z - layers.shift) * layers.scale, layers.weights[0]);
+}
+
+// φ from a₀: a_l = softplus(a_{l−1}) W_l + b_l, φ = a_L.
+torch::Tensor ValueFromFirstLayer(const DenseLayers& layers, torch::Tensor a) {
+  for (size_t l = 1; l < layers.weights.size(); ++l) {
+    a = torch::addmm(layers.biases[l], torch::softplus(a, 1.0, kSoftplusThreshold),
+                     layers.weights[l]);
+  }
+  return a;
+}
+
 // φ(z) by the layers: the same formula as reduced_forward, without the TorchScript
 // interpreter (a batch-1 call is a few dozen small operations, where the interpreter's
 // per-operation overhead would dominate).
 torch::Tensor PropagateValue(const DenseLayers& layers, const torch::Tensor& z) {
-  const size_t last = layers.weights.size() - 1;
-  torch::Tensor h = (z - layers.shift) * layers.scale;
-  for (size_t l = 0; l < last; ++l) {
-    h = torch::softplus(torch::addmm(layers.biases[l], h, layers.weights[l]), 1.0,
-                        kSoftplusThreshold);
+  return ValueFromFirstLayer(layers, FirstLayer(layers, z));
+}
+
+// softplus′(a) = sigmoid(a), and exactly 1 above the threshold where softplus is the identity.
+torch::Tensor SoftplusSlope(const torch::Tensor& a) {
+  if (torch::GradMode::is_enabled()) {
+    return torch::where(a > kSoftplusThreshold, torch::ones_like(a), torch::sigmoid(a));
   }
-  return torch::addmm(layers.biases[last], h, layers.weights[last]);
+  return torch::sigmoid(a).masked_fill_(a > kSoftplusThreshold, 1.0);
+}
+
+// Without gradients: φ and J_φ of the points whose first-layer pre-activations are `first`
+// [B, w₁], written into `value` [B, r_Q] and `jacobian` [B, r_Q, r_M] (contiguous). J_φ is
+// accumulated from the left, so that every product has r_Q rows:
+//   g = W_Lᵀ diag(s_{L−1}),  g ← g W_lᵀ diag(s_{l−1}) for l = L−1 … 1,  J_φ = g (W₀ᵀ diag(scale)),
+// with the slopes s_l = softplus′(a_l) applied in place and the last product written into
+// `jacobian` directly: no copy of a result that can be 40 MB for a thousand points.
+void PropagateJacobianInto(const DenseLayers& layers, const torch::Tensor& first,
+                           torch::Tensor value, torch::Tensor jacobian) {
+  const size_t last = layers.weights.size() - 1;
+  const int64_t batch = first.size(0);
+  std::vector<torch::Tensor> slopes;
+  slopes.reserve(last);
+  torch::Tensor a = first;
+  for (size_t l = 1; l <= last; ++l) {
+    slopes.push_back(SoftplusSlope(a));
+    torch::Tensor h = torch::softplus(a, 1.0, kSoftplusThreshold);
+    if (l == last) {
+      torch::addmm_out(value, layers.biases[l], h, layers.weights[l]);
+    } else {
+      a = torch::addmm(layers.biases[l], h, layers.weights[l]);
+    }
+  }
+  const torch::Tensor first_factor = layers.weights[0].t() * layers.scale;  // [w₁, r_M]
+  if (last == 0) {
+    value.copy_(first);
+    jacobian.copy_(first_factor.unsqueeze(0).expand_as(jacobian));
+    return;
+  }
+  torch::Tensor g = layers.weights[last].t().unsqueeze(0) * slopes[last - 1].unsqueeze(1);
+  for (size_t l = last - 1; l > 0; --l) {
+    g = torch::matmul(g, layers.weights[l].t());
+    g.mul_(slopes[l - 1].unsqueeze(1));
+  }
+  const int64_t rows = batch * g.size(1);
+  torch::Tensor jacobian_rows = jacobian.view({rows, jacobian.size(2)});
+  // reshape: g is a broadcast product, not contiguous, when there is one hidden layer.
+  torch::mm_out(jacobian_rows, g.reshape({rows, g.size(2)}), first_factor);
 }
 
 // φ(z) and J_φ(z) by reverse accumulation through the layers:
 //   J_φ = W_Lᵀ diag(s_{L−1}) W_{L−1}ᵀ ⋯ diag(s₀) W₀ᵀ diag(scale),  s_l = softplus′(a_l),
-// evaluated from the left, so that every product has r_Q rows.
+// evaluated from the left, so that every product has r_Q rows. Differentiable with respect
+// to the weights when gradients are on (training); otherwise PropagateJacobianInto.
 std::pair<torch::Tensor, torch::Tensor> PropagateJacobian(const DenseLayers& layers,
                                                           const torch::Tensor& z) {
   const size_t last = layers.weights.size() - 1;
+  if (!torch::GradMode::is_enabled()) {
+    const int64_t r_q = layers.weights[last].size(1), r_m = layers.weights[0].size(0);
+    torch::Tensor value = torch::empty({z.size(0), r_q}, z.options());
+    torch::Tensor jacobian = torch::empty({z.size(0), r_q, r_m}, z.options());
+    PropagateJacobianInto(layers, FirstLayer(layers, z), value, jacobian);
+    return {value, jacobian};
+  }
   torch::Tensor h = (z - layers.shift) * layers.scale;
   std::vector<torch::Tensor> slopes;
   torch::Tensor value;
@@ -89,23 +170,46 @@ std::pair<torch::Tensor, torch::Tensor> PropagateJacobian(const DenseLayers& lay
       value = a;
       break;
     }
-    slopes.push_back(torch::where(a > kSoftplusThreshold, torch::ones_like(a), torch::sigmoid(a)));
+    slopes.push_back(SoftplusSlope(a));
     h = torch::softplus(a, 1.0, kSoftplusThreshold);
   }
-  // Without gradients (serving), g ⊙ s_l is taken in place where g is a product of this
-  // loop (not on the first step, where g views the weights): one temporary fewer per layer.
-  const bool in_place = !torch::GradMode::is_enabled();
   torch::Tensor g = layers.weights[last].t().unsqueeze(0);  // [1, r_Q, w_L]
   for (size_t l = last; l-- > 0;) {
-    g = in_place && l + 1 < last ? g.mul_(slopes[l].unsqueeze(1)) : g * slopes[l].unsqueeze(1);
-    g = torch::matmul(g, layers.weights[l].t());
+    g = torch::matmul(g * slopes[l].unsqueeze(1), layers.weights[l].t());
   }
-  g = in_place && last > 0 ? g.mul_(layers.scale) : g * layers.scale;
+  g = g * layers.scale;
   return {value, g.expand({z.size(0), g.size(1), g.size(2)})};
 }
 
+// Up to this many rows, a product with a column-major copy of a basis streams it faster.
+constexpr int64_t kMatrixVectorRows = 2;
+
 // Points per PropagateJacobian call when a large batch is computed without gradients.
 constexpr int64_t kPropagationChunk = 32;
+
+// φ and J_φ of the points whose first-layer pre-activations are `first` [P, w₁], without
+// gradients. Chunks of points keep the [chunk, r_Q, width] intermediates in cache: all points
+// at once made the cost per point grow with the batch (DIPNet 100-50: 100 µs per point at
+// B = 16, 190 µs at B = 256; dino_serving_benchmark). Chunks are spread over LibTorch's
+// intra-op threads, and each writes its part of the results in place.
+std::pair<torch::Tensor, torch::Tensor> PropagateInChunks(const DenseLayers& layers,
+                                                          const torch::Tensor& first) {
+  const int64_t batch = first.size(0);
+  const int64_t r_q = layers.weights.back().size(1), r_m = layers.weights[0].size(0);
+  torch::Tensor value = torch::empty({batch, r_q}, first.options());
+  torch::Tensor jacobian = torch::empty({batch, r_q, r_m}, first.options());
+  const int64_t chunks = (batch + kPropagationChunk - 1) / kPropagationChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    torch::NoGradGuard no_grad;  // Grad mode is per thread.
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t start = chunk * kPropagationChunk;
+      const int64_t count = std::min(kPropagationChunk, batch - start);
+      PropagateJacobianInto(layers, first.narrow(0, start, count), value.narrow(0, start, count),
+                            jacobian.narrow(0, start, count));
+    }
+  });
+  return {value, jacobian};
+}
 
 // Whether PropagateJacobian reproduces reduced_forward and its autograd Jacobian on a copy of
 // `module` with random whitening (so that a model ignoring its whitening buffers, or with
@@ -130,15 +234,23 @@ bool PropagationReproducesModel(const torch::jit::Module& module, torch::Dtype d
     const Network reference(copy, /*allow_layer_propagation=*/false);
     const torch::Tensor z = torch::randn({3, r_m}, generator, torch::kFloat64).to(options);
     auto [value_ref, jacobian_ref] = ReducedValueAndJacobian(reference, z, false);
+    // Both implementations: the differentiable one (training) and the in-place one (serving).
+    std::pair<torch::Tensor, torch::Tensor> trained;
+    {
+      torch::AutoGradMode grad_mode(true);
+      trained = PropagateJacobian(*layers, z);
+    }
     torch::NoGradGuard no_grad;
     auto [value, jacobian] = PropagateJacobian(*layers, z);
     const torch::Tensor value_only = PropagateValue(*layers, z);
     const double tolerance = dtype == torch::kFloat64 ? 1e-9 : 1e-3;
     auto close = [tolerance](const torch::Tensor& a, const torch::Tensor& b) {
-      return a.sizes() == b.sizes() && (a - b).abs().max().item<double>() <=
+      return a.sizes() == b.sizes() && (a.detach() - b).abs().max().item<double>() <=
                                            tolerance * std::max(1.0, b.abs().max().item<double>());
     };
-    return close(value, value_ref) && close(value_only, value_ref) && close(jacobian, jacobian_ref);
+    return close(value, value_ref) && close(value_only, value_ref) &&
+           close(jacobian, jacobian_ref) && close(trained.first, value_ref) &&
+           close(trained.second, jacobian_ref);
   } catch (const std::exception&) {
     return false;
   }
@@ -232,6 +344,45 @@ Network::Network(torch::jit::Module module, bool allow_layer_propagation,
       layers_ = std::move(layers);
     }
   }
+  if (layers_ && input_basis_.is_cpu() && layers_->weights[0].size(1) < input_basis_.size(1)) {
+    input_fold_ = MakeInputFold();
+  }
+}
+
+std::shared_ptr<const Network::InputFold> Network::MakeInputFold() const {
+  torch::NoGradGuard no_grad;
+  const DenseLayers& layers = *layers_;
+  auto fold = std::make_shared<InputFold>();
+  const torch::Tensor scaled_weight = layers.scale.unsqueeze(1) * layers.weights[0];
+  fold->weight = torch::mm(input_basis_, scaled_weight);
+  fold->weight_columns = fold->weight.t().contiguous().t();
+  fold->bias = layers.biases[0] - torch::mv(scaled_weight.t(), layers.shift);
+  fold->sources = {input_basis_, layers.weights[0], layers.biases[0], layers.shift, layers.scale};
+  for (const torch::Tensor& source : fold->sources) fold->versions.push_back(source._version());
+  // The fold must reproduce the unfolded first layer (itself checked against the model by
+  // PropagationReproducesModel) on inputs of the model's scale, or it is not used.
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(20240612);
+  const torch::Tensor m = torch::randn({3, input_basis_.size(0)}, generator, torch::kFloat64)
+                              .to(input_basis_.options());
+  const torch::Tensor reference = FirstLayer(layers, torch::mm(m, input_basis_));
+  const torch::Tensor folded = torch::addmm(fold->bias, m, fold->weight);
+  const double tolerance = dtype_ == torch::kFloat64 ? 1e-9 : 1e-3;
+  const double error = (folded - reference).abs().max().item<double>();
+  if (!(error <= tolerance * std::max(1.0, reference.abs().max().item<double>()))) return nullptr;
+  return fold;
+}
+
+bool Network::folds_input_basis() const { return input_fold_ && input_fold_->Current(); }
+
+torch::Tensor Network::FirstLayerAtInputs(const torch::Tensor& m) const {
+  if (!layers_) Fail("FirstLayerAtInputs needs a model with verified dense layers");
+  if (torch::GradMode::is_enabled() || !folds_input_basis()) {
+    return FirstLayer(*layers_, ProjectInput(m));
+  }
+  if (m.size(0) <= kMatrixVectorRows) {
+    return torch::addmm(input_fold_->bias, m, input_fold_->weight_columns);
+  }
+  return ProjectRows(m, input_fold_->weight).add_(input_fold_->bias);
 }
 
 torch::Tensor ProjectRows(const torch::Tensor& a, const torch::Tensor& b) {
@@ -275,7 +426,6 @@ torch::Tensor ProjectRows(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 torch::Tensor Network::ProjectInput(const torch::Tensor& m) const {
-  constexpr int64_t kMatrixVectorRows = 2;
   if (m.size(0) <= kMatrixVectorRows && input_basis_columns_.defined() &&
       !torch::GradMode::is_enabled()) {
     return torch::mm(m, input_basis_columns_);
@@ -285,8 +435,10 @@ torch::Tensor Network::ProjectInput(const torch::Tensor& m) const {
 
 torch::Tensor Network::Forward(const torch::Tensor& m) const {
   // The contract's identity forward(m) = φ(mV)Uᵀ + b, through the verified layers.
-  if (layers_)
-    return torch::addmm(output_shift_, ReducedForward(ProjectInput(m)), output_basis_.t());
+  if (layers_) {
+    return torch::addmm(output_shift_, ValueFromFirstLayer(*layers_, FirstLayerAtInputs(m)),
+                        output_basis_.t());
+  }
   return module_.get_method("forward")({m}).toTensor();
 }
 
@@ -331,30 +483,9 @@ std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& n
                                                                 const torch::Tensor& z,
                                                                 bool create_graph) {
   if (!network.reduced()) Fail("ReducedValueAndJacobian needs a reduced-basis model");
-  if (network.layers_ && !create_graph && z.size(0) > kPropagationChunk) {
-    // Served Jacobians of many points: chunks of points keep the [chunk, r_Q, width]
-    // intermediates in cache. All points at once made the cost per point grow with the
-    // batch (DIPNet 100-50: 100 µs per point at B = 16, 190 µs at B = 256;
-    // dino_serving_benchmark).
-    // The chunks are spread over LibTorch's intra-op threads.
+  if (network.layers_ && !create_graph) {
     torch::NoGradGuard no_grad;
-    const int64_t batch = z.size(0);
-    const int64_t r_q = network.output_rank(), r_m = network.input_rank();
-    torch::Tensor value = torch::empty({batch, r_q}, z.options());
-    torch::Tensor jacobian = torch::empty({batch, r_q, r_m}, z.options());
-    const int64_t chunks = (batch + kPropagationChunk - 1) / kPropagationChunk;
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t end) {
-      torch::NoGradGuard no_grad_here;  // Grad mode is per thread.
-      for (int64_t chunk = first; chunk < end; ++chunk) {
-        const int64_t start = chunk * kPropagationChunk;
-        const int64_t count = std::min(kPropagationChunk, batch - start);
-        auto [chunk_value, chunk_jacobian] =
-            PropagateJacobian(*network.layers_, z.narrow(0, start, count));
-        value.narrow(0, start, count).copy_(chunk_value);
-        jacobian.narrow(0, start, count).copy_(chunk_jacobian);
-      }
-    });
-    return {value, jacobian};
+    return PropagateInChunks(*network.layers_, FirstLayer(*network.layers_, z));
   }
   if (network.layers_) {
     // A plain function of the weights: ordinary autograd differentiates it.
@@ -371,6 +502,15 @@ std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& n
   torch::Tensor jacobian = rows.view({batch, r_q, r_m});
   if (!create_graph) return {value.detach(), jacobian.detach()};
   return {value, jacobian};
+}
+
+std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(const Network& network,
+                                                                        const torch::Tensor& m) {
+  torch::NoGradGuard no_grad;
+  if (!network.layers_) {
+    return ReducedValueAndJacobian(network, network.ProjectInput(m), /*create_graph=*/false);
+  }
+  return PropagateInChunks(*network.layers_, network.FirstLayerAtInputs(m));
 }
 
 std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& network,

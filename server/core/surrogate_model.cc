@@ -185,9 +185,8 @@ class ReducedBasisModel final : public SurrogateModel {
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
-    torch::Tensor z =
-        network_.ProjectInput(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }));
-    auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
+    auto [phi, jacobians] = dm::ReducedValueAndJacobianAtInputs(
+        network_, Stack(derivatives, [](const PreparedQuery& p) { return p.points; }));
     // q = φ Uᵀ + b only where a query returns it.
     const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
       return p->want_q || p->method == Method::kReducedJacobian;

@@ -5,7 +5,9 @@
 // and where the direct DIPNet path is compared with the TorchScript interpreter.
 //
 //   dino_serving_benchmark [model.pt=models/repository/poisson_dipnet/3/model.pt] [threads=1]
-// (threads: LibTorch intra-op threads, over which large batches are split).
+//                          [batches=1,4,16,64,256,1000]
+// (threads: LibTorch intra-op threads, over which large batches are split; one batch size is
+// handy under `perf record`).
 // Prints, per B, the median time of one call and the cost per point, in microseconds.
 #include <algorithm>
 #include <chrono>
@@ -61,7 +63,21 @@ int main(int argc, char** argv) {
               dino::models::BlasCoreName().c_str());
   std::printf("%6s %14s %14s %14s %14s %14s\n", "B", "eval_us", "eval_us/pt", "torchscript/pt",
               "redjac_us", "redjac_us/pt");
-  for (int64_t b : {1, 4, 16, 64, 256, 1000}) {
+  std::vector<int64_t> batches = {1, 4, 16, 64, 256, 1000};
+  if (argc > 3) {
+    batches.clear();
+    for (const char* p = argv[3]; *p != '\0';) {
+      char* end = nullptr;
+      batches.push_back(std::strtoll(p, &end, 10));
+      if (end == p || batches.back() < 1) {
+        std::fprintf(stderr, "batches: expected positive integers separated by commas: %s\n",
+                     argv[3]);
+        return 2;
+      }
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  for (int64_t b : batches) {
     torch::manual_seed(b);
     Query evaluate;
     evaluate.m = torch::randn({b, info.input_dim}, torch::dtype(info.dtype));

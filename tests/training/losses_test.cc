@@ -355,6 +355,53 @@ TEST(ReducedJacobian, OtherModelsGetAutograd) {
   }
 }
 
+// A first hidden layer narrower than r_M: served inputs reach it through one folded matrix
+// V diag(scale) W₀, which must give the model's values and Jacobians, and must stop being used
+// once an optimizer step changes a weight in place.
+TEST(InputFold, FoldedFirstLayerEqualsTheModelUntilAWeightChanges) {
+  const Problem& p = TheProblem();
+  torch::jit::Module module("NarrowFirstLayer");
+  module.register_buffer("input_basis", p.v);
+  module.register_buffer("output_basis", p.u);
+  module.register_buffer("output_shift", p.b);
+  module.register_buffer("reduced_input_shift", Gaussian({kRm}, 91));
+  module.register_buffer("reduced_input_scale", 1.0 + Gaussian({kRm}, 92).abs());
+  module.register_parameter("W0", Gaussian({kRm, 2}, 93), false);
+  module.register_parameter("b0", Gaussian({2}, 94), false);
+  module.register_parameter("W1", Gaussian({2, kRq}, 95), false);
+  module.register_parameter("b1", Gaussian({kRq}, 96), false);
+  module.define(
+      "def reduced_forward(self, z: Tensor) -> Tensor:\n"
+      "    h = (z - self.reduced_input_shift) * self.reduced_input_scale\n"
+      "    h = torch.softplus(torch.addmm(self.b0, h, self.W0), 1.0, 20.0)\n"
+      "    return torch.addmm(self.b1, h, self.W1)\n"
+      "def forward(self, m: Tensor) -> Tensor:\n"
+      "    return torch.addmm(self.output_shift, "
+      "self.reduced_forward(torch.mm(m, self.input_basis)), self.output_basis.t())\n");
+  const models::Network network(module), reference(module, /*allow_layer_propagation=*/false);
+  ASSERT_EQ(network.reduced_jacobian_method(), models::ReducedJacobianMethod::kLayerPropagation);
+  EXPECT_TRUE(network.folds_input_basis());
+  EXPECT_FALSE(reference.folds_input_basis());
+  torch::NoGradGuard no_grad;
+  auto expect_model_values = [&](const char* when) {
+    const torch::Tensor m = p.full.m;
+    const torch::Tensor q = module.forward({m}).toTensor();
+    EXPECT_LE(RelativeDifference(network.Forward(m), q), 1e-13) << when;
+    auto [value, jacobian] = models::ReducedValueAndJacobianAtInputs(network, m);
+    auto [value_ref, jacobian_ref] =
+        models::ReducedValueAndJacobian(reference, torch::mm(m, p.v), false);
+    EXPECT_LE(RelativeDifference(value, value_ref), 1e-13) << when;
+    EXPECT_LE(RelativeDifference(jacobian, jacobian_ref), 1e-12) << when;
+    // One point, as a batch-1 request computes it.
+    EXPECT_LE(RelativeDifference(network.Forward(m.narrow(0, 0, 1)), q.narrow(0, 0, 1)), 1e-13)
+        << when;
+  };
+  expect_model_values("folded");
+  module.attr("W0").toTensor().add_(0.25);  // What an optimizer step does.
+  EXPECT_FALSE(network.folds_input_basis());
+  expect_model_values("after an in-place update");
+}
+
 // ---- Prop. 2.2: dependent row/column subsampling in expectation -----------------------------
 
 std::vector<std::vector<int64_t>> AllSubsets(int64_t r, int64_t k) {
