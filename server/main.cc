@@ -62,6 +62,12 @@ ABSL_FLAG(int32_t, http_port, -1,
           "Port of KServe's Open Inference Protocol REST API (/v2/health/..., "
           "/v2/models/{name}[/versions/{v}][/infer]) on --host; 0 picks a free one (printed on "
           "stdout), -1 (the default) disables it. The OIP gRPC service is on --port.");
+ABSL_FLAG(int32_t, max_concurrent_streams, 256,
+          "Calls one gRPC connection may have open at once (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait on its side. Without "
+          "a bound, an overloading client's calls pile up in front of the model queues "
+          "(--max_queue_size), with their messages in the server's memory, faster than they "
+          "are refused; 0: gRPC's default (no bound).");
 ABSL_FLAG(int32_t, http_threads, 16,
           "Threads of the HTTP frontend: HTTP requests served at once (each waits on its thread "
           "for the model's answer; more connections wait in the listen backlog).");
@@ -394,6 +400,12 @@ int Run() {
       address,
       tls ? dino::frontend::GrpcTlsServerCredentials(tls_files) : grpc::InsecureServerCredentials(),
       &selected_port);
+  if (const int streams = absl::GetFlag(FLAGS_max_concurrent_streams); streams < 0) {
+    LogError("--max_concurrent_streams must be >= 0, got ", streams);
+    return 1;
+  } else if (streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, streams);
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
