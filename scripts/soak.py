@@ -633,6 +633,28 @@ def fresh_repository(models, path):
     return path
 
 
+def stored(args, stage):
+    """A finished stage's result (--out/<stage>.json), or None."""
+    path = os.path.join(args.out, stage + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def store(args, stage, result):
+    with open(os.path.join(args.out, stage + ".json"), "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def stage_folder(args, stage, models):
+    """--out/<stage>/ and a fresh repository in it."""
+    work = os.path.join(args.out, stage)
+    os.makedirs(work, exist_ok=True)
+    return work, fresh_repository(models, os.path.join(work, "repository"))
+
+
 def wait_serving(control, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -677,27 +699,32 @@ def bench(args, target, stream, seconds, rate=None, concurrency=None, version=1,
 def bench_window(row):
     """ok / refused / wrong / unexpected of a dino-bench row; failure texts."""
     if "failed" in row:
-        return {"ok": 0, "refused": 0, "wrong": 0, "unexpected": 1,
+        return {"ok": 0, "refused": 0, "wrong": 0, "unexpected": 1, "warmup_failed": 0,
                 "samples": ["dino-bench: " + row["failed"]]}
+    if "first_error" in row:
+        # The run never started: its warm-up probe or reference calls failed. Under overload
+        # the other streams' calls fill the model's queue and these get refused.
+        refused = bool(OVERLOAD.search(row["first_error"]))
+        return {"ok": 0, "refused": 0, "wrong": 0, "unexpected": 0 if refused else 1,
+                "warmup_failed": 0, "not_started": 1, "samples": [row["first_error"]]}
     codes = dict(row.get("errors_by_code", {}))
     refused = codes.pop("RESOURCE_EXHAUSTED", 0)
-    wrong = row.get("check", {}).get("failures", 0) + row.get("warmup_failures", 0)
+    wrong = row.get("check", {}).get("failures", 0)
     samples = [f"{c}: {n} calls" for c, n in codes.items()]
     if wrong:
         samples.append(row["check"]["first_failure"])
+    # Failed warm-up calls (dino-bench does not say with which code; under overload, queue
+    # refusals) are neither checked answers nor counted errors: reported apart.
     return {"ok": row["calls"], "refused": refused, "wrong": wrong,
-            "unexpected": sum(codes.values()), "samples": samples}
+            "unexpected": sum(codes.values()), "warmup_failed": row.get("warmup_failures", 0),
+            "samples": samples}
 
 
 def stage_saturation(args, models, pool):
     """The streams together in closed loop: each stream's share of the saturated server."""
-    path = os.path.join(args.out, "saturation.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    work = os.path.join(args.out, "saturation")
-    os.makedirs(work, exist_ok=True)
-    repository = fresh_repository(models, os.path.join(work, "repository"))
+    if (done := stored(args, "saturation")) is not None:
+        return done
+    work, repository = stage_folder(args, "saturation", models)
     server = Server(args.bin, repository, os.path.join(work, "server.log"), args.server_flags)
     rows = [None] * len(STREAMS)
     try:
@@ -726,9 +753,7 @@ def stage_saturation(args, models, pool):
               "unexpected": sum(w["unexpected"] for w in windows),
               "samples": [x for w in windows for x in w["samples"]], "shutdown_code": code}
     result["requests_per_s"] = sum(s["requests_per_s"] for s in result["streams"])
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return store(args, "saturation", result)
 
 
 def quiescent_snapshot(pid, seconds):
@@ -743,13 +768,9 @@ def quiescent_snapshot(pid, seconds):
 
 
 def stage_soak(args, models, data, pool, saturation):
-    path = os.path.join(args.out, "soak.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    work = os.path.join(args.out, "soak")
-    os.makedirs(work, exist_ok=True)
-    repository = fresh_repository(models, os.path.join(work, "repository"))
+    if (done := stored(args, "soak")) is not None:
+        return done
+    work, repository = stage_folder(args, "soak", models)
     rates = [args.overload * s["requests_per_s"] for s in saturation["streams"]]
     context = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "loadavg_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
@@ -828,7 +849,7 @@ def stage_soak(args, models, data, pool, saturation):
         return sum(w[key] for w in streams) + py[key]
     per_stream = []
     for i, s in enumerate(STREAMS):
-        mine = [w for w in soak_streams if w["stream"] == i]
+        mine = [w for w in soak_streams if w["stream"] == i and not w.get("not_started")]
         per_stream.append({
             "name": s["name"], "offered_per_s": rates[i],
             "ok": sum(w["ok"] for w in mine), "refused": sum(w["refused"] for w in mine),
@@ -869,9 +890,7 @@ def stage_soak(args, models, data, pool, saturation):
         "stream_windows": stream_windows, "process": samples,
         "python_windows": [{"t": w["t"], "ok": w["ok"], "refused": w["refused"]}
                            for w in warm_windows + windows]}
-    with open(path, "w") as f:
-        json.dump(result, f)
-    return result
+    return store(args, "soak", result)
 
 
 def check_restart(control, repository, reference, pool):
@@ -1025,7 +1044,8 @@ def plot(soak, path):
     fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     windows = soak["stream_windows"]
     for i, stream in enumerate(STREAMS):
-        mine = sorted((w for w in windows if w["stream"] == i), key=lambda w: w["t"])
+        mine = sorted((w for w in windows if w["stream"] == i and not w.get("not_started")),
+                      key=lambda w: w["t"])
         t = [w["t"] for w in mine]
         line, = axes[0].plot(t, [w["ok"] / w["seconds"] for w in mine], label=stream["name"])
         axes[0].plot(t, [w["refused"] / w["seconds"] for w in mine], ls=":",
@@ -1087,6 +1107,11 @@ def report(args, saturation, soak, crashes):
             soak["unexpected"] == 0)
         row("overload refusals (RESOURCE_EXHAUSTED, counted apart)",
             f"{soak['refused']:,} of {soak['ok'] + soak['refused']:,}", "")
+        row("failed dino-bench warm-up calls (code not reported; not checked, not counted)",
+            f"{sum(w.get('warmup_failed', 0) for w in soak['stream_windows']):,}", "")
+        row("dino-bench runs that could not start (reference calls refused: queue full)",
+            f"{sum(w.get('not_started', 0) for w in soak['stream_windows'])} of "
+            f"{len(soak['stream_windows'])} (then retried at once)", "")
         row("offered load", f"{soak['offered_per_s']:,.0f} requests/s = "
             f"{soak['offered_per_s'] / soak['saturation_requests_per_s']:.1f} x saturation "
             f"({soak['saturation_requests_per_s']:,.0f}/s)", "2 x")
