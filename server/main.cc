@@ -50,6 +50,11 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int32_t, metrics_port, 9090,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it.");
+ABSL_FLAG(int32_t, health_port, -1,
+          "Plaintext gRPC port serving only grpc.health.v1.Health (the same statuses as "
+          "--port), for probes that cannot speak TLS or present a client certificate, such as "
+          "Kubernetes' native gRPC probes; 0 picks a free one (printed on stdout), -1 (the "
+          "default) disables it.");
 ABSL_FLAG(int32_t, umbridge_port, -1,
           "Port of the UM-Bridge protocol 1.0 endpoint (HTTP/JSON: /Info, /Evaluate, "
           "/Gradient, /ApplyJacobian, /ApplyHessian, …) on --host; 0 picks a free one (printed "
@@ -58,6 +63,12 @@ ABSL_FLAG(int32_t, http_port, -1,
           "Port of KServe's Open Inference Protocol REST API (/v2/health/..., "
           "/v2/models/{name}[/versions/{v}][/infer]) on --host; 0 picks a free one (printed on "
           "stdout), -1 (the default) disables it. The OIP gRPC service is on --port.");
+ABSL_FLAG(int32_t, max_concurrent_streams, 256,
+          "Calls one gRPC connection may have open at once (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait on its side. Without "
+          "a bound, an overloading client's calls pile up in front of the model queues "
+          "(--max_queue_size), with their messages in the server's memory, faster than they "
+          "are refused; 0: gRPC's default (no bound).");
 ABSL_FLAG(int32_t, http_threads, 16,
           "Threads of the HTTP frontend: HTTP requests served at once (each waits on its thread "
           "for the model's answer; more connections wait in the listen backlog).");
@@ -390,6 +401,12 @@ int Run() {
       address,
       tls ? dino::frontend::GrpcTlsServerCredentials(tls_files) : grpc::InsecureServerCredentials(),
       &selected_port);
+  if (const int streams = absl::GetFlag(FLAGS_max_concurrent_streams); streams < 0) {
+    LogError("--max_concurrent_streams must be >= 0, got ", streams);
+    return 1;
+  } else if (streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, streams);
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.RegisterService(&service);
@@ -402,10 +419,32 @@ int Run() {
     LogError("cannot listen on ", address);
     return 1;
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(true);
-  health->SetServingStatus(kServiceName, true);
-  health->SetServingStatus(kPriorServiceName, true);
+  // Health alone on a plaintext port: it tells whether the server serves, and nothing else.
+  std::unique_ptr<grpc::Server> health_server;
+  if (const int health_port = absl::GetFlag(FLAGS_health_port); health_port >= 0) {
+    grpc::ServerBuilder health_builder;
+    int selected_health_port = 0;
+    const std::string health_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", health_port);
+    health_builder.AddListeningPort(health_address, grpc::InsecureServerCredentials(),
+                                    &selected_health_port);
+    health_server = health_builder.BuildAndStart();
+    if (!health_server || selected_health_port == 0) {
+      LogError("cannot listen on ", health_address, " (--health_port)");
+      return 1;
+    }
+    std::printf("dino-server: health on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
+                selected_health_port);
+  }
+  const auto set_serving = [&](bool serving) {
+    for (grpc::Server* s : {server.get(), health_server.get()}) {
+      if (s == nullptr) continue;
+      grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
+      health->SetServingStatus(serving);
+      health->SetServingStatus(kServiceName, serving);
+      health->SetServingStatus(kPriorServiceName, serving);
+    }
+  };
+  set_serving(true);
   std::printf("dino-server: listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(),
               selected_port);
   std::fflush(stdout);
@@ -416,9 +455,7 @@ int Run() {
           "; draining in-flight calls");
   // Load balancers see NOT_SERVING first, then in-flight calls finish (or are cancelled
   // after the grace period) while new ones are refused.
-  health->SetServingStatus(false);
-  health->SetServingStatus(kServiceName, false);
-  health->SetServingStatus(kPriorServiceName, false);
+  set_serving(false);
   oip_service.SetAccepting(false);
   oip_rest.SetAccepting(false);
   std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_seconds)));
@@ -430,6 +467,7 @@ int Run() {
   http_server.Stop();
   oip_http_server.Stop();
   server->Shutdown(std::chrono::system_clock::now() + grace);
+  if (health_server) health_server->Shutdown();
   manager.StopPolling();
   scheduler.Shutdown();
   server->Wait();

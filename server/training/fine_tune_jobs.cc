@@ -173,8 +173,11 @@ const char* GateMetricName(GateMetric metric) {
 // ---- FineTuneJob ---------------------------------------------------------------------------
 
 FineTuneJob::FineTuneJob(FineTuneJobManager* manager, std::string id, FineTuneSpec spec,
-                         ServableHandle base)
-    : manager_(manager), id_(std::move(id)), spec_(std::move(spec)), base_(std::move(base)) {
+                         const ServableHandle& base)
+    : manager_(manager),
+      id_(std::move(id)),
+      spec_(std::move(spec)),
+      base_{base.name, base.version, base.model->info()} {
   status_.id = id_;
   status_.model = base_.name;
   status_.base_version = base_.version;
@@ -217,7 +220,7 @@ bool FineTuneJob::EnterState(JobState state, const std::string& message) {
 }
 
 absl::Status FineTuneJob::AddBatch(SampleBatch batch) {
-  const ModelInfo& info = base_.model->info();
+  const ModelInfo& info = base_.info;
   Dataset& data = batch.data;
   if (!data.m.defined()) return absl::InvalidArgumentError("samples.m is required");
   if (!data.q.defined()) return absl::InvalidArgumentError("samples.q is required");
@@ -647,7 +650,7 @@ absl::StatusOr<std::shared_ptr<FineTuneJob>> FineTuneJobManager::Create(FineTune
   }
   const std::string id =
       absl::StrFormat("ft-%d-%d", static_cast<int64_t>(UnixSeconds()), next_id_++);
-  std::shared_ptr<FineTuneJob> job(new FineTuneJob(this, id, std::move(spec), *std::move(base)));
+  std::shared_ptr<FineTuneJob> job(new FineTuneJob(this, id, std::move(spec), *base));
   jobs_.push_back(job);
   Forget();
   Notify(std::nullopt, JobState::kReceiving);

@@ -140,7 +140,8 @@ class FineTuneJob : public std::enable_shared_from_this<FineTuneJob> {
     std::optional<training::JacobianForm> form;
   };
 
-  FineTuneJob(FineTuneJobManager* manager, std::string id, FineTuneSpec spec, ServableHandle base);
+  FineTuneJob(FineTuneJobManager* manager, std::string id, FineTuneSpec spec,
+              const ServableHandle& base);
   // Moves to `state` (and bumps the revision) under mutex_, notifying watchers.
   void SetStateLocked(JobState state, const std::string& message);
   void Touch();  // Bumps the revision and wakes watchers (mutex_ held).
@@ -148,10 +149,18 @@ class FineTuneJob : public std::enable_shared_from_this<FineTuneJob> {
   // Returns false when the job was cancelled meanwhile.
   bool EnterState(JobState state, const std::string& message = "");
 
+  // The base version by name, number and shape. Not its ServableHandle: that would keep the
+  // version's model in memory after it is unloaded, for as long as the ended job is listed.
+  struct BaseVersion {
+    std::string name;
+    int64_t version = 0;
+    ModelInfo info;
+  };
+
   FineTuneJobManager* const manager_;
   const std::string id_;
   const FineTuneSpec spec_;
-  const ServableHandle base_;
+  const BaseVersion base_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   JobSnapshot status_;

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The dino_serve package's TLS options and the `dino` CLI's --tls_* flags against a real
 dino-server run with --tls_cert, --tls_key, --tls_client_ca and --admin_token_file
-(--require_token_for_inference), serving the bundled model. Certificates are made by openssl
+(--require_token_for_inference) and a plaintext --health_port, serving the bundled model. Certificates are made by openssl
 in a temporary folder: a CA with a server (localhost, 127.0.0.1) and a client certificate,
 and an unrelated CA with its own client certificate.
 
@@ -66,9 +66,13 @@ class TlsServerTest(unittest.TestCase):
              "--metrics_port=-1", "--host=127.0.0.1", "--repository_poll_seconds=0",
              "--tls_cert=" + cls.path("server.pem"), "--tls_key=" + cls.path("server.key"),
              "--tls_client_ca=" + cls.path("ca.pem"),
-             "--admin_token_file=" + cls.path("admin.token"), "--require_token_for_inference"],
+             "--admin_token_file=" + cls.path("admin.token"), "--require_token_for_inference",
+             "--health_port=0"],
             stdout=subprocess.PIPE, text=True)
         for line in cls.server.stdout:
+            health = re.search(r"health on \S*:(\d+)", line)
+            if health:
+                cls.health_target = "127.0.0.1:" + health.group(1)
             match = re.search(r"listening on \S*:(\d+)", line)
             if match:
                 cls.port = int(match.group(1))
@@ -128,6 +132,16 @@ class TlsServerTest(unittest.TestCase):
                                    retry=dino_serve.NO_RETRY, gen_dir=GENERATED) as c:
             with self.assertRaises(dino_serve.UnavailableError):  # Plaintext.
                 c.model_info(MODEL)
+
+    def test_plaintext_health_port_serves_health_only(self):
+        # What Kubernetes' native gRPC probes need: no TLS, no client certificate, no token.
+        with dino_serve.DinoClient(self.health_target, timeout=10, retry=dino_serve.NO_RETRY,
+                                   gen_dir=GENERATED) as c:
+            self.assertEqual(c.health(), "SERVING")
+            self.assertEqual(c.health("dino.v1.Surrogate"), "SERVING")
+            with self.assertRaises(dino_serve.DinoError) as refused:
+                c.model_info(MODEL)
+            self.assertEqual(refused.exception.code.name, "UNIMPLEMENTED")
 
     def dino(self, *flags):
         return subprocess.run([os.path.join(BIN, "dino"), "info", "--model", MODEL, "--json",

@@ -568,6 +568,59 @@ TEST(ShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   std::filesystem::remove_all(root);
 }
 
+// The soak (scripts/soak.py) offered 2x the server's throughput open loop: without a bound on
+// a connection's open calls they piled up in front of the model queues, in the server's
+// memory, for tens of seconds. With --max_concurrent_streams a further call waits on the
+// client's side, and other connections are not affected.
+TEST(ConcurrentStreamsTest, ACallBeyondTheConnectionsLimitWaitsOnTheClient) {
+  const std::string root = dino::testing::MakeTempDir("dino-streams-");
+  dino::testing::WriteModel(dino::testing::SlowModel(64, 4, kSlowIterations),
+                            dino::testing::SmallMetadata("slow", 64), root, "slow", 1);
+  dino::testing::ServerProcess server(
+      ServerBinary(), {"--model_repository=" + root, "--threads=2", "--max_concurrent_streams=1"});
+  auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Surrogate::NewStub(channel);
+  v1::GetModelInfoRequest info_request;
+  SetModel(info_request.mutable_model(), "slow");
+  v1::GetModelInfoResponse info;
+  {  // The connection is up (SETTINGS exchanged) before the slow call takes its one stream.
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->GetModelInfo(&context, info_request, &info).ok());
+  }
+  std::thread slow([&stub] {
+    grpc::ClientContext context;
+    v1::EvaluateResponse response;
+    EXPECT_TRUE(stub->Evaluate(&context, SlowRequest(), &response).ok());
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (MetricValue(server.metrics_port(), "dino_requests_in_flight{model=\"slow\"}") < 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  {  // Same connection: no stream until the slow call ends.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    EXPECT_EQ(stub->GetModelInfo(&context, info_request, &info).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  {  // Another connection is served meanwhile.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto other = v1::Surrogate::NewStub(
+        grpc::CreateCustomChannel(server.target(), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    EXPECT_TRUE(other->GetModelInfo(&context, info_request, &info).ok());
+    EXPECT_EQ(MetricValue(server.metrics_port(), "dino_requests_in_flight{model=\"slow\"}"), 1);
+  }
+  slow.join();
+  grpc::ClientContext context;
+  EXPECT_TRUE(stub->GetModelInfo(&context, info_request, &info).ok());
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(), 0);
+  std::filesystem::remove_all(root);
+}
+
 TEST(VersionSwapTest, NewVersionsServeUnderLoadWithoutFailedRequests) {
   const std::string root = dino::testing::MakeTempDir("dino-swap-");
   auto write = [&root](int64_t version) {
