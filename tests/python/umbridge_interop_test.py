@@ -5,8 +5,9 @@ The UM-Bridge client here posts exactly the JSON that UM-Bridge's own Python cli
 (umbridge.HTTPModel, umbridge/um.py) posts, with urllib because the umbridge package is not
 installable offline; the token travels as the password of the URL, the way `requests` (which
 umbridge uses) sends credentials in a URL: "Authorization: Basic base64(user:token)".
-Evaluate, Gradient and ApplyJacobian must equal gRPC's Evaluate, Vjp and Jvp to 1e-12;
-ApplyHessian must equal torch.autograd's double backward on the model file. Errors come back as
+Evaluate, Gradient, ApplyJacobian and ApplyHessian must equal gRPC's Evaluate, Vjp, Jvp and
+HessianVectorProduct to 1e-12, and ApplyHessian torch.autograd's double backward on the model
+file. Errors come back as
 the protocol's objects and the server keeps serving, also under concurrent clients.
 
 usage: umbridge_interop_test.py <bin folder> <model repository> <generated Python folder>
@@ -177,10 +178,16 @@ class UmbridgeInterop(unittest.TestCase):
                                    metadata=self.metadata).jvp)
         self.assertLessEqual(relative(jacobian["output"], jvp.reshape(-1)), 1e-12)
 
-        # ApplyHessian has no gRPC twin: torch.autograd's double backward on the model file.
+        # ApplyHessian: gRPC's HessianVectorProduct, and torch.autograd's double backward on
+        # the model file.
         status, hessian = self.umbridge.apply_hessian(0, 0, 0, [m.tolist()], sens.tolist(),
                                                       vec.tolist())
         self.assertEqual(status, 200, hessian)
+        hvp = unwire(self.stub.HessianVectorProduct(
+            surrogate_pb2.HessianVectorProductRequest(model=self.ref(), m=wire(m),
+                                                      cotangents=wire(sens), directions=wire(vec)),
+            metadata=self.metadata).hvp)
+        self.assertLessEqual(relative(hessian["output"], hvp.reshape(-1)), 1e-12)
         s = torch.from_numpy(sens)
         _, expected = torch.autograd.functional.vhp(
             lambda x: (self.model(x[None])[0] * s).sum(), torch.from_numpy(m),
