@@ -16,9 +16,6 @@ import base64
 import concurrent.futures
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -27,6 +24,8 @@ import urllib.request
 
 import numpy as np
 import torch
+
+from server_process import ServerProcess
 
 BIN, REPOSITORY, GENERATED = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, GENERATED)
@@ -102,23 +101,11 @@ class UmbridgeInterop(unittest.TestCase):
         token_file = os.path.join(cls.tmp.name, "token")
         with open(token_file, "w") as f:
             f.write(TOKEN + "\n")
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--umbridge_port=0", "--metrics_port=-1", "--host=127.0.0.1",
-             "--admin_token_file=" + token_file, "--require_token_for_inference"],
-            stdout=subprocess.PIPE, text=True)
-        umbridge_url = None
-        for line in cls.server.stdout:
-            match = re.search(r"UM-Bridge on (http://\S+)", line)
-            if match:
-                umbridge_url = match.group(1)
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                cls.target = "127.0.0.1:" + match.group(1)
-                break
-        else:
-            raise RuntimeError("dino-server did not start")
-        assert umbridge_url is not None, "no UM-Bridge line before the gRPC line"
+        cls.server = ServerProcess(BIN, REPOSITORY, "--umbridge_port=0",
+                                   "--admin_token_file=" + token_file,
+                                   "--require_token_for_inference")
+        cls.target = cls.server.target
+        umbridge_url = cls.server.announced(r"UM-Bridge on (http://\S+)")
         cls.umbridge = UmbridgeHttpModel(umbridge_url, MODEL, TOKEN)
         cls.anonymous = UmbridgeHttpModel(umbridge_url, MODEL)
         cls.channel = grpc.insecure_channel(cls.target)
@@ -133,8 +120,7 @@ class UmbridgeInterop(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
         cls.tmp.cleanup()
 
     def ref(self):

@@ -279,7 +279,7 @@ test('Prior: GetPrior, SamplePrior, ApplyPrior', async () => {
   assert.ok(relativeError(back.data, flat) <= 1e-8);
   await assert.rejects(client.applyPrior(MODEL, 'covariance', v, { withMean: true }),
       (e) => e.code === 'INVALID_ARGUMENT');
-  assert.throws(() => client.applyPrior(MODEL, 'inverse', v), RangeError);
+  await assert.rejects(client.applyPrior(MODEL, 'inverse', v), RangeError);
 });
 
 // Samples of the exact map in the DINO's bases: m from the prior, q and Uᵀ J V from poisson_pde.
@@ -324,7 +324,7 @@ test('Training and ModelAdmin: stream, watch, publish, cancel, pin, label, unloa
   const final = statuses[statuses.length - 1];
   assert.equal(final.state, 'SUCCEEDED', final.message);
   assert.equal(final.newVersion, base + 1);
-  assert.equal(typeof final.validation.h1, 'number');
+  assert.ok(final.validation.samples > 0);
   assert.deepEqual(await client.getJob(jobId), final);
   assert.ok((await client.listJobs()).some((job) => job.jobId === jobId));
   const published = await client.getModelInfo(MODEL);
@@ -333,7 +333,10 @@ test('Training and ModelAdmin: stream, watch, publish, cancel, pin, label, unloa
 
   // CancelJob stops a running job; nothing is published.
   const long = await client.startFineTune(MODEL, batches, { epochs: 1000000, seed: 2 });
-  assert.equal((await client.cancelJob(long.jobId)).state, 'CANCELLED');
+  // Queued: cancelled at once; training: the job thread ends it at its next batch.
+  const cancelling = await client.cancelJob(long.jobId);
+  assert.ok(cancelling.state === 'CANCELLED' || cancelling.message === 'cancelling',
+            JSON.stringify(cancelling));
   assert.equal((await watchToEnd(long.jobId)).pop().state, 'CANCELLED');
   // A client whose batches fail goes away mid-upload: the server aborts that job.
   const jobsBefore = (await client.listJobs()).length;
