@@ -73,7 +73,8 @@ class PackageAgainstServer(unittest.TestCase):
         body = {"name": DINO, "inWrt1": 0, "inWrt2": 0, "outWrt": 0, "input": [m.tolist()],
                 "sens": sens.tolist(), "vec": vec.tolist(), "config": {}}
         request = urllib.request.Request(self.umbridge_url + "/ApplyHessian",
-                                         data=json.dumps(body).encode(), method="POST")
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return np.array(json.loads(response.read())["output"])
 
