@@ -432,8 +432,8 @@ class DinoClient {
   // jacobian, or u/sigma/v, or reducedJacobian with optional jacobianNormSq), written as the
   // stream's flow control allows. Resolves to {jobId, status} once the upload is complete;
   // training then runs on the server (watchJob). options.onProgress({batches, samples,
-  // validationSamples, bytes}) is called after each batch. An error thrown by `batches` cancels
-  // the call, so the server aborts the job, and is rethrown. Never retried.
+  // validationSamples, bytes}) is called after each batch. An error thrown by `batches` aborts
+  // the upload (the server cancels the job) and is rethrown. Never retried.
   async startFineTune(model, batches, options = {}) {
     const config = fineTuneConfig(model, options);
     let call;
@@ -462,8 +462,13 @@ class DinoClient {
       }
     } catch (error) {
       if (error instanceof DinoError) throw error;  // The server ended the call.
-      response.catch(() => {});  // It ends CANCELLED now.
-      call.cancel();
+      // Abort through the stream itself, with the empty message of training.proto: a bare
+      // call.cancel() is not enough, because Node's HTTP/2 stream, cancelled before it is
+      // established, sends END_STREAM ahead of its RST_STREAM, which the server must take for
+      // a complete upload.
+      call.write({});
+      call.end();
+      await response.catch(() => {});
       throw error;
     }
     call.end();
