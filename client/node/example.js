@@ -17,6 +17,10 @@ async function main() {
     console.log('(J 1)[0:3] =', Array.from(jvp.data.subarray(0, 3)));
     const { vjp } = await client.vjp(model, m, new Float64Array(info.outputDim).fill(1));
     console.log('(Jᵀ 1)[0:3] =', Array.from(vjp.data.subarray(0, 3)));
+    const { hvp } = await client.hessianVectorProduct(model, m, new Float64Array(info.outputDim).fill(1),
+        direction);
+    console.log('(∂²⟨1, f⟩/∂m² 1)[0:3] =', Array.from(hvp.data.subarray(0, 3)));
+    console.log('health:', await client.health());
   } finally {
     client.close();
   }

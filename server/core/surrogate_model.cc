@@ -115,26 +115,32 @@ torch::Tensor SecondOrderAction(const std::function<torch::Tensor(const torch::T
   return dm::ReverseProduct(gradient, inputs, v, /*create_graph=*/false).detach();
 }
 
-// The HessianVectorProduct queries of a batch, each with its position in the batch.
+// The HessianVectorProduct queries of a batch, each with its position in the batch, as rows
+// (point, cotangent, direction): a point with k directions is k rows.
 struct HessianQueries {
   std::vector<const PreparedQuery*> queries;
   std::vector<size_t> index;
   torch::Tensor Points() const {
-    return Stack(queries, [](const PreparedQuery& p) { return p.points; });
+    return Stack(queries, [](const PreparedQuery& p) {
+      return p.points.repeat_interleave(p.vectors.size(1), 0);
+    });
   }
   torch::Tensor Cotangents() const {
-    return Stack(queries, [](const PreparedQuery& p) { return p.cotangents; });
+    return Stack(queries, [](const PreparedQuery& p) {
+      return p.cotangents.repeat_interleave(p.vectors.size(1), 0);
+    });
   }
   torch::Tensor Directions() const {
-    return Stack(queries, [](const PreparedQuery& p) { return p.vectors.select(1, 0); });
+    return Stack(queries, [](const PreparedQuery& p) { return p.vectors.flatten(0, 1); });
   }
-  // Hands each query its rows of `actions` [P, d_M].
+  // Hands each query its rows of `actions` [rows, d_M], in its layout.
   void Scatter(const torch::Tensor& actions, std::vector<Answer>& answers) const {
     int64_t row = 0;
     for (size_t j = 0; j < queries.size(); ++j) {
-      const int64_t points = queries[j]->points_count();
-      answers[index[j]].values = actions.narrow(0, row, points);
-      row += points;
+      const int64_t points = queries[j]->points_count(), k = queries[j]->vectors.size(1);
+      answers[index[j]].values =
+          InLayout(actions.narrow(0, row, points * k).view({points, k, -1}), queries[j]->layout);
+      row += points * k;
     }
   }
 };
@@ -799,21 +805,19 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
       if (auto status = PrepareClientBases(query, &prepared); !status.ok()) return status;
       break;
     case Method::kHessianVectorProduct: {
-      // One s and one v per point.
+      // One s per point; the directions in Jvp's layouts.
       auto cotangents = Matrix(query.cotangents, "cotangents", info_.output_dim);
       if (!cotangents.ok()) return cotangents.status();
-      auto directions = Matrix(query.directions, "directions", info_.input_dim);
-      if (!directions.ok()) return directions.status();
-      for (const auto& [rows, field] : {std::pair(cotangents->size(0), "cotangents"),
-                                        std::pair(directions->size(0), "directions")}) {
-        if (rows != count) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(field, " must have one row per point of m (", count, "), got ", rows));
-        }
+      if (cotangents->size(0) != count) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cotangents must have one row per point of m (", count, "), got ",
+                         cotangents->size(0)));
       }
+      auto directions = PerPointVectors(query.directions, "directions", info_.input_dim, query.m,
+                                        count, &prepared.layout);
+      if (!directions.ok()) return directions.status();
       prepared.cotangents = *std::move(cotangents);
-      prepared.vectors = directions->unsqueeze(1);
-      prepared.layout = Layout::kOnePerPoint;
+      prepared.vectors = *std::move(directions);
       break;
     }
   }

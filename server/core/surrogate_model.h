@@ -64,8 +64,8 @@ struct ComputeLimits {
   int64_t max_jacobian_elements = 1 << 22;  // d_Q · d_M of a full Jacobian.
 };
 
-// kHessianVectorProduct is the second-order action ∂²⟨s, f⟩/∂m² · v (UM-Bridge's
-// ApplyHessian); it has no gRPC method yet.
+// kHessianVectorProduct is the second-order action ∂²⟨s, f⟩/∂m² · v (gRPC's
+// HessianVectorProduct, UM-Bridge's ApplyHessian).
 enum class Method { kEvaluate, kJvp, kVjp, kReducedJacobian, kJacobian, kHessianVectorProduct };
 // The RPC name: "Evaluate", "Jvp", "Vjp", "ReducedJacobian", "Jacobian",
 // "HessianVectorProduct".
@@ -75,7 +75,7 @@ const char* MethodName(Method method);
 struct Query {
   Method method = Method::kEvaluate;
   torch::Tensor m;
-  torch::Tensor directions;    // Jvp; HessianVectorProduct: v, [d_M] or [B, d_M].
+  torch::Tensor directions;    // Jvp and HessianVectorProduct (v).
   torch::Tensor cotangents;    // Vjp; HessianVectorProduct: s, [d_Q] or [B, d_Q].
   torch::Tensor output_basis;  // ReducedJacobian client bases (both or neither).
   torch::Tensor input_basis;
@@ -88,15 +88,13 @@ struct Query {
 struct PreparedQuery {
   Method method = Method::kEvaluate;
   torch::Tensor points;  // [P, d_M]
-  // Jvp: directions [P, k, d_M]; Vjp: cotangents [P, k, d_Q]; HessianVectorProduct:
-  // directions [P, 1, d_M].
+  // Jvp and HessianVectorProduct: directions [P, k, d_M]; Vjp: cotangents [P, k, d_Q].
   torch::Tensor vectors;
   torch::Tensor cotangents;                 // HessianVectorProduct: s [P, d_Q].
   torch::Tensor output_basis, input_basis;  // Client bases, or undefined.
   bool want_q = false;
-  // Jvp/Vjp: the single-point form (one point, results [k, ·], q [d_Q]) or, for B points with
-  // one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q]. HessianVectorProduct:
-  // always kOnePerPoint, results [P, d_M].
+  // Jvp/Vjp/HessianVectorProduct: the single-point form (one point, results [k, ·], q [d_Q])
+  // or, for B points with one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q].
   enum class Layout { kSinglePoint, kOnePerPoint, kPerPoint } layout = Layout::kPerPoint;
   torch::Dtype output_dtype = torch::kFloat64;
   int64_t points_count() const { return points.size(0); }
@@ -109,7 +107,7 @@ torch::Tensor QInLayout(const torch::Tensor& q, PreparedQuery::Layout layout);
 
 // Results in the requested output dtype.
 struct Answer {
-  // q (Evaluate), jvp, vjp, reduced_jacobian, jacobian or the Hessian actions [P, d_M].
+  // q (Evaluate), jvp, vjp, reduced_jacobian, jacobian or the Hessian actions (hvp).
   torch::Tensor values;
   torch::Tensor q;        // When asked for (always for ReducedJacobian), else undefined.
   int64_t bytes() const;  // Payload size of both tensors.
@@ -168,7 +166,7 @@ class SurrogateModel {
   absl::StatusOr<Products> Vjp(const torch::Tensor& m, const torch::Tensor& cotangents,
                                bool want_q) const;
   absl::StatusOr<Products> Jacobian(const torch::Tensor& m, bool want_q) const;
-  // ∂²⟨s, f⟩/∂m² · v at each point: one s [d_Q] and one v [d_M] per row of m; [P, d_M].
+  // ∂²⟨s, f⟩/∂m² · v: one s [d_Q] per row of m, the directions in Jvp's shapes.
   absl::StatusOr<torch::Tensor> HessianVectorProduct(const torch::Tensor& m,
                                                      const torch::Tensor& cotangents,
                                                      const torch::Tensor& directions) const;

@@ -276,4 +276,26 @@ grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext
                });
 }
 
+grpc::ServerUnaryReactor* SurrogateService::HessianVectorProduct(
+    grpc::CallbackServerContext* context, const dino::v1::HessianVectorProductRequest* request,
+    dino::v1::HessianVectorProductResponse* response) {
+  auto query = NewQuery(Method::kHessianVectorProduct, request->output_dtype());
+  if (query.ok()) {
+    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
+    if (s.ok()) {
+      s = Decode(request->cotangents(), request->has_cotangents(), "cotangents",
+                 &query->cotangents);
+    }
+    if (s.ok()) {
+      s = Decode(request->directions(), request->has_directions(), "directions",
+                 &query->directions);
+    }
+    if (!s.ok()) query = s;
+  }
+  return Infer(Method::kHessianVectorProduct, context, request->model(), std::move(query), response,
+               [](const serving::Answer& answer, dino::v1::HessianVectorProductResponse* out) {
+                 EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_hvp());
+               });
+}
+
 }  // namespace dino::frontend

@@ -57,6 +57,9 @@ class SurrogateService final : public dino::v1::Surrogate::CallbackService {
   grpc::ServerUnaryReactor* Jacobian(grpc::CallbackServerContext* context,
                                      const dino::v1::JacobianRequest* request,
                                      dino::v1::JacobianResponse* response) override;
+  grpc::ServerUnaryReactor* HessianVectorProduct(
+      grpc::CallbackServerContext* context, const dino::v1::HessianVectorProductRequest* request,
+      dino::v1::HessianVectorProductResponse* response) override;
 
  private:
   // Hands the decoded query to the scheduler; `encode(answer, response)` fills the response

@@ -218,9 +218,14 @@ grpc::Status TrainingService::StartFineTune(grpc::ServerContext* context,
 
   while (reader->Read(&message)) {
     if (!message.has_samples()) {
-      const std::string why = "only the first message of the stream may be a config";
+      // An empty message is the client's abort (training.proto): unlike a cancellation, it
+      // cannot be mistaken for the end of the upload.
+      const bool abort = !message.has_config();
+      const std::string why = abort ? "the client aborted the upload"
+                                    : "only the first message of the stream may be a config";
       (*job)->AbortUpload(why);
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
+      return grpc::Status(abort ? grpc::StatusCode::CANCELLED : grpc::StatusCode::INVALID_ARGUMENT,
+                          why);
     }
     absl::Status added = [&]() -> absl::Status {
       auto batch = BatchFromWire(message.samples());

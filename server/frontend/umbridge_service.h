@@ -9,7 +9,7 @@
 //   Evaluate       {"output": [f(m)]}
 //   Gradient       {"output": J(m)ᵀ sens}                    (gRPC Vjp)
 //   ApplyJacobian  {"output": J(m) vec}                      (gRPC Jvp)
-//   ApplyHessian   {"output": ∂²⟨sens, f⟩/∂m² · vec}          (double backward; no gRPC method)
+//   ApplyHessian   {"output": ∂²⟨sens, f⟩/∂m² · vec}          (gRPC HessianVectorProduct)
 // Every served model is listed by /Info and supports all four. `config` selects what gRPC's
 // ModelRef selects: {"version": 3} or {"label": "stable"} (default: the default version), and
 // may give {"timeout_seconds": 2.5}, the call's deadline; other keys are refused.

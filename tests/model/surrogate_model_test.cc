@@ -165,6 +165,31 @@ TEST_P(DerivativeTest, HessianVectorProductPerPointEqualsEachPointAlone) {
   }
 }
 
+TEST_P(DerivativeTest, HessianVectorProductTakesJvpShapesOfDirections) {
+  // One point with k directions: [k, d_M]; B points with k each: [B, k, d_M]. Every action is
+  // the one of its point and direction alone.
+  torch::Tensor m = Gaussian({2, kDims.d_m}, 67);
+  torch::Tensor s = Gaussian({2, kDims.d_q}, 68);
+  torch::Tensor directions = Gaussian({2, 3, kDims.d_m}, 69);
+  auto per_point = model_->HessianVectorProduct(m, s, directions);
+  ASSERT_TRUE(per_point.ok()) << per_point.status();
+  ASSERT_EQ(per_point->sizes(), directions.sizes());
+  for (int64_t b = 0; b < 2; ++b) {
+    auto one_point = model_->HessianVectorProduct(m[b], s[b], directions[b]);
+    ASSERT_TRUE(one_point.ok()) << one_point.status();
+    ASSERT_EQ(one_point->sizes(), (std::vector<int64_t>{3, kDims.d_m}));
+    for (int64_t i = 0; i < 3; ++i) {
+      auto alone = model_->HessianVectorProduct(m[b], s[b], directions[b][i]);
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      EXPECT_LE(RelativeError((*per_point)[b][i], (*alone)[0]), 1e-12) << b << ", " << i;
+      EXPECT_LE(RelativeError((*one_point)[i], (*alone)[0]), 1e-12) << b << ", " << i;
+    }
+  }
+  auto wrong = model_->HessianVectorProduct(m, s, Gaussian({3, 2, kDims.d_m}, 70));
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong.status().message(), HasSubstr("directions of rank 3"));
+}
+
 TEST_P(DerivativeTest, HessianVectorProductErrorsNameTheField) {
   auto wrong_s = model_->HessianVectorProduct(m_, Gaussian({kDims.d_q + 1}, 1), m_);
   EXPECT_EQ(wrong_s.status().code(), absl::StatusCode::kInvalidArgument);
@@ -355,6 +380,9 @@ TEST_P(BatchedTest, BatchedAnswersEqualUnbatchedAnswers) {
   Query& hessian = add(Method::kHessianVectorProduct, Gaussian({2, kDims.d_m}, 48));
   hessian.cotangents = Gaussian({2, kDims.d_q}, 49);
   hessian.directions = Gaussian({2, kDims.d_m}, 50);
+  Query& hessians = add(Method::kHessianVectorProduct, Gaussian({2, kDims.d_m}, 51));
+  hessians.cotangents = Gaussian({2, kDims.d_q}, 52);
+  hessians.directions = Gaussian({2, 3, kDims.d_m}, 53);  // k = 3 per point.
   if (architecture == "dipnet") add(Method::kReducedJacobian, Gaussian({3, kDims.d_m}, 47));
   queries.back().output_dtype = torch::kFloat32;  // Conversions happen per query.
 

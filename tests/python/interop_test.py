@@ -13,15 +13,14 @@ usage: interop_test.py <dino-server binary> <folder of generated Python code>
 """
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import unittest
 
 import numpy as np
 import torch
+
+from server_process import ServerProcess
 
 SERVER, GENERATED = sys.argv[1], sys.argv[2]
 sys.path.insert(0, GENERATED)
@@ -105,26 +104,15 @@ class InteropTest(unittest.TestCase):
                         "provenance": {"created_by": "tests/python/interop_test.py"}}
             torch.jit.save(torch.jit.script(module), os.path.join(folder, "model.pt"),
                            _extra_files={"metadata.json": json.dumps(metadata)})
-        cls.server = subprocess.Popen(
-            [SERVER, "--model_repository=" + cls.tmp.name, "--port=0", "--metrics_port=-1",
-             "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
-        port = None
-        for line in cls.server.stdout:
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-                break
-        if port is None:
-            raise RuntimeError("dino-server did not start")
-        cls.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        cls.server = ServerProcess(os.path.dirname(SERVER), cls.tmp.name)
+        cls.target = cls.server.target
+        cls.channel = grpc.insecure_channel(cls.target)
         cls.stub = surrogate_pb2_grpc.SurrogateStub(cls.channel)
-        cls.target = f"127.0.0.1:{port}"
 
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
         cls.tmp.cleanup()
 
     def reference(self, name, m):

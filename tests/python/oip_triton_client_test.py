@@ -11,9 +11,6 @@ usage: oip_triton_client_test.py <bin folder> <repository> <generated Python fol
 """
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import unittest
 import urllib.error
@@ -21,6 +18,8 @@ import urllib.request
 
 import grpc
 import numpy as np
+
+from server_process import ServerProcess
 
 BIN, REPOSITORY, GENERATED = (os.path.abspath(a) for a in sys.argv[1:4])
 del sys.argv[1:4]
@@ -82,22 +81,9 @@ def unwire(tensor):
 class TritonStyleClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--metrics_port=-1", "--host=127.0.0.1", "--http_port=0"],
-            stdout=subprocess.PIPE, text=True)
-        cls.rest_url = None
-        for line in cls.server.stdout:
-            rest = re.search(r"Open Inference Protocol REST on (http://\S+)/v2", line)
-            if rest:
-                cls.rest_url = rest.group(1)
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                target = "127.0.0.1:" + match.group(1)
-                break
-        else:
-            raise RuntimeError("dino-server did not start")
-        assert cls.rest_url, "no OIP REST port announced"
+        cls.server = ServerProcess(BIN, REPOSITORY, "--http_port=0")
+        target = cls.server.target
+        cls.rest_url = cls.server.announced(r"Open Inference Protocol REST on (http://\S+)/v2")
         cls.channel = grpc.insecure_channel(target)
         cls.oip = service_pb2_grpc.GRPCInferenceServiceStub(cls.channel)
         cls.dino = surrogate_pb2_grpc.SurrogateStub(cls.channel)
@@ -108,8 +94,7 @@ class TritonStyleClientTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
 
     def test_health_and_metadata(self):
         self.assertTrue(self.oip.ServerLive(service_pb2.ServerLiveRequest(), timeout=30).live)

@@ -6,13 +6,12 @@ the served path at the real size: d_M in the thousands, batched requests for all
 usage: served_sampler_test.py <bin folder> <repository> <generated Python folder>
 """
 import os
-import re
-import signal
-import subprocess
 import sys
 import unittest
 
 import numpy as np
+
+from server_process import ServerProcess
 
 BIN, REPOSITORY, GENERATED = (os.path.abspath(a) for a in sys.argv[1:4])
 del sys.argv[1:4]
@@ -27,17 +26,8 @@ MODEL, CHAINS, STEPS = "poisson_dipnet", 8, 10
 class ServedSamplerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--metrics_port=-1", "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
-        for line in cls.server.stdout:
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                target = "127.0.0.1:" + match.group(1)
-                break
-        else:
-            raise RuntimeError("dino-server did not start")
-        cls.client = dino_serve.DinoClient(target, timeout=60, gen_dir=GENERATED)
+        cls.server = ServerProcess(BIN, REPOSITORY)
+        cls.client = dino_serve.DinoClient(cls.server.target, timeout=60, gen_dir=GENERATED)
         cls.model = bayes.ServedModel(cls.client, MODEL)
         d = cls.model.input_dim
         cls.prior = bayes.DiagonalGaussianPrior(np.zeros(d), 1.0)
@@ -50,8 +40,7 @@ class ServedSamplerTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
 
     def test_samplers(self):
         x0 = self.problem.whiten(np.zeros((CHAINS, self.problem.dim)))

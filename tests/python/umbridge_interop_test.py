@@ -5,8 +5,9 @@ The UM-Bridge client here posts exactly the JSON that UM-Bridge's own Python cli
 (umbridge.HTTPModel, umbridge/um.py) posts, with urllib because the umbridge package is not
 installable offline; the token travels as the password of the URL, the way `requests` (which
 umbridge uses) sends credentials in a URL: "Authorization: Basic base64(user:token)".
-Evaluate, Gradient and ApplyJacobian must equal gRPC's Evaluate, Vjp and Jvp to 1e-12;
-ApplyHessian must equal torch.autograd's double backward on the model file. Errors come back as
+Evaluate, Gradient, ApplyJacobian and ApplyHessian must equal gRPC's Evaluate, Vjp, Jvp and
+HessianVectorProduct to 1e-12, and ApplyHessian torch.autograd's double backward on the model
+file. Errors come back as
 the protocol's objects and the server keeps serving, also under concurrent clients.
 
 usage: umbridge_interop_test.py <bin folder> <model repository> <generated Python folder>
@@ -15,9 +16,6 @@ import base64
 import concurrent.futures
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -26,6 +24,8 @@ import urllib.request
 
 import numpy as np
 import torch
+
+from server_process import ServerProcess
 
 BIN, REPOSITORY, GENERATED = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, GENERATED)
@@ -101,23 +101,11 @@ class UmbridgeInterop(unittest.TestCase):
         token_file = os.path.join(cls.tmp.name, "token")
         with open(token_file, "w") as f:
             f.write(TOKEN + "\n")
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--umbridge_port=0", "--metrics_port=-1", "--host=127.0.0.1",
-             "--admin_token_file=" + token_file, "--require_token_for_inference"],
-            stdout=subprocess.PIPE, text=True)
-        umbridge_url = None
-        for line in cls.server.stdout:
-            match = re.search(r"UM-Bridge on (http://\S+)", line)
-            if match:
-                umbridge_url = match.group(1)
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                cls.target = "127.0.0.1:" + match.group(1)
-                break
-        else:
-            raise RuntimeError("dino-server did not start")
-        assert umbridge_url is not None, "no UM-Bridge line before the gRPC line"
+        cls.server = ServerProcess(BIN, REPOSITORY, "--umbridge_port=0",
+                                   "--admin_token_file=" + token_file,
+                                   "--require_token_for_inference")
+        cls.target = cls.server.target
+        umbridge_url = cls.server.announced(r"UM-Bridge on (http://\S+)")
         cls.umbridge = UmbridgeHttpModel(umbridge_url, MODEL, TOKEN)
         cls.anonymous = UmbridgeHttpModel(umbridge_url, MODEL)
         cls.channel = grpc.insecure_channel(cls.target)
@@ -132,8 +120,7 @@ class UmbridgeInterop(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
         cls.tmp.cleanup()
 
     def ref(self):
@@ -177,10 +164,16 @@ class UmbridgeInterop(unittest.TestCase):
                                    metadata=self.metadata).jvp)
         self.assertLessEqual(relative(jacobian["output"], jvp.reshape(-1)), 1e-12)
 
-        # ApplyHessian has no gRPC twin: torch.autograd's double backward on the model file.
+        # ApplyHessian: gRPC's HessianVectorProduct, and torch.autograd's double backward on
+        # the model file.
         status, hessian = self.umbridge.apply_hessian(0, 0, 0, [m.tolist()], sens.tolist(),
                                                       vec.tolist())
         self.assertEqual(status, 200, hessian)
+        hvp = unwire(self.stub.HessianVectorProduct(
+            surrogate_pb2.HessianVectorProductRequest(model=self.ref(), m=wire(m),
+                                                      cotangents=wire(sens), directions=wire(vec)),
+            metadata=self.metadata).hvp)
+        self.assertLessEqual(relative(hessian["output"], hvp.reshape(-1)), 1e-12)
         s = torch.from_numpy(sens)
         _, expected = torch.autograd.functional.vhp(
             lambda x: (self.model(x[None])[0] * s).sum(), torch.from_numpy(m),

@@ -1,7 +1,11 @@
 'use strict';
-// The Node client against a real dino-server serving the bundled poisson_dipnet, with the
-// inference token required: every RPC, checked against the C++ gRPC client (the `dino` CLI)
-// on the same points, plus Float32Array in and out, deadlines, the token and the errors.
+// The Node client against a real dino-server serving a scratch copy of the bundled
+// poisson_dipnet and poisson_pde (fine-tuning publishes into it, model control writes its
+// config.json), with the admin token, also required for inference: every RPC of every
+// service. Inference is checked against the C++ gRPC client (the `dino` CLI) on the same
+// points, the Hessian action against differences of the gradient, the prior against its
+// identities; fine-tuning streams exact PDE data and is watched to its published version;
+// then cancel, ModelAdmin, Float32Array in and out, deadlines, the token and the errors.
 //
 // Environment (set by ctest): DINO_BIN (folder with dino-server and dino), DINO_REPOSITORY.
 
@@ -18,6 +22,7 @@ const { DinoClient, DinoError } = require('..');
 const BIN = process.env.DINO_BIN;
 const REPOSITORY = process.env.DINO_REPOSITORY;
 const MODEL = 'poisson_dipnet';
+const PDE = 'poisson_pde';
 const TOKEN = 'node-test-token';
 
 // Deterministic standard-normal-ish values (sum of uniforms from an LCG).
@@ -66,8 +71,12 @@ test.before(async () => {
   assert.ok(BIN && REPOSITORY, 'set DINO_BIN and DINO_REPOSITORY');
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'dino-node-'));
   fs.writeFileSync(path.join(scratch, 'token'), TOKEN);
+  const repository = path.join(scratch, 'repository');
+  for (const name of [MODEL, PDE]) {
+    fs.cpSync(path.join(REPOSITORY, name), path.join(repository, name), { recursive: true });
+  }
   server = spawn(path.join(BIN, 'dino-server'), [
-    `--model_repository=${REPOSITORY}`, '--port=0', '--metrics_port=-1', '--host=127.0.0.1',
+    `--model_repository=${repository}`, '--port=0', '--metrics_port=-1', '--host=127.0.0.1',
     `--admin_token_file=${path.join(scratch, 'token')}`, '--require_token_for_inference',
   ], { stdio: ['ignore', 'pipe', 'inherit'] });
   target = await new Promise((resolve, reject) => {
@@ -197,4 +206,180 @@ test('deadlines, the token and errors', async () => {
   await assert.rejects(client.evaluate({ name: MODEL, version: 999 }, m),
       (e) => e.code === 'NOT_FOUND');
   await assert.rejects(client.evaluate(MODEL, [1, 2, 3]), TypeError);
+});
+
+test('Health', async () => {
+  assert.equal(await client.health(), 'SERVING');
+  assert.equal(await client.health('dino.v1.Surrogate'), 'SERVING');
+  await assert.rejects(client.health('no.such.Service'), (e) => e.code === 'NOT_FOUND');
+});
+
+// Row i of a [rows, n] typed array.
+function row(a, i, n) {
+  return a.subarray(i * n, (i + 1) * n);
+}
+
+test('HessianVectorProduct equals differences of the served gradient, in every shape', async () => {
+  const d = 4225;
+  const m = randomArray(d, 20);
+  const s = randomArray(50, 21);
+  const v = randomArray(d, 22);
+  const { hvp } = await client.hessianVectorProduct(MODEL, m, s, v);
+  assert.ok(hvp.data instanceof Float64Array);
+  assert.deepEqual(hvp.shape, [1, d]);
+  // H(m, s) v = d/dt J(m + t v)ᵀ s at t = 0.
+  const h = 1e-5;
+  const shifted = (sign) => m.map((x, i) => x + sign * h * v[i]);
+  const plus = (await client.vjp(MODEL, shifted(1), s)).vjp.data;
+  const minus = (await client.vjp(MODEL, shifted(-1), s)).vjp.data;
+  const differences = plus.map((x, i) => (x - minus[i]) / (2 * h));
+  assert.ok(relativeError(hvp.data, differences) <= 1e-5, relativeError(hvp.data, differences));
+
+  // One point, k = 2 directions; B = 2 points with one each; B = 2 points with k = 2 each.
+  const w = randomArray(d, 23);
+  const k = await client.hessianVectorProduct(MODEL, m, s, [v, w]);
+  assert.deepEqual(k.hvp.shape, [2, d]);
+  assert.ok(relativeError(row(k.hvp.data, 0, d), hvp.data) <= 1e-12);
+  const m2 = randomArray(d, 24);
+  const s2 = randomArray(50, 25);
+  const perPoint = await client.hessianVectorProduct(MODEL, [m, m2], [s, s2], [v, w]);
+  assert.deepEqual(perPoint.hvp.shape, [2, d]);
+  const second = await client.hessianVectorProduct(MODEL, m2, s2, w);
+  assert.ok(relativeError(row(perPoint.hvp.data, 1, d), second.hvp.data) <= 1e-12);
+  const directions = new Float64Array(4 * d);
+  [v, w, w, v].forEach((x, i) => directions.set(x, i * d));
+  const both = await client.hessianVectorProduct(MODEL, [m, m2], [s, s2],
+      { data: directions, shape: [2, 2, d] }, { outputDtype: 'fp32' });
+  assert.deepEqual(both.hvp.shape, [2, 2, d]);
+  assert.ok(both.hvp.data instanceof Float32Array);
+  assert.ok(relativeError(Float64Array.from(both.hvp.data.subarray(0, 2 * d)), k.hvp.data) <= 1e-5);
+
+  await assert.rejects(client.hessianVectorProduct(PDE, m, s, v),
+      (e) => e.code === 'UNIMPLEMENTED' && /second-order/.test(e.details));
+  await assert.rejects(client.hessianVectorProduct(MODEL, [m, m2], s, [v, w]),
+      (e) => e.code === 'INVALID_ARGUMENT' && /cotangents/.test(e.details));
+});
+
+test('Prior: GetPrior, SamplePrior, ApplyPrior', async () => {
+  const prior = await client.getPrior(MODEL);
+  assert.equal(prior.problem, 'poisson');
+  assert.equal(prior.inputDim, 4225);
+  assert.deepEqual(prior.mean.shape, [4225]);
+  assert.equal(typeof prior.description, 'object');
+  const { samples } = await client.samplePrior(MODEL, 2, { seed: 3 });
+  assert.deepEqual(samples.shape, [2, 4225]);
+  const again = await client.samplePrior(MODEL, 1, { seed: 3, firstIndex: 1 });
+  assert.deepEqual(again.samples.data, samples.data.subarray(4225));
+  const v = [randomArray(4225, 30), randomArray(4225, 31)];
+  const { result: cv } = await client.applyPrior(MODEL, 'covariance', v);
+  const { result: back } = await client.applyPrior(MODEL, 'precision', cv);
+  assert.deepEqual(back.shape, [2, 4225]);
+  const flat = new Float64Array(2 * 4225);
+  v.forEach((x, i) => flat.set(x, i * 4225));
+  assert.ok(relativeError(back.data, flat) <= 1e-8);
+  await assert.rejects(client.applyPrior(MODEL, 'covariance', v, { withMean: true }),
+      (e) => e.code === 'INVALID_ARGUMENT');
+  await assert.rejects(client.applyPrior(MODEL, 'inverse', v), RangeError);
+});
+
+// Samples of the exact map in the DINO's bases: m from the prior, q and Uᵀ J V from poisson_pde.
+async function exactBatches(count, seed, perBatch) {
+  const { samples } = await client.samplePrior(MODEL, count, { seed });
+  const bases = await client.getBases(MODEL);
+  const { q } = await client.evaluate(PDE, samples);
+  const { reducedJacobian } = await client.reducedJacobian(PDE, samples, {
+    outputBasis: bases.outputBasis, inputBasis: bases.inputBasis });
+  const [, rQ, rM] = reducedJacobian.shape;
+  const batches = [];
+  for (let first = 0; first < count; first += perBatch) {
+    const b = Math.min(perBatch, count - first);
+    batches.push({
+      m: { data: samples.data.subarray(first * 4225, (first + b) * 4225), shape: [b, 4225] },
+      q: { data: q.data.subarray(first * 50, (first + b) * 50), shape: [b, 50] },
+      reducedJacobian: { data: reducedJacobian.data.subarray(first * rQ * rM, (first + b) * rQ * rM),
+                         shape: [b, rQ, rM] },
+    });
+  }
+  return batches;
+}
+
+async function watchToEnd(jobId) {
+  const statuses = [];
+  for await (const status of client.watchJob(jobId, { deadlineMs: 300000 })) statuses.push(status);
+  return statuses;
+}
+
+test('Training and ModelAdmin: stream, watch, publish, cancel, pin, label, unload', async () => {
+  const base = (await client.getModelInfo(MODEL)).version;
+  const batches = await exactBatches(12, 41, 6);
+  const progress = [];
+  const { jobId, status } = await client.startFineTune(MODEL, batches, {
+    loss: 'h1', epochs: 2, learningRate: 1e-5, seed: 1, maxRegression: 1,
+    description: 'node client test', onProgress: (p) => progress.push(p.samples),
+  });
+  assert.deepEqual(progress, [6, 12]);
+  assert.equal(status.jobId, jobId);
+  assert.equal(status.samplesReceived, 12);
+  const statuses = await watchToEnd(jobId);
+  const final = statuses[statuses.length - 1];
+  assert.equal(final.state, 'SUCCEEDED', final.message);
+  assert.equal(final.newVersion, base + 1);
+  assert.ok(final.validation.samples > 0);
+  assert.deepEqual(await client.getJob(jobId), final);
+  assert.ok((await client.listJobs()).some((job) => job.jobId === jobId));
+  const published = await client.getModelInfo(MODEL);
+  assert.equal(published.version, base + 1);
+  assert.equal(published.metadata.fine_tune.description, 'node client test');
+
+  // CancelJob stops a running job; nothing is published.
+  const long = await client.startFineTune(MODEL, batches, { epochs: 1000000, seed: 2 });
+  // Queued: cancelled at once; training: the job thread ends it at its next batch.
+  const cancelling = await client.cancelJob(long.jobId);
+  assert.ok(cancelling.state === 'CANCELLED' || cancelling.message === 'cancelling',
+            JSON.stringify(cancelling));
+  assert.equal((await watchToEnd(long.jobId)).pop().state, 'CANCELLED');
+  // A client whose batches fail aborts the upload: the call rejects with the source's error
+  // and the server cancels the job.
+  const jobsBefore = (await client.listJobs()).length;
+  async function* failing() {
+    yield batches[0];
+    throw new Error('the data source broke');
+  }
+  await assert.rejects(client.startFineTune(MODEL, failing(), { epochs: 1 }),
+      /the data source broke/);
+  const abandoned = (await client.listJobs()).slice(jobsBefore);
+  assert.deepEqual(abandoned.map((job) => [job.state, job.message]),
+                   [['CANCELLED', 'the client aborted the upload']]);
+  // A batch the server refuses ends the call with its error, naming the field.
+  await assert.rejects(client.startFineTune(MODEL, [{ ...batches[0], m: randomArray(10, 1) }]),
+      (e) => e.code === 'INVALID_ARGUMENT' && /\bm\b/.test(e.details));
+  await assert.rejects(client.cancelJob('no-such-job'), (e) => e.code === 'NOT_FOUND');
+  assert.deepEqual((await client.listModels()).find((m) => m.name === MODEL).versions,
+                   [{ version: base + 1, isDefault: true }]);
+
+  // ModelAdmin: pin the base, label the new version, the refusals, unload it.
+  await client.setDefaultVersion(MODEL, base);
+  assert.equal((await client.getModelInfo(MODEL)).version, base);
+  await client.setVersionLabel(MODEL, 'candidate', base + 1);
+  assert.equal((await client.getModelInfo({ name: MODEL, label: 'candidate' })).version, base + 1);
+  const m = randomArray(4225, 42);
+  const labelled = await client.evaluate({ name: MODEL, label: 'candidate' }, m);
+  assert.equal(labelled.version, base + 1);
+  assert.equal((await client.evaluate(MODEL, m)).version, base);
+  await assert.rejects(client.unloadVersion(MODEL, base),
+      (e) => e.code === 'FAILED_PRECONDITION' && /default/.test(e.details));
+  await client.setVersionLabel(MODEL, 'candidate', 0);
+  await assert.rejects(client.getModelInfo({ name: MODEL, label: 'candidate' }),
+      (e) => e.code === 'NOT_FOUND');
+  await client.unloadVersion(MODEL, base + 1);
+  await assert.rejects(client.evaluate({ name: MODEL, version: base + 1 }, m),
+      (e) => e.code === 'NOT_FOUND');
+  await client.setDefaultVersion(MODEL, 0);
+  assert.deepEqual((await client.listModels()).find((x) => x.name === MODEL).versions,
+                   [{ version: base, isDefault: true }]);
+  await assert.rejects(client.setDefaultVersion(MODEL, 99), (e) => e.code === 'NOT_FOUND');
+
+  const anonymous = new DinoClient(target);
+  await assert.rejects(anonymous.listJobs(), (e) => e.code === 'UNAUTHENTICATED');
+  anonymous.close();
 });

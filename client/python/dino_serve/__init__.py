@@ -26,7 +26,8 @@ from .credentials import channel_credentials, read_token_file
 from .errors import (CancelledError, DeadlineExceededError, DinoError,
                      FailedPreconditionError, InternalError, InvalidArgumentError,
                      NotFoundError, PermissionDeniedError, ResourceExhaustedError,
-                     UnauthenticatedError, UnavailableError, error_from_code)
+                     UnauthenticatedError, UnavailableError, UnimplementedError,
+                     error_from_code)
 from .tensors import from_tensor, to_tensor
 from .training import (DEFAULT_CHUNK_BYTES, GATE_METRICS, LOSSES, TERMINAL_STATES,
                        finetune_config, iter_batches, job_status_dict, load_dino_data,
@@ -37,7 +38,8 @@ __all__ = [
     "read_token_file", "channel_credentials",
     "DinoError", "InvalidArgumentError", "NotFoundError", "FailedPreconditionError",
     "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "CancelledError",
-    "UnauthenticatedError", "PermissionDeniedError", "InternalError", "error_from_code",
+    "UnauthenticatedError", "PermissionDeniedError", "InternalError", "UnimplementedError",
+    "error_from_code",
     "finetune_config", "sample_batch", "iter_batches", "load_dino_data", "job_status_dict",
     "LOSSES", "GATE_METRICS", "TERMINAL_STATES", "DEFAULT_CHUNK_BYTES",
 ]

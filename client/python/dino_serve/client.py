@@ -35,7 +35,7 @@ class RetryPolicy:
     ``max_backoff``) before retry i, each sleep scaled by a random factor in
     [1 - jitter, 1 + jitter]. The call's deadline covers all attempts and sleeps: no retry
     starts that would sleep past it. Only idempotent calls are retried: inference
-    (Evaluate, Jvp, Vjp, ReducedJacobian, Jacobian), the prior (GetPrior, SamplePrior,
+    (Evaluate, Jvp, Vjp, ReducedJacobian, Jacobian, HessianVectorProduct), the prior (GetPrior, SamplePrior,
     ApplyPrior), discovery (ListModels, GetModelInfo,
     GetBases, health) and job reads (GetJob, ListJobs); never StartFineTune, WatchJob,
     CancelJob or the ModelAdmin calls."""
@@ -332,6 +332,23 @@ class DinoClient:
             output_dtype=proto_dtype(dtype)), timeout)
         jac = from_tensor(r.jacobian, "jacobian")
         return (jac, from_tensor(r.q, "q")) if return_q else jac
+
+    def hessian_vector_product(self, model: str, m: Any, cotangents: Any, directions: Any,
+                               version: int = 0, dtype: str | None = None, label: str = "",
+                               timeout: float | None = None) -> np.ndarray:
+        """Exact Hessian actions H(m, s)·v, H(m, s) = ∂²⟨s, f⟩/∂m² (double backward, not
+        Gauss–Newton), with one cotangent s per point and the directions in jvp's shapes:
+        one point m [d_M], s [d_Q], directions [k, d_M] or [d_M] -> [k, d_M]; per point
+        m [B, d_M], s [B, d_Q], directions [B, d_M] -> [B, d_M] (row b: H(m_b, s_b)·v_b) or
+        [B, k, d_M] -> [B, k, d_M]. With s = (f(m) − d)/σ², H + J(m)ᵀJ(m)/σ² is the Hessian
+        of the misfit ½‖(f(m) − d)/σ‖². UnimplementedError for a model without a second-order
+        action (the exact PDE models)."""
+        pb = self._stubs.pb
+        r = self._call("HessianVectorProduct", pb.HessianVectorProductRequest(
+            model=self._ref(model, version, label), m=to_tensor(m),
+            cotangents=to_tensor(cotangents), directions=to_tensor(directions),
+            output_dtype=proto_dtype(dtype)), timeout)
+        return from_tensor(r.hvp, "hvp")
 
     # The prior (dino.v1.Prior, docs/prior.md) --------------------------------------------
 

@@ -7,7 +7,7 @@ import grpc
 __all__ = ["DinoError", "InvalidArgumentError", "NotFoundError", "FailedPreconditionError",
            "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError",
            "CancelledError", "UnauthenticatedError", "PermissionDeniedError", "InternalError",
-           "error_from_code", "error_from_rpc_error"]
+           "UnimplementedError", "error_from_code", "error_from_rpc_error"]
 
 
 class DinoError(Exception):
@@ -67,6 +67,11 @@ class InternalError(DinoError):
     """INTERNAL: a server-side failure."""
 
 
+class UnimplementedError(DinoError, NotImplementedError):
+    """UNIMPLEMENTED: the model cannot answer this method (e.g. the Hessian action of an exact
+    PDE model), or the server is older than the method."""
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -78,6 +83,7 @@ _BY_CODE = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
 }
 
 
