@@ -133,8 +133,11 @@ def pde_solves(counts):
     return forward, linear
 
 
-def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_steps=None):
-    """Steps all chains until ``seconds`` pass. Records every step the projections
+def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_steps=None,
+               min_steps=4):
+    """Steps all chains until ``seconds`` pass, and at least ``min_steps`` times (the
+    diagnostics need a few states per chain even when a loaded machine slows the solves
+    down). Records every step the projections
     z = x·W of the whitened states on ``directions`` W [d, K], the target's misfit and the
     acceptance, and every ``thin``-th step x (float32, for the mean and variance of m)."""
     from dino_serve import bayes
@@ -142,7 +145,8 @@ def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_s
     z, misfit, accepted, stage1, kept = [], [], [], [], []
     start = time.perf_counter()
     steps = 0
-    while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
+    while ((time.perf_counter() - start < seconds or steps < min_steps)
+           and (max_steps is None or steps < max_steps)):
         state, info = kernel.step(state, rng)
         steps += 1
         z.append(state.x @ directions)
