@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "models/architectures/architectures.h"
 #include "models/architectures/model_file.h"
+#include "models/architectures/training_inputs.h"
 
 namespace dino::serving {
 namespace {
@@ -93,6 +94,20 @@ void EvaluateTogether(const dm::Network& network,
   }
 }
 
+// The trust signal of points [P, d_M] with reduced coordinates z [P, r_M].
+TrustSignal TrustOf(const dm::TrainingInputSummary& summary, const torch::Tensor& points,
+                    const torch::Tensor& z) {
+  TrustSignal trust;
+  trust.score = summary.Score(points, z.contiguous());
+  trust.out_of_distribution.reserve(trust.score.size());
+  for (double score : trust.score) {
+    const bool out = dm::TrainingInputSummary::OutOfDistribution(score);
+    trust.out_of_distribution.push_back(out);
+    trust.flagged += out ? 1 : 0;
+  }
+  return trust;
+}
+
 // A query of `method` at the points `m`, for the one-query methods.
 Query QueryAt(Method method, const torch::Tensor& m, bool want_q) {
   Query query;
@@ -115,8 +130,9 @@ torch::Tensor SecondOrderAction(const std::function<torch::Tensor(const torch::T
   return dm::ReverseProduct(gradient, inputs, v, /*create_graph=*/false).detach();
 }
 
-// The HessianVectorProduct queries of a batch, each with its position in the batch.
-struct HessianQueries {
+// Queries of a batch answered by one computation (the HessianVectorProduct queries; a reduced
+// model's Evaluate queries that want the trust score), each with its position in the batch.
+struct QueryGroup {
   std::vector<const PreparedQuery*> queries;
   std::vector<size_t> index;
   torch::Tensor Points() const {
@@ -143,8 +159,11 @@ struct HessianQueries {
 // f(m) = U φ(Vᵀm) + b.
 class ReducedBasisModel final : public SurrogateModel {
  public:
-  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior)
-      : SurrogateModel(std::move(info), limits, std::move(prior)), network_(std::move(network)) {}
+  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior,
+                    std::optional<dm::TrainingInputSummary> training_inputs)
+      : SurrogateModel(std::move(info), limits, std::move(prior)),
+        network_(std::move(network)),
+        training_inputs_(std::move(training_inputs)) {}
 
   absl::StatusOr<Bases> GetBases() const override {
     return Bases{network_.input_basis(), network_.output_basis(), network_.output_shift()};
@@ -158,7 +177,7 @@ class ReducedBasisModel final : public SurrogateModel {
     std::vector<Answer> answers(batch.size());
     std::vector<const PreparedQuery*> evaluations, derivatives;
     std::vector<size_t> evaluation_index, derivative_index;
-    HessianQueries hessians;
+    QueryGroup hessians, trusted_evaluations;
     for (size_t i = 0; i < batch.size(); ++i) {
       const Method method = batch[i]->method;
       if (method == Method::kHessianVectorProduct) {
@@ -166,11 +185,24 @@ class ReducedBasisModel final : public SurrogateModel {
         hessians.index.push_back(i);
         continue;
       }
+      if (method == Method::kEvaluate && batch[i]->want_trust) {
+        trusted_evaluations.queries.push_back(batch[i]);
+        trusted_evaluations.index.push_back(i);
+        continue;
+      }
       const bool evaluate = method == Method::kEvaluate;
       (evaluate ? evaluations : derivatives).push_back(batch[i]);
       (evaluate ? evaluation_index : derivative_index).push_back(i);
     }
     EvaluateTogether(network_, evaluations, evaluation_index, answers);
+    if (!trusted_evaluations.queries.empty()) {
+      // forward(m) = φ(Vᵀm)Uᵀ + b in its parts (Network::Forward's own formula for the
+      // project's DIPNets), so that the trust score reuses z.
+      torch::Tensor z = network_.ProjectInput(trusted_evaluations.Points());
+      trusted_evaluations.Scatter(
+          torch::addmm(network_.output_shift(), network_.ReducedForward(z), u.t()), answers);
+      AttachTrust(trusted_evaluations.queries, trusted_evaluations.index, z, answers);
+    }
     if (!hessians.queries.empty()) {
       // ⟨s, f(m)⟩ = ⟨Uᵀs, φ(Vᵀm)⟩ + ⟨s, b⟩, so its Hessian is V ∇²_z⟨Uᵀs, φ(z)⟩ Vᵀ: the
       // double backward runs on the reduced network only, r_M inputs per point.
@@ -181,6 +213,7 @@ class ReducedBasisModel final : public SurrogateModel {
           SecondOrderAction([this](const torch::Tensor& x) { return network_.ReducedForward(x); },
                             z, reduced_cotangents, reduced_directions);
       hessians.Scatter(torch::mm(reduced_actions, v.t()), answers);
+      AttachTrust(hessians.queries, hessians.index, z, answers);
     }
     if (derivatives.empty()) return answers;
 
@@ -188,6 +221,7 @@ class ReducedBasisModel final : public SurrogateModel {
     torch::Tensor z =
         network_.ProjectInput(Stack(derivatives, [](const PreparedQuery& p) { return p.points; }));
     auto [phi, jacobians] = dm::ReducedValueAndJacobian(network_, z, /*create_graph=*/false);
+    AttachTrust(derivatives, derivative_index, z, answers);
     // q = φ Uᵀ + b only where a query returns it.
     const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
       return p->want_q || p->method == Method::kReducedJacobian;
@@ -283,7 +317,25 @@ class ReducedBasisModel final : public SurrogateModel {
   }
 
  private:
+  // The trust signal of the queries that ask for it (Prepare admits them only when the model
+  // has a training-input summary), from the reduced coordinates z of all `queries`' points,
+  // stacked in order.
+  void AttachTrust(const std::vector<const PreparedQuery*>& queries,
+                   const std::vector<size_t>& index, const torch::Tensor& z,
+                   std::vector<Answer>& answers) const {
+    int64_t row = 0;
+    for (size_t j = 0; j < queries.size(); ++j) {
+      const int64_t points = queries[j]->points_count();
+      if (queries[j]->want_trust) {
+        answers[index[j]].trust =
+            TrustOf(*training_inputs_, queries[j]->points, z.narrow(0, row, points));
+      }
+      row += points;
+    }
+  }
+
   const dm::Network network_;
+  const std::optional<dm::TrainingInputSummary> training_inputs_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -321,7 +373,7 @@ class GenericModel final : public SurrogateModel {
     Rows reverse, forward_mode;
     std::vector<const PreparedQuery*> evaluations;
     std::vector<size_t> evaluation_index;
-    HessianQueries hessians;
+    QueryGroup hessians;
     for (size_t i = 0; i < batch.size(); ++i) {
       const PreparedQuery& query = *batch[i];
       const int64_t points = query.points_count();
@@ -524,12 +576,13 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::Load(const
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(e.what());
   }
-  return FromModule(std::move(file.module), std::move(file.metadata), path, limits);
+  return FromModule(std::move(file.module), std::move(file.metadata), path, limits,
+                    file.training_inputs);
 }
 
 absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule(
     torch::jit::Module module, nlohmann::json metadata, const std::string& origin,
-    ComputeLimits limits) {
+    ComputeLimits limits, const nlohmann::json& training_inputs) {
   auto fail = [&origin](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": ", why));
   };
@@ -632,9 +685,18 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
                            mismatch, " (relative); the model contract requires them to agree"));
         }
       }
+      std::optional<dm::TrainingInputSummary> summary;
+      if (!training_inputs.is_null()) {
+        summary = dm::TrainingInputSummary::FromJson(training_inputs, info.input_rank);
+        info.has_trust_score = true;
+      }
       PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
-      return std::shared_ptr<const SurrogateModel>(
-          new ReducedBasisModel(*std::move(network), std::move(info), limits, std::move(prior)));
+      return std::shared_ptr<const SurrogateModel>(new ReducedBasisModel(
+          *std::move(network), std::move(info), limits, std::move(prior), std::move(summary)));
+    }
+    if (!training_inputs.is_null()) {
+      return fail(absl::StrCat(dm::kTrainingInputsFile,
+                               " is only for reduced-basis models (it summarises Vᵀm)"));
     }
     PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
     return std::shared_ptr<const SurrogateModel>(
@@ -753,7 +815,14 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
   PreparedQuery prepared;
   prepared.method = query.method;
   prepared.want_q = query.want_q;
+  prepared.want_trust = query.want_trust;
   prepared.output_dtype = query.output_dtype.value_or(info_.dtype);
+  if (query.want_trust && !info_.has_trust_score) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "return_trust: this model has no summary of its training inputs to score against",
+        info_.has_reduced_bases ? " (add one with dino-train training-inputs)"
+                                : " (only reduced-basis models have one)"));
+  }
   if (query.method == Method::kHessianVectorProduct && !info_.has_hessian_vector_product) {
     return absl::UnimplementedError(absl::StrCat(
         "this model (architecture ", info_.architecture,
