@@ -8,7 +8,8 @@ run being one (mesh, loss, N) timing with a few epochs, and writes a PNG and a M
 
 Runs are matched by name: t_p<mesh>_<loss>_<tag>.json with mesh 64 (d_M = 4225) or 128
 (d_M = 16,641), loss l2 or h1, tag r<k> (repetition, N = 256) or n<N>. The first epoch is
-left out (it includes one-time allocation); the time of a run is the median of the others.
+left out (it includes one-time allocation); the time of a run is the shortest of the others
+(the least disturbed by other load on a shared machine).
 """
 import argparse
 import glob
@@ -33,14 +34,14 @@ def main():
 
     rows = {}  # (d_M, loss, N) -> [µs per sample per epoch, one per repetition]
     for path in sorted(glob.glob(os.path.join(args.runs, "t_p*_*.json"))):
-        match = re.match(r"t_p(\d+)_(l2|h1)_(r\d+|n\d+)\.json", os.path.basename(path))
+        match = re.match(r"t_p(\d+)m?_(l2|h1)_(r\d+|n\d+)\.json", os.path.basename(path))
         if not match:
             continue
         report = json.load(open(path))
         n = report["data"]["train"]["samples"]
         epochs = [e["seconds"] for e in report["history"]][1:]
         rows.setdefault((D_M[match.group(1)], match.group(2), n), []).append(
-            statistics.median(epochs) / n * 1e6)
+            min(epochs) / n * 1e6)
 
     print("| d_M | N | L2 µs/sample/epoch | full H1 µs/sample/epoch | H1 / L2 |")
     print("| ---: | ---: | ---: | ---: | ---: |")

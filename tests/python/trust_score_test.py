@@ -56,7 +56,11 @@ class TrustScoreTest(unittest.TestCase):
                 break
         else:
             raise RuntimeError("dino-server did not start")
-        cls.client = dino_serve.DinoClient(target, timeout=60, gen_dir=GENERATED)
+        try:
+            cls.client = dino_serve.DinoClient(target, timeout=60, gen_dir=GENERATED)
+        except Exception:
+            cls.server.kill()  # tearDownClass does not run when setUpClass fails.
+            raise
 
     @classmethod
     def tearDownClass(cls):

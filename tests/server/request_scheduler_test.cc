@@ -34,12 +34,7 @@ class RecordingObserver final : public RequestObserver {
   void InFlightChanged(const std::string&, int64_t delta) override { in_flight_ += delta; }
   void QueueDepthChanged(const std::string&, int64_t delta) override { queued_ += delta; }
   void QueueWait(const std::string&, double) override {}
-  void TrustScored(const std::string&, int64_t rows, int64_t flagged) override {
-    trust_rows_ += rows;
-    flagged_rows_ += flagged;
-  }
-  int64_t trust_rows() const { return trust_rows_; }
-  int64_t flagged_rows() const { return flagged_rows_; }
+  void TrustScored(const std::string&, int64_t, int64_t) override {}
   void BatchStarted(const std::string&, int64_t requests, int64_t) override {
     std::lock_guard<std::mutex> lock(mutex_);
     batches_.push_back(requests);
@@ -68,7 +63,7 @@ class RecordingObserver final : public RequestObserver {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::vector<int64_t> batches_;  // Requests per batch.
-  std::atomic<int64_t> in_flight_{0}, queued_{0}, trust_rows_{0}, flagged_rows_{0};
+  std::atomic<int64_t> in_flight_{0}, queued_{0};
 };
 
 struct Outcome {
