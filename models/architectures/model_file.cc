@@ -29,7 +29,8 @@ void FsyncPath(const std::string& path, bool directory) {
 }  // namespace
 
 void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metadata,
-                   const std::string& path, const std::function<void()>& before_rename) {
+                   const std::string& path, const std::function<void()>& before_rename,
+                   const nlohmann::json& training_inputs) {
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path folder = target.has_parent_path() ? target.parent_path() : fs::path(".");
@@ -38,6 +39,7 @@ void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metad
   const fs::path temporary =
       folder / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()));
   torch::jit::ExtraFilesMap extra_files{{kMetadataFile, metadata.dump(2)}};
+  if (!training_inputs.is_null()) extra_files[kTrainingInputsFile] = training_inputs.dump();
   try {
     module.save(temporary.string(), extra_files);
     FsyncPath(temporary.string(), false);
@@ -53,7 +55,8 @@ void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metad
 
 int64_t PublishModelVersion(const std::string& root, const std::string& name,
                             const torch::jit::Module& module, const nlohmann::json& metadata,
-                            const std::function<void()>& before_rename) {
+                            const std::function<void()>& before_rename,
+                            const nlohmann::json& training_inputs) {
   namespace fs = std::filesystem;
   const fs::path model_dir = fs::path(root) / name;
   std::error_code error;
@@ -79,7 +82,8 @@ int64_t PublishModelVersion(const std::string& root, const std::string& name,
   }
   const fs::path version_dir = model_dir / std::to_string(version);
   try {
-    SaveModelFile(module, metadata, (version_dir / kRepositoryModelFile).string(), before_rename);
+    SaveModelFile(module, metadata, (version_dir / kRepositoryModelFile).string(), before_rename,
+                  training_inputs);
   } catch (...) {
     fs::remove_all(version_dir, error);
     throw;
@@ -88,7 +92,7 @@ int64_t PublishModelVersion(const std::string& root, const std::string& name,
 }
 
 LoadedModelFile LoadModelFile(const std::string& path) {
-  torch::jit::ExtraFilesMap extra_files{{kMetadataFile, ""}};
+  torch::jit::ExtraFilesMap extra_files{{kMetadataFile, ""}, {kTrainingInputsFile, ""}};
   LoadedModelFile loaded;
   try {
     loaded.module = torch::jit::load(path, torch::kCPU, extra_files);
@@ -109,6 +113,13 @@ LoadedModelFile LoadModelFile(const std::string& path) {
     }
     if (!loaded.metadata.is_object()) {
       throw std::runtime_error("model file " + path + ": metadata.json is not a JSON object");
+    }
+  }
+  if (const std::string& summary = extra_files[kTrainingInputsFile]; !summary.empty()) {
+    loaded.training_inputs = nlohmann::json::parse(summary, nullptr, /*allow_exceptions=*/false);
+    if (!loaded.training_inputs.is_object()) {
+      throw std::runtime_error("model file " + path + ": " + kTrainingInputsFile +
+                               " is not a JSON object");
     }
   }
   return loaded;

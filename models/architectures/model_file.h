@@ -1,5 +1,8 @@
 // The model file of the repository: a TorchScript archive whose extra file "metadata.json"
-// carries the model's metadata (architecture, provenance, training metrics) as JSON.
+// carries the model's metadata (architecture, provenance, training metrics) as JSON, and
+// whose optional extra file "training_inputs.json" carries the summary of a reduced-basis
+// model's training inputs that its trust score needs (training_inputs.h). The summary is a
+// file of its own because it is ~10⁴ numbers that GetModelInfo's metadata should not carry.
 #pragma once
 
 #include <torch/script.h>
@@ -12,14 +15,17 @@
 namespace dino::models {
 
 inline constexpr char kMetadataFile[] = "metadata.json";
+inline constexpr char kTrainingInputsFile[] = "training_inputs.json";
 
 // Writes the module and its metadata to `path` atomically: into a temporary file in the same
 // folder, fsync, rename over `path`, fsync the folder. A reader sees the old file or the new
 // one, never a half-written one. Throws std::runtime_error naming the path on failure.
 // `before_rename`, when set, runs after the temporary file is written and synced and before
-// it is renamed into place (crash tests stop the process there).
+// it is renamed into place (crash tests stop the process there). A `training_inputs` that is
+// not null is written as training_inputs.json.
 void SaveModelFile(const torch::jit::Module& module, const nlohmann::json& metadata,
-                   const std::string& path, const std::function<void()>& before_rename = {});
+                   const std::string& path, const std::function<void()>& before_rename = {},
+                   const nlohmann::json& training_inputs = nullptr);
 
 // The model repository layout shared by dino-train and dino-server:
 //   <root>/<model name>/<version>/model.pt, version a positive decimal integer.
@@ -39,15 +45,17 @@ inline constexpr char kTrustedValidationDir[] = "trusted_validation";
 // failure (the new version folder is removed again).
 int64_t PublishModelVersion(const std::string& root, const std::string& name,
                             const torch::jit::Module& module, const nlohmann::json& metadata,
-                            const std::function<void()>& before_rename = {});
+                            const std::function<void()>& before_rename = {},
+                            const nlohmann::json& training_inputs = nullptr);
 
 struct LoadedModelFile {
   torch::jit::Module module;
-  nlohmann::json metadata;  // An empty object when the file has no metadata.
+  nlohmann::json metadata;         // An empty object when the file has no metadata.
+  nlohmann::json training_inputs;  // Null when the file has no training_inputs.json.
 };
 
 // Loads a model file on the CPU. Throws std::runtime_error naming the path on failure
-// (unreadable archive, metadata that is not a JSON object).
+// (unreadable archive, metadata or training inputs that are not a JSON object).
 LoadedModelFile LoadModelFile(const std::string& path);
 
 }  // namespace dino::models

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   dino::pipeline::AddBasesCommand(app, &exit_code);
   dino::pipeline::AddFitCommand(app, &exit_code);
   dino::pipeline::AddEvaluateCommand(app, &exit_code);
+  dino::pipeline::AddTrainingInputsCommand(app, &exit_code);
   dino::pipeline::AddTrustedSetCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;

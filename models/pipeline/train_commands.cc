@@ -17,6 +17,7 @@
 #include "models/architectures/architectures.h"
 #include "models/architectures/compute_threads.h"
 #include "models/architectures/model_file.h"
+#include "models/architectures/training_inputs.h"
 #include "models/pipeline/commands.h"
 #include "models/pipeline/files.h"
 #include "models/pipeline/progress.h"
@@ -91,6 +92,38 @@ struct FitFlags {
   std::string progress = "auto";
 };
 
+// DIR/generate.json of a data directory (what `dino-train generate` made it from), or an empty
+// object for data without one.
+nlohmann::json ReadGenerateSummary(const std::string& dir) {
+  std::ifstream file(std::filesystem::path(dir) / kGenerateSummaryFile);
+  if (!file) return nlohmann::json::object();
+  nlohmann::json summary = nlohmann::json::parse(file, nullptr, false);
+  return summary.is_object() ? summary : nlohmann::json::object();
+}
+
+// The training_inputs.json of a reduced-basis model trained on the inputs m of `selection`,
+// with their provenance; null (with a note on stderr) for a generic model, which has no
+// reduced coordinates, and for too few samples to estimate their covariance.
+nlohmann::json SummarizeTrainingInputs(const torch::jit::Module& module, const torch::Tensor& m,
+                                       const DataSelection& selection) {
+  if (!module.hasattr(dm::kInputBasis)) return nullptr;
+  const torch::Tensor basis = module.attr(dm::kInputBasis).toTensor();
+  if (m.size(0) <= basis.size(1) + 2) {
+    std::fprintf(stderr,
+                 "note: no training-input summary (the trust score needs more than r_M + 2 = "
+                 "%lld samples, got %lld)\n",
+                 static_cast<long long>(basis.size(1) + 2), static_cast<long long>(m.size(0)));
+    return nullptr;
+  }
+  nlohmann::json summary = dm::TrainingInputSummary::Fit(basis, m).ToJson();
+  summary["data"] = {{"dir", selection.dir}, {"first", selection.first}, {"count", m.size(0)}};
+  const nlohmann::json generated = ReadGenerateSummary(selection.dir);
+  for (const char* key : {"problem", "mesh", "seed", "prior"}) {
+    if (generated.contains(key)) summary["data"][key] = generated[key];
+  }
+  return summary;
+}
+
 void RunFit(const FitFlags& f) {
   dm::ConfigureComputeThreads(f.common.threads, 1);
   torch::manual_seed(f.trainer.seed);
@@ -137,13 +170,10 @@ void RunFit(const FitFlags& f) {
   if (!f.description.empty()) metadata["description"] = f.description;
   // The problem the data come from, so that the server serves its prior for the model
   // (docs/model-contract.md, "problem"); data without generate.json name none.
-  if (std::ifstream summary_file(std::filesystem::path(f.data.dir) / kGenerateSummaryFile);
-      summary_file) {
-    const nlohmann::json summary = nlohmann::json::parse(summary_file, nullptr, false);
-    if (summary.is_object() && summary.contains("problem") && summary["problem"].is_string() &&
-        summary.contains("mesh") && summary["mesh"].is_number_integer()) {
-      metadata["problem"] = {{"name", summary["problem"]}, {"mesh_cells", summary["mesh"]}};
-    }
+  if (const nlohmann::json summary = ReadGenerateSummary(f.data.dir);
+      summary.contains("problem") && summary["problem"].is_string() && summary.contains("mesh") &&
+      summary["mesh"].is_number_integer()) {
+    metadata["problem"] = {{"name", summary["problem"]}, {"mesh_cells", summary["mesh"]}};
   }
 
   dt::TrainerConfig config = f.trainer;
@@ -214,13 +244,15 @@ void RunFit(const FitFlags& f) {
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
   metadata["trained"] = true;
+  const nlohmann::json training_inputs = SummarizeTrainingInputs(module, data.m, f.data);
   if (out.empty()) {  // --repository without --version: the next free version.
-    const int64_t version = dm::PublishModelVersion(f.repository, f.name, module, metadata);
+    const int64_t version =
+        dm::PublishModelVersion(f.repository, f.name, module, metadata, {}, training_inputs);
     out = (std::filesystem::path(f.repository) / f.name / std::to_string(version) /
            dm::kRepositoryModelFile)
               .string();
   } else {
-    dm::SaveModelFile(module, metadata, out);
+    dm::SaveModelFile(module, metadata, out, {}, training_inputs);
   }
   PrintAccuracies("train", result.train_accuracy);
   if (result.validation_accuracy) PrintAccuracies("validation", *result.validation_accuracy);
@@ -313,14 +345,50 @@ void RunTrustedSet(const TrustedSetFlags& f) {
             << "), " << form << "\n";
 }
 
+struct TrainingInputsFlags {
+  DataSelection data;
+  CommonFlags common;
+  std::string model;
+};
+
+// Adds the training-input summary to an existing model file: the module is saved back as it
+// was loaded (same weights and buffers), with the same metadata.
+void RunTrainingInputs(const TrainingInputsFlags& f) {
+  dm::ConfigureComputeThreads(f.common.threads, 1);
+  dm::LoadedModelFile file = dm::LoadModelFile(f.model);
+  if (!file.module.hasattr(dm::kInputBasis)) {
+    throw std::invalid_argument("--model: " + f.model +
+                                " has no input_basis; the trust score needs a reduced-basis model");
+  }
+  DataSelection selection = f.data;
+  selection.jacobian = JacobianFiles::kNone;
+  selection.dtype = torch::kFloat64;
+  const dt::Dataset data = ValueOrThrow(LoadDataset(selection));
+  const int64_t input_dim = file.module.attr(dm::kInputBasis).toTensor().size(0);
+  if (data.input_dim() != input_dim) {
+    throw std::invalid_argument("--data: samples have d_M = " + std::to_string(data.input_dim()) +
+                                ", the model's input basis " + std::to_string(input_dim));
+  }
+  const nlohmann::json summary = SummarizeTrainingInputs(file.module, data.m, f.data);
+  if (summary.is_null()) throw std::invalid_argument("--count: too few samples");
+  dm::SaveModelFile(file.module, file.metadata, f.model, {}, summary);
+  std::cout << "wrote " << f.model << ": training inputs of " << data.size() << " samples, "
+            << "threshold " << summary["threshold"] << ", distance scale "
+            << summary["distance_scale"] << ", residual ratio mean " << summary["residual_mean"]
+            << "\n";
+}
+
+// `jacobian` null: the command reads no Jacobians and has no --jacobian.
 void AddDataOptions(CLI::App* cmd, DataSelection* data, std::string* jacobian,
                     CommonFlags* common) {
   cmd->add_option("--data", data->dir, "Data directory (mq_data.npz, Jsvd_data.npz, …)")
       ->required();
   cmd->add_option("--first", data->first, "First sample used")->check(CLI::NonNegativeNumber);
   cmd->add_option("--count", data->count, "Samples used from --first; -1: all the rest");
-  cmd->add_option("--jacobian", *jacobian,
-                  "Jacobian data: auto (J_data.npz, else Jsvd_data.npz), none, svd or full");
+  if (jacobian != nullptr) {
+    cmd->add_option("--jacobian", *jacobian,
+                    "Jacobian data: auto (J_data.npz, else Jsvd_data.npz), none, svd or full");
+  }
   cmd->add_option("--threads", common->threads,
                   "LibTorch threads (OpenBLAS gets 1: the two pools multiply)")
       ->check(CLI::PositiveNumber);
@@ -380,6 +448,23 @@ CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--json", f.json, "Also write the accuracies to this JSON file");
   cmd->callback(
       [flags, exit_code] { Guarded("evaluate", exit_code, [&] { RunEvaluate(*flags); }); });
+  return cmd;
+}
+
+CLI::App* AddTrainingInputsCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<TrainingInputsFlags>();
+  TrainingInputsFlags& f = *flags;
+  CLI::App* cmd = app.add_subcommand(
+      "training-inputs",
+      "Add the summary of a reduced-basis model's training inputs (what the server's per-request "
+      "trust score compares inputs with) to an existing model file, from the samples it was "
+      "trained on (--data, --first, --count); weights and metadata stay as they are. fit "
+      "writes it itself");
+  AddDataOptions(cmd, &f.data, /*jacobian=*/nullptr, &f.common);
+  cmd->add_option("--model", f.model, "Model file (model.pt), rewritten atomically")->required();
+  cmd->callback([flags, exit_code] {
+    Guarded("training-inputs", exit_code, [&] { RunTrainingInputs(*flags); });
+  });
   return cmd;
 }
 

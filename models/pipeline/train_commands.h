@@ -1,5 +1,5 @@
-// The training subcommands of dino-train, `fit`, `evaluate` and `trusted-set` (LibTorch), registered like
-// the data subcommands in commands.h.
+// The training subcommands of dino-train, `fit`, `evaluate` and `trusted-set` (LibTorch),
+// registered like the data subcommands in commands.h.
 #pragma once
 
 namespace CLI {
@@ -13,6 +13,9 @@ namespace dino::pipeline {
 CLI::App* AddFitCommand(CLI::App& app, int* exit_code);
 // `evaluate`: the paper's accuracies (3.6a–c) of a model file on a data directory.
 CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code);
+// `training-inputs`: adds the training-input summary (the trust score's reference,
+// models/architectures/training_inputs.h) to an existing model file.
+CLI::App* AddTrainingInputsCommand(CLI::App& app, int* exit_code);
 // `trusted-set`: copies samples of a data directory into a model's trusted validation set
 // in a model repository (models/architectures/model_file.h, kTrustedValidationDir).
 CLI::App* AddTrustedSetCommand(CLI::App& app, int* exit_code);

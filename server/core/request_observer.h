@@ -26,6 +26,9 @@ class RequestObserver {
   // A batch started computing: its requests, their rows (points) and how long each waited.
   virtual void BatchStarted(const std::string& model, int64_t requests, int64_t rows) = 0;
   virtual void QueueWait(const std::string& model, double seconds) = 0;
+  // An answer carried the trust signal (Query::want_trust) for `rows` points, `flagged` of
+  // them out of distribution.
+  virtual void TrustScored(const std::string& model, int64_t rows, int64_t flagged) = 0;
 };
 
 }  // namespace dino::serving

@@ -368,6 +368,10 @@ void RequestScheduler::RunBatch(ModelQueue& queue, std::vector<std::unique_ptr<P
           "the response would be ", answer->bytes(), " bytes, above the server's limit of ",
           options_.max_response_bytes, " (--max_message_bytes); ask for fewer rows at a time"));
     }
+    if (observer != nullptr && answer.ok() && answer->trust) {
+      observer->TrustScored(queue.name(), static_cast<int64_t>(answer->trust->score.size()),
+                            answer->trust->flagged);
+    }
     finish(*live[i], answer.status(), answer.ok() ? *std::move(answer) : Answer());
   }
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "models/architectures/architectures.h"
 #include "models/architectures/model_file.h"
+#include "models/architectures/training_inputs.h"
 
 namespace dino::serving {
 namespace {
@@ -93,6 +94,20 @@ void EvaluateTogether(const dm::Network& network,
   }
 }
 
+// The trust signal of points [P, d_M] with reduced coordinates z [P, r_M].
+TrustSignal TrustOf(const dm::TrainingInputSummary& summary, const torch::Tensor& points,
+                    const torch::Tensor& z) {
+  TrustSignal trust;
+  trust.score = summary.Score(points, z.contiguous());
+  trust.out_of_distribution.reserve(trust.score.size());
+  for (double score : trust.score) {
+    const bool out = dm::TrainingInputSummary::OutOfDistribution(score);
+    trust.out_of_distribution.push_back(out);
+    trust.flagged += out ? 1 : 0;
+  }
+  return trust;
+}
+
 // A query of `method` at the points `m`, for the one-query methods.
 Query QueryAt(Method method, const torch::Tensor& m, bool want_q) {
   Query query;
@@ -149,8 +164,11 @@ struct HessianQueries {
 // f(m) = U φ(Vᵀm) + b.
 class ReducedBasisModel final : public SurrogateModel {
  public:
-  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior)
-      : SurrogateModel(std::move(info), limits, std::move(prior)), network_(std::move(network)) {}
+  ReducedBasisModel(dm::Network network, ModelInfo info, ComputeLimits limits, PriorLookup prior,
+                    std::optional<dm::TrainingInputSummary> training_inputs)
+      : SurrogateModel(std::move(info), limits, std::move(prior)),
+        network_(std::move(network)),
+        training_inputs_(std::move(training_inputs)) {}
 
   absl::StatusOr<Bases> GetBases() const override {
     return Bases{network_.input_basis(), network_.output_basis(), network_.output_shift()};
@@ -165,6 +183,8 @@ class ReducedBasisModel final : public SurrogateModel {
     std::vector<const PreparedQuery*> evaluations, derivatives;
     std::vector<size_t> evaluation_index, derivative_index;
     HessianQueries hessians;
+    std::vector<const PreparedQuery*> trusted_evaluations;
+    std::vector<size_t> trusted_evaluation_index;
     for (size_t i = 0; i < batch.size(); ++i) {
       const Method method = batch[i]->method;
       if (method == Method::kHessianVectorProduct) {
@@ -172,11 +192,31 @@ class ReducedBasisModel final : public SurrogateModel {
         hessians.index.push_back(i);
         continue;
       }
+      if (method == Method::kEvaluate && batch[i]->want_trust) {
+        trusted_evaluations.push_back(batch[i]);
+        trusted_evaluation_index.push_back(i);
+        continue;
+      }
       const bool evaluate = method == Method::kEvaluate;
       (evaluate ? evaluations : derivatives).push_back(batch[i]);
       (evaluate ? evaluation_index : derivative_index).push_back(i);
     }
     EvaluateTogether(network_, evaluations, evaluation_index, answers);
+    if (!trusted_evaluations.empty()) {
+      // forward(m) = φ(Vᵀm)Uᵀ + b in its parts (Network::Forward's own formula for the
+      // project's DIPNets), so that the trust score reuses z.
+      const torch::Tensor z = network_.ProjectInput(
+          Stack(trusted_evaluations, [](const PreparedQuery& p) { return p.points; }));
+      const torch::Tensor q =
+          torch::addmm(network_.output_shift(), network_.ReducedForward(z), u.t());
+      int64_t row = 0;
+      for (size_t j = 0; j < trusted_evaluations.size(); ++j) {
+        const int64_t rows = trusted_evaluations[j]->points_count();
+        answers[trusted_evaluation_index[j]].values = q.narrow(0, row, rows);
+        row += rows;
+      }
+      AttachTrustAtReduced(trusted_evaluations, trusted_evaluation_index, z, answers);
+    }
     if (!hessians.queries.empty()) {
       // ⟨s, f(m)⟩ = ⟨Uᵀs, φ(Vᵀm)⟩ + ⟨s, b⟩, so its Hessian is V ∇²_z⟨Uᵀs, φ(z)⟩ Vᵀ: the
       // double backward runs on the reduced network only, r_M inputs per point.
@@ -187,12 +227,17 @@ class ReducedBasisModel final : public SurrogateModel {
           SecondOrderAction([this](const torch::Tensor& x) { return network_.ReducedForward(x); },
                             z, reduced_cotangents, reduced_directions);
       hessians.Scatter(torch::mm(reduced_actions, v.t()), answers);
+      AttachTrust(hessians.queries, hessians.index,
+                  Stack(hessians.queries, [](const PreparedQuery& p) { return p.points; }),
+                  answers);
     }
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
-    auto [phi, jacobians] = dm::ReducedValueAndJacobianAtInputs(
-        network_, Stack(derivatives, [](const PreparedQuery& p) { return p.points; }));
+    const torch::Tensor points =
+        Stack(derivatives, [](const PreparedQuery& p) { return p.points; });
+    auto [phi, jacobians] = dm::ReducedValueAndJacobianAtInputs(network_, points);
+    AttachTrust(derivatives, derivative_index, points, answers);
     // q = φ Uᵀ + b only where a query returns it.
     const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
       return p->want_q || p->method == Method::kReducedJacobian;
@@ -288,7 +333,33 @@ class ReducedBasisModel final : public SurrogateModel {
   }
 
  private:
+  // The trust signal of the queries that ask for it (Prepare admits them only when the model
+  // has a training-input summary), at all `queries`' points stacked in order: `points`
+  // [P, d_M]. The projection z = mV is made only when one of them asks.
+  void AttachTrust(const std::vector<const PreparedQuery*>& queries,
+                   const std::vector<size_t>& index, const torch::Tensor& points,
+                   std::vector<Answer>& answers) const {
+    if (std::none_of(queries.begin(), queries.end(), [](const auto* p) { return p->want_trust; }))
+      return;
+    AttachTrustAtReduced(queries, index, network_.ProjectInput(points), answers);
+  }
+  // The same from the reduced coordinates z [P, r_M] of the stacked points.
+  void AttachTrustAtReduced(const std::vector<const PreparedQuery*>& queries,
+                            const std::vector<size_t>& index, const torch::Tensor& z,
+                            std::vector<Answer>& answers) const {
+    int64_t row = 0;
+    for (size_t j = 0; j < queries.size(); ++j) {
+      const int64_t points = queries[j]->points_count();
+      if (queries[j]->want_trust) {
+        answers[index[j]].trust =
+            TrustOf(*training_inputs_, queries[j]->points, z.narrow(0, row, points));
+      }
+      row += points;
+    }
+  }
+
   const dm::Network network_;
+  const std::optional<dm::TrainingInputSummary> training_inputs_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -529,12 +600,13 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::Load(const
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(e.what());
   }
-  return FromModule(std::move(file.module), std::move(file.metadata), path, limits);
+  return FromModule(std::move(file.module), std::move(file.metadata), path, limits,
+                    file.training_inputs);
 }
 
 absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule(
     torch::jit::Module module, nlohmann::json metadata, const std::string& origin,
-    ComputeLimits limits) {
+    ComputeLimits limits, const nlohmann::json& training_inputs) {
   auto fail = [&origin](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": ", why));
   };
@@ -637,9 +709,18 @@ absl::StatusOr<std::shared_ptr<const SurrogateModel>> SurrogateModel::FromModule
                            mismatch, " (relative); the model contract requires them to agree"));
         }
       }
+      std::optional<dm::TrainingInputSummary> summary;
+      if (!training_inputs.is_null()) {
+        summary = dm::TrainingInputSummary::FromJson(training_inputs, info.input_rank);
+        info.has_trust_score = true;
+      }
       PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
-      return std::shared_ptr<const SurrogateModel>(
-          new ReducedBasisModel(*std::move(network), std::move(info), limits, std::move(prior)));
+      return std::shared_ptr<const SurrogateModel>(new ReducedBasisModel(
+          *std::move(network), std::move(info), limits, std::move(prior), std::move(summary)));
+    }
+    if (!training_inputs.is_null()) {
+      return fail(absl::StrCat(dm::kTrainingInputsFile,
+                               " is only for reduced-basis models (it summarises Vᵀm)"));
     }
     PriorLookup prior = PriorFromMetadata(info.metadata, info.input_dim);
     return std::shared_ptr<const SurrogateModel>(
@@ -758,7 +839,14 @@ absl::StatusOr<PreparedQuery> SurrogateModel::Prepare(const Query& query) const 
   PreparedQuery prepared;
   prepared.method = query.method;
   prepared.want_q = query.want_q;
+  prepared.want_trust = query.want_trust;
   prepared.output_dtype = query.output_dtype.value_or(info_.dtype);
+  if (query.want_trust && !info_.has_trust_score) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "return_trust: this model has no summary of its training inputs to score against",
+        info_.has_reduced_bases ? " (add one with dino-train training-inputs)"
+                                : " (only reduced-basis models have one)"));
+  }
   if (query.method == Method::kHessianVectorProduct && !info_.has_hessian_vector_product) {
     return absl::UnimplementedError(absl::StrCat(
         "this model (architecture ", info_.architecture,

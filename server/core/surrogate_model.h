@@ -55,6 +55,9 @@ struct ModelInfo {
   // second derivatives take second-order adjoint solves, which models/pde does not have, so
   // Prepare refuses the method for them with UNIMPLEMENTED (UM-Bridge: UnsupportedFeature).
   bool has_hessian_vector_product = true;
+  // Whether queries may ask for the trust score (Query::want_trust): a reduced-basis model
+  // whose file carries its training inputs' summary (models/architectures/training_inputs.h).
+  bool has_trust_score = false;
   nlohmann::json metadata = nlohmann::json::object();
 };
 
@@ -80,6 +83,7 @@ struct Query {
   torch::Tensor output_basis;  // ReducedJacobian client bases (both or neither).
   torch::Tensor input_basis;
   bool want_q = false;                       // Jvp, Vjp, Jacobian; ReducedJacobian always.
+  bool want_trust = false;                   // The trust score of each point (any method).
   std::optional<torch::Dtype> output_dtype;  // Default: the model's dtype.
 };
 
@@ -93,6 +97,7 @@ struct PreparedQuery {
   torch::Tensor cotangents;                 // HessianVectorProduct: s [P, d_Q].
   torch::Tensor output_basis, input_basis;  // Client bases, or undefined.
   bool want_q = false;
+  bool want_trust = false;
   // Jvp/Vjp/HessianVectorProduct: the single-point form (one point, results [k, ·], q [d_Q])
   // or, for B points with one vector each, results [B, ·]; else [B, k, ·]. Jacobian: q [d_Q].
   enum class Layout { kSinglePoint, kOnePerPoint, kPerPoint } layout = Layout::kPerPoint;
@@ -105,12 +110,22 @@ torch::Tensor InLayout(const torch::Tensor& values, PreparedQuery::Layout layout
 // q [P, d_Q] of a query: [d_Q] in the single-point form.
 torch::Tensor QInLayout(const torch::Tensor& q, PreparedQuery::Layout layout);
 
+// How far each point of a query lies from the model's training inputs
+// (models/architectures/training_inputs.h): score s(m) per point, out of distribution when
+// s(m) > 1, i.e. above the training set's 99.9 % quantile.
+struct TrustSignal {
+  std::vector<double> score;
+  std::vector<bool> out_of_distribution;
+  int64_t flagged = 0;  // Points out of distribution.
+};
+
 // Results in the requested output dtype.
 struct Answer {
   // q (Evaluate), jvp, vjp, reduced_jacobian, jacobian or the Hessian actions (hvp).
   torch::Tensor values;
-  torch::Tensor q;        // When asked for (always for ReducedJacobian), else undefined.
-  int64_t bytes() const;  // Payload size of both tensors.
+  torch::Tensor q;  // When asked for (always for ReducedJacobian), else undefined.
+  std::optional<TrustSignal> trust = std::nullopt;  // When asked for.
+  int64_t bytes() const;                            // Payload size of both tensors.
 };
 
 class SurrogateModel {
@@ -131,13 +146,13 @@ class SurrogateModel {
 
   // Loads and validates a model file: the contract's methods and buffers, consistent
   // dimensions, orthonormal bases, forward(m) = reduced_forward(mV)Uᵀ + b on a probe batch,
-  // finite outputs. `origin` names the model in errors.
+  // finite outputs; a training-input summary (null: none) that fits the input basis.
+  // `origin` names the model in errors.
   static absl::StatusOr<std::shared_ptr<const SurrogateModel>> Load(const std::string& path,
                                                                     ComputeLimits limits);
-  static absl::StatusOr<std::shared_ptr<const SurrogateModel>> FromModule(torch::jit::Module module,
-                                                                          nlohmann::json metadata,
-                                                                          const std::string& origin,
-                                                                          ComputeLimits limits);
+  static absl::StatusOr<std::shared_ptr<const SurrogateModel>> FromModule(
+      torch::jit::Module module, nlohmann::json metadata, const std::string& origin,
+      ComputeLimits limits, const nlohmann::json& training_inputs = nullptr);
   virtual ~SurrogateModel() = default;
 
   const ModelInfo& info() const { return info_; }

@@ -25,6 +25,17 @@ absl::StatusOr<std::optional<torch::Dtype>> OutputDtype(dino::v1::DType output_d
   return std::optional<torch::Dtype>();
 }
 
+// The answer's trust signal, when the request asked for it, into the response's `trust`.
+template <typename Response>
+void EncodeTrust(const serving::Answer& answer, Response* out) {
+  if (!answer.trust) return;
+  dino::v1::TrustSignal* trust = out->mutable_trust();
+  trust->mutable_score()->Add(answer.trust->score.begin(), answer.trust->score.end());
+  trust->mutable_out_of_distribution()->Reserve(
+      static_cast<int>(answer.trust->out_of_distribution.size()));
+  for (bool flagged : answer.trust->out_of_distribution) trust->add_out_of_distribution(flagged);
+}
+
 // A query of `method` with the request's output_dtype, or the error naming the field.
 absl::StatusOr<Query> NewQuery(Method method, dino::v1::DType output_dtype) {
   auto dtype = OutputDtype(output_dtype);
@@ -140,6 +151,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetModelInfo(
   response->set_output_dim(info.output_dim);
   response->set_has_reduced_bases(info.has_reduced_bases);
   response->set_has_prior(info.has_prior);
+  response->set_has_trust_score(info.has_trust_score);
   response->set_input_rank(info.input_rank);
   response->set_output_rank(info.output_rank);
   response->set_architecture(info.architecture);
@@ -183,11 +195,13 @@ grpc::ServerUnaryReactor* SurrogateService::Evaluate(grpc::CallbackServerContext
                                                      dino::v1::EvaluateResponse* response) {
   auto query = NewQuery(Method::kEvaluate, request->output_dtype());
   if (query.ok()) {
+    query->want_trust = request->return_trust();
     if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
   }
   return Infer(Method::kEvaluate, context, request->model(), std::move(query), response,
                [](const serving::Answer& answer, dino::v1::EvaluateResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
+                 EncodeTrust(answer, out);
                });
 }
 
@@ -197,6 +211,7 @@ grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* con
   auto query = NewQuery(Method::kJvp, request->output_dtype());
   if (query.ok()) {
     query->want_q = request->return_q();
+    query->want_trust = request->return_trust();
     absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
     if (s.ok()) {
       s = Decode(request->directions(), request->has_directions(), "directions",
@@ -210,6 +225,7 @@ grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* con
                  if (answer.q.defined()) {
                    EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  }
+                 EncodeTrust(answer, out);
                });
 }
 
@@ -219,6 +235,7 @@ grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* con
   auto query = NewQuery(Method::kVjp, request->output_dtype());
   if (query.ok()) {
     query->want_q = request->return_q();
+    query->want_trust = request->return_trust();
     absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
     if (s.ok()) {
       s = Decode(request->cotangents(), request->has_cotangents(), "cotangents",
@@ -232,6 +249,7 @@ grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* con
                  if (answer.q.defined()) {
                    EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  }
+                 EncodeTrust(answer, out);
                });
 }
 
@@ -240,6 +258,7 @@ grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
     dino::v1::ReducedJacobianResponse* response) {
   auto query = NewQuery(Method::kReducedJacobian, request->output_dtype());
   if (query.ok()) {
+    query->want_trust = request->return_trust();
     absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
     if (s.ok()) {
       s = Decode(request->output_basis(), request->has_output_basis(), "output_basis",
@@ -256,6 +275,7 @@ grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
                  EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED,
                               out->mutable_reduced_jacobian());
+                 EncodeTrust(answer, out);
                });
 }
 
@@ -265,6 +285,7 @@ grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext
   auto query = NewQuery(Method::kJacobian, request->output_dtype());
   if (query.ok()) {
     query->want_q = request->return_q();
+    query->want_trust = request->return_trust();
     if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
   }
   return Infer(Method::kJacobian, context, request->model(), std::move(query), response,
@@ -273,6 +294,7 @@ grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext
                  if (answer.q.defined()) {
                    EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  }
+                 EncodeTrust(answer, out);
                });
 }
 

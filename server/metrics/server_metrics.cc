@@ -68,6 +68,16 @@ ServerMetrics::ServerMetrics()
                           .Name("dino_batch_requests")
                           .Help("Requests answered by one batched computation, by model.")
                           .Register(*registry_)),
+      trust_scored_rows_(prometheus::BuildCounter()
+                             .Name("dino_trust_scored_rows_total")
+                             .Help("Points whose trust score a request asked for, by model.")
+                             .Register(*registry_)),
+      out_of_distribution_rows_(
+          prometheus::BuildCounter()
+              .Name("dino_out_of_distribution_rows_total")
+              .Help("Points the trust score flagged out of distribution (above the training "
+                    "inputs' 99.9 % quantile), by model.")
+              .Register(*registry_)),
       jobs_(prometheus::BuildGauge()
                 .Name("dino_training_jobs")
                 .Help("Fine-tune jobs by state (ended ones counted since the server started).")
@@ -113,7 +123,8 @@ ServerMetrics::ModelSeries& ServerMetrics::SeriesOf(const std::string& model) {
     return std::make_unique<ModelSeries>(ModelSeries{
         &in_flight_.Add(labels), &queue_depth_.Add(labels),
         &queue_seconds_.Add(labels, queue_buckets), &batch_rows_.Add(labels, batch_buckets),
-        &batch_requests_.Add(labels, batch_buckets)});
+        &batch_requests_.Add(labels, batch_buckets), &trust_scored_rows_.Add(labels),
+        &out_of_distribution_rows_.Add(labels)});
   });
 }
 
@@ -153,6 +164,12 @@ void ServerMetrics::BatchStarted(const std::string& model, int64_t requests, int
   ModelSeries& series = SeriesOf(model);
   series.batch_rows->Observe(static_cast<double>(rows));
   series.batch_requests->Observe(static_cast<double>(requests));
+}
+
+void ServerMetrics::TrustScored(const std::string& model, int64_t rows, int64_t flagged) {
+  ModelSeries& series = SeriesOf(model);
+  series.trust_scored_rows->Increment(static_cast<double>(rows));
+  series.out_of_distribution_rows->Increment(static_cast<double>(flagged));
 }
 
 void ServerMetrics::QueueWait(const std::string& model, double seconds) {

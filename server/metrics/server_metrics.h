@@ -1,6 +1,7 @@
 // Prometheus metrics of the serving core: requests by method, model and status code, latency
 // by method, in-flight requests, queue depth, queue wait and batch sizes by model, and the
-// number of loaded model versions; and of the fine-tune jobs: jobs by
+// number of loaded model versions, points scored by the trust signal and those flagged out of
+// distribution, by model; and of the fine-tune jobs: jobs by
 // state, samples received, epoch durations and the latest validation accuracies.
 // Transport-agnostic: codes are canonical (absl) status codes, which gRPC shares.
 #pragma once
@@ -38,6 +39,7 @@ class ServerMetrics final : public serving::RequestObserver {
   void QueueDepthChanged(const std::string& model, int64_t delta) override;
   void BatchStarted(const std::string& model, int64_t requests, int64_t rows) override;
   void QueueWait(const std::string& model, double seconds) override;
+  void TrustScored(const std::string& model, int64_t rows, int64_t flagged) override;
 
   // `model` must be a name the server knows (or empty): label values come only from loaded
   // models, so clients cannot grow the label set without bound.
@@ -70,6 +72,8 @@ class ServerMetrics final : public serving::RequestObserver {
     prometheus::Histogram* queue_seconds;
     prometheus::Histogram* batch_rows;
     prometheus::Histogram* batch_requests;
+    prometheus::Counter* trust_scored_rows;
+    prometheus::Counter* out_of_distribution_rows;
   };
   ModelSeries& SeriesOf(const std::string& model);
   prometheus::Counter& RequestCounter(const std::string& method, const std::string& model,
@@ -90,6 +94,8 @@ class ServerMetrics final : public serving::RequestObserver {
   prometheus::Family<prometheus::Histogram>& queue_seconds_;
   prometheus::Family<prometheus::Histogram>& batch_rows_;
   prometheus::Family<prometheus::Histogram>& batch_requests_;
+  prometheus::Family<prometheus::Counter>& trust_scored_rows_;
+  prometheus::Family<prometheus::Counter>& out_of_distribution_rows_;
   prometheus::Family<prometheus::Gauge>& jobs_;
   prometheus::Family<prometheus::Counter>& samples_received_;
   prometheus::Family<prometheus::Counter>& sample_bytes_received_;

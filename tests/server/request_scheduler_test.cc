@@ -34,6 +34,7 @@ class RecordingObserver final : public RequestObserver {
   void InFlightChanged(const std::string&, int64_t delta) override { in_flight_ += delta; }
   void QueueDepthChanged(const std::string&, int64_t delta) override { queued_ += delta; }
   void QueueWait(const std::string&, double) override {}
+  void TrustScored(const std::string&, int64_t, int64_t) override {}
   void BatchStarted(const std::string&, int64_t requests, int64_t) override {
     std::lock_guard<std::mutex> lock(mutex_);
     batches_.push_back(requests);

@@ -264,13 +264,19 @@ class DinoClient:
     # Evaluation and derivatives ------------------------------------------------------------
 
     def evaluate(self, model: str, m: Any, version: int = 0, dtype: str | None = None,
-                 label: str = "", timeout: float | None = None) -> np.ndarray:
-        """q = f(m): m [d_M] or [B, d_M] -> q [B, d_Q]."""
+                 label: str = "", timeout: float | None = None, return_trust: bool = False):
+        """q = f(m): m [d_M] or [B, d_M] -> q [B, d_Q]. With return_trust, (q, trust) where
+        trust = {"score": [B], "out_of_distribution": [B] bool}: how far each point lies from
+        the model's training inputs (docs/model-contract.md, "Trust score")."""
         pb = self._stubs.pb
         r = self._call("Evaluate", pb.EvaluateRequest(
             model=self._ref(model, version, label), m=to_tensor(m),
-            output_dtype=proto_dtype(dtype)), timeout)
-        return from_tensor(r.q, "q")
+            output_dtype=proto_dtype(dtype), return_trust=return_trust), timeout)
+        q = from_tensor(r.q, "q")
+        if not return_trust:
+            return q
+        return q, {"score": np.array(r.trust.score, dtype=np.float64),
+                   "out_of_distribution": np.array(r.trust.out_of_distribution, dtype=bool)}
 
     def jvp(self, model: str, m: Any, directions: Any, version: int = 0,
             dtype: str | None = None, return_q: bool = False, label: str = "",
