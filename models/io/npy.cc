@@ -568,7 +568,10 @@ absl::StatusOr<NpyArray> DecodeNpy(NpyInputStream& in, absl::string_view source)
   NpyArray array;
   array.shape = header.shape;
   array.dtype = header.dtype;
-  const bool transpose = header.fortran_order && header.shape.size() >= 2;
+  // An empty array has nothing to transpose; walking its shape could take as long as its
+  // extents are large (a 100-byte file may declare a (10^18, 0) array).
+  const bool transpose =
+      header.fortran_order && header.shape.size() >= 2 && header.num_elements > 0;
   // Fortran data is read into a scratch buffer and transposed into place.
   std::vector<char> scratch;
   std::vector<char>& target = transpose ? scratch : array.bytes;
