@@ -5,8 +5,12 @@
 // repeated and inserted ranges, splices of two inputs, from a fixed random seed (so a failure
 // reproduces). That is ctest's fuzz smoke in every tree: it needs no clang, and the ASan tree
 // runs it under ASan+UBSan. Coverage-guided fuzzing is libFuzzer's, in build-fuzz (make fuzz).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -20,15 +24,48 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int* argc, char*** argv);
+// The sanitizers' hook for their fatal reports (absent without a sanitizer).
+extern "C" __attribute__((weak)) void __sanitizer_set_death_callback(void (*callback)(void));
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
 
+// The input being run, for WriteFailingInput.
+const Bytes* current_input = nullptr;
+// Where a failing input is written: fuzz-failure-<target> in the working folder.
+char failure_path[512] = "fuzz-failure";
+
+// Writes the input that was running when the process died (abort, a signal, a sanitizer
+// report), so that a failure of a mutant reproduces: `<target> <that file>`. Only
+// async-signal-safe calls.
+void WriteFailingInput() {
+  if (current_input == nullptr) return;
+  const int fd = ::open(failure_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return;
+  if (!current_input->empty()) {
+    (void)!::write(fd, current_input->data(), current_input->size());
+  }
+  ::close(fd);
+  static const char kNote[] = "the failing input was written to ";
+  (void)!::write(2, kNote, sizeof(kNote) - 1);
+  (void)!::write(2, failure_path, std::strlen(failure_path));
+  (void)!::write(2, "\n", 1);
+  current_input = nullptr;
+}
+
+void OnFatalSignal(int signal) {
+  WriteFailingInput();
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
+
 void Run(const Bytes& input) {
   // A copy of exactly the input's size, so that ASan sees reads past its end.
   const Bytes copy = input;
+  current_input = &copy;
   LLVMFuzzerTestOneInput(copy.data(), copy.size());
+  current_input = nullptr;
 }
 
 // One random edit of `input` (spliced with `other` sometimes).
@@ -86,6 +123,10 @@ Bytes Mutate(const Bytes& input, const Bytes& other, std::mt19937_64& random) {
 
 int main(int argc, char** argv) {
   if (LLVMFuzzerInitialize != nullptr) LLVMFuzzerInitialize(&argc, &argv);
+  std::snprintf(failure_path, sizeof(failure_path), "fuzz-failure-%s",
+                std::filesystem::path(argv[0]).filename().c_str());
+  for (int signal : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(signal, OnFatalSignal);
+  if (__sanitizer_set_death_callback != nullptr) __sanitizer_set_death_callback(WriteFailingInput);
   namespace fs = std::filesystem;
   double mutate_seconds = 0;
   std::vector<fs::path> paths;
