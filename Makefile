@@ -40,10 +40,10 @@ ASAN_DIR ?= build-asan
 TSAN_DIR ?= build-tsan
 FUZZ_DIR ?= build-fuzz
 SANITIZERS = $(CURDIR)/scripts/sanitizers
-# ASAN_TESTS / TSAN_TESTS: ctest arguments choosing the tests (default: all of ASan's; the
-# concurrency tests for TSan). CI narrows ASan's to a subset (.ci/run).
+# ASAN_TARGETS: what to build (default: everything); ASAN_TESTS: a ctest -R regex choosing the
+# tests (default: all). CI narrows both to a subset (.ci/run).
+ASAN_TARGETS ?=
 ASAN_TESTS ?=
-TSAN_TESTS ?= -L tsan
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1:detect_stack_use_after_return=1 \
   LSAN_OPTIONS=suppressions=$(SANITIZERS)/lsan.supp \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(SANITIZERS)/ubsan.supp
@@ -57,8 +57,9 @@ $(ASAN_DIR)/build.ninja: | deps
 	cmake -S . -B $(ASAN_DIR) $(SANITIZER_CMAKE) -DDINO_SANITIZE=address,undefined
 
 asan: $(ASAN_DIR)/build.ninja node-deps
-	cmake --build $(ASAN_DIR)
-	env $(ASAN_ENV) ctest --test-dir $(ASAN_DIR) --output-on-failure --timeout 1800 $(ASAN_TESTS)
+	cmake --build $(ASAN_DIR) $(if $(ASAN_TARGETS),--target $(ASAN_TARGETS))
+	env $(ASAN_ENV) ctest --test-dir $(ASAN_DIR) --output-on-failure --timeout 1800 \
+	  $(if $(ASAN_TESTS),-R '$(ASAN_TESTS)')
 
 $(TSAN_DIR)/build.ninja: | deps
 	cmake -S . -B $(TSAN_DIR) $(SANITIZER_CMAKE) -DDINO_SANITIZE=thread
@@ -66,7 +67,7 @@ $(TSAN_DIR)/build.ninja: | deps
 # Only the programs the concurrency tests (label tsan) run.
 tsan: $(TSAN_DIR)/build.ninja
 	cmake --build $(TSAN_DIR) --target tsan_tests
-	env $(TSAN_ENV) ctest --test-dir $(TSAN_DIR) --output-on-failure --timeout 1800 $(TSAN_TESTS)
+	env $(TSAN_ENV) ctest --test-dir $(TSAN_DIR) --output-on-failure --timeout 1800 -L tsan
 
 # Fuzzing (fuzz/): clang with libFuzzer, ASan and UBSan; only the fuzz targets and the
 # libraries they need are built. `make fuzz SECONDS=N` fuzzes every target for N seconds;

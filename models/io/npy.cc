@@ -270,7 +270,8 @@ class StringInputStream : public NpyInputStream {
   explicit StringInputStream(absl::string_view bytes) : bytes_(bytes) {}
   absl::StatusOr<size_t> Read(char* dst, size_t n) override {
     const size_t take = std::min(n, bytes_.size() - pos_);
-    std::memcpy(dst, bytes_.data() + pos_, take);
+    // An empty array's buffer may be null, and memcpy's arguments must never be (UBSan).
+    if (take > 0) std::memcpy(dst, bytes_.data() + pos_, take);
     pos_ += take;
     return take;
   }
