@@ -70,6 +70,18 @@ absl::StatusOr<NpyArray> DecodeTensor(const v1::Tensor& tensor, absl::string_vie
   absl::StatusOr<int64_t> n = NumElementsOf(shape);
   if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", n.status().message()));
   const uint64_t elsize = NpyDTypeSize(*dtype);
+  // The server's rule (server/frontend/tensor_codec.cc), so that both ends accept the same
+  // tensors: every partial product of the extents must stay within 2^64 / 8 elements, even
+  // when a later extent is 0 (fuzz/tensor_codec_fuzzer checks that they agree).
+  uint64_t partial = 1;
+  for (int64_t extent : shape) {
+    if (extent != 0 &&
+        partial > std::numeric_limits<uint64_t>::max() / 8 / static_cast<uint64_t>(extent)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": shape ", ShapeToString(shape), " is too large"));
+    }
+    partial *= static_cast<uint64_t>(extent);
+  }
   const uint64_t count = static_cast<uint64_t>(*n);
   if (count > std::numeric_limits<uint64_t>::max() / elsize ||
       count * elsize != tensor.data().size()) {

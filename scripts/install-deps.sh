@@ -3,6 +3,7 @@
 # Used by the Makefile (make serve / make test), .ci/run and the Dockerfile.
 #   scripts/install-deps.sh          build + test dependencies
 #   scripts/install-deps.sh --runtime  only the shared libraries the server needs to run
+#   scripts/install-deps.sh --fuzz     also clang and libFuzzer, for make fuzz (not CI's)
 set -euo pipefail
 
 BUILD_PACKAGES=(
@@ -20,8 +21,12 @@ RUNTIME_PACKAGES=(
   libprometheus-cpp-core1.0 libcpp-httplib0.11 zlib1g ca-certificates
 )
 
+# clang 14 and its runtime libraries, libFuzzer among them (libclang_rt.fuzzer).
+FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
+
 packages=("${BUILD_PACKAGES[@]}")
 if [[ "${1:-}" == "--runtime" ]]; then packages=("${RUNTIME_PACKAGES[@]}"); fi
+if [[ "${1:-}" == "--fuzz" ]]; then packages+=("${FUZZ_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -270,7 +270,8 @@ class StringInputStream : public NpyInputStream {
   explicit StringInputStream(absl::string_view bytes) : bytes_(bytes) {}
   absl::StatusOr<size_t> Read(char* dst, size_t n) override {
     const size_t take = std::min(n, bytes_.size() - pos_);
-    std::memcpy(dst, bytes_.data() + pos_, take);
+    // An empty array's buffer may be null, and memcpy's arguments must never be (UBSan).
+    if (take > 0) std::memcpy(dst, bytes_.data() + pos_, take);
     pos_ += take;
     return take;
   }
@@ -568,7 +569,10 @@ absl::StatusOr<NpyArray> DecodeNpy(NpyInputStream& in, absl::string_view source)
   NpyArray array;
   array.shape = header.shape;
   array.dtype = header.dtype;
-  const bool transpose = header.fortran_order && header.shape.size() >= 2;
+  // An empty array has nothing to transpose; walking its shape could take as long as its
+  // extents are large (a 100-byte file may declare a (10^18, 0) array).
+  const bool transpose =
+      header.fortran_order && header.shape.size() >= 2 && header.num_elements > 0;
   // Fortran data is read into a scratch buffer and transposed into place.
   std::vector<char> scratch;
   std::vector<char>& target = transpose ? scratch : array.bytes;

@@ -26,8 +26,12 @@ std::pair<time_t, time_t> SecondsAndMicros(double seconds) {
 HttpResponse PlainHttpError(int status, const std::string& message) {
   HttpResponse response;
   response.status = status;
-  response.body = nlohmann::json{{"error", message}}.dump();
+  response.body = JsonBody({{"error", message}});
   return response;
+}
+
+std::string JsonBody(const nlohmann::json& body) {
+  return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 HttpServer::HttpServer(Options options) : options_(options) {}
@@ -137,7 +141,7 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
         out.status == 413 ? absl::StrCat("the request body is larger than the server's limit of ",
                                          max_body, " bytes")
                           : absl::StrCat("HTTP status ", out.status);
-    out.set_content(nlohmann::json{{"error", message}}.dump(), "application/json");
+    out.set_content(JsonBody({{"error", message}}), "application/json");
   });
 
   int bound = port;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <utility>
@@ -47,6 +48,11 @@ using HttpHandler = std::function<HttpResponse(const HttpRequest& request)>;
 // {"error": "<message>"}: the body of the server's own errors (no route, wrong method, a
 // handler that threw, a body over the limit), the shape KServe's REST API uses too.
 HttpResponse PlainHttpError(int status, const std::string& message);
+
+// The JSON text of a response body. Invalid UTF-8, which only a client's bytes echoed back (a
+// path, a model name) can bring in, becomes U+FFFD instead of throwing: an error answer must
+// not fail itself.
+std::string JsonBody(const nlohmann::json& body);
 
 class HttpServer {
  public:

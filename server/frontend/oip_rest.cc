@@ -24,8 +24,7 @@ double SecondsSince(Clock::time_point start) {
 RestResponse Json(int status_code, const json& body) {
   RestResponse response;
   response.status_code = status_code;
-  // Invalid UTF-8 in an echoed name must not make the error itself fail.
-  response.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  response.body = JsonBody(body);
   return response;
 }
 

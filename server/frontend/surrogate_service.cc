@@ -57,6 +57,80 @@ absl::Status Decode(const dino::v1::Tensor& message, bool present, const char* f
 
 }  // namespace
 
+absl::StatusOr<Query> QueryOf(const dino::v1::EvaluateRequest& request) {
+  auto query = NewQuery(Method::kEvaluate, request.output_dtype());
+  if (!query.ok()) return query;
+  query->want_trust = request.return_trust();
+  if (auto s = Decode(request.m(), request.has_m(), "m", &query->m); !s.ok()) return s;
+  return query;
+}
+
+absl::StatusOr<Query> QueryOf(const dino::v1::JvpRequest& request) {
+  auto query = NewQuery(Method::kJvp, request.output_dtype());
+  if (!query.ok()) return query;
+  query->want_trust = request.return_trust();
+  query->want_q = request.return_q();
+  absl::Status s = Decode(request.m(), request.has_m(), "m", &query->m);
+  if (s.ok()) {
+    s = Decode(request.directions(), request.has_directions(), "directions", &query->directions);
+  }
+  if (!s.ok()) return s;
+  return query;
+}
+
+absl::StatusOr<Query> QueryOf(const dino::v1::VjpRequest& request) {
+  auto query = NewQuery(Method::kVjp, request.output_dtype());
+  if (!query.ok()) return query;
+  query->want_trust = request.return_trust();
+  query->want_q = request.return_q();
+  absl::Status s = Decode(request.m(), request.has_m(), "m", &query->m);
+  if (s.ok()) {
+    s = Decode(request.cotangents(), request.has_cotangents(), "cotangents", &query->cotangents);
+  }
+  if (!s.ok()) return s;
+  return query;
+}
+
+absl::StatusOr<Query> QueryOf(const dino::v1::ReducedJacobianRequest& request) {
+  auto query = NewQuery(Method::kReducedJacobian, request.output_dtype());
+  if (!query.ok()) return query;
+  query->want_trust = request.return_trust();
+  absl::Status s = Decode(request.m(), request.has_m(), "m", &query->m);
+  if (s.ok()) {
+    s = Decode(request.output_basis(), request.has_output_basis(), "output_basis",
+               &query->output_basis, /*required=*/false);
+  }
+  if (s.ok()) {
+    s = Decode(request.input_basis(), request.has_input_basis(), "input_basis", &query->input_basis,
+               /*required=*/false);
+  }
+  if (!s.ok()) return s;
+  return query;
+}
+
+absl::StatusOr<Query> QueryOf(const dino::v1::HessianVectorProductRequest& request) {
+  auto query = NewQuery(Method::kHessianVectorProduct, request.output_dtype());
+  if (!query.ok()) return query;
+  absl::Status s = Decode(request.m(), request.has_m(), "m", &query->m);
+  if (s.ok()) {
+    s = Decode(request.cotangents(), request.has_cotangents(), "cotangents", &query->cotangents);
+  }
+  if (s.ok()) {
+    s = Decode(request.directions(), request.has_directions(), "directions", &query->directions);
+  }
+  if (!s.ok()) return s;
+  return query;
+}
+
+absl::StatusOr<Query> QueryOf(const dino::v1::JacobianRequest& request) {
+  auto query = NewQuery(Method::kJacobian, request.output_dtype());
+  if (!query.ok()) return query;
+  query->want_trust = request.return_trust();
+  query->want_q = request.return_q();
+  if (auto s = Decode(request.m(), request.has_m(), "m", &query->m); !s.ok()) return s;
+  return query;
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -193,12 +267,7 @@ grpc::ServerUnaryReactor* SurrogateService::GetBases(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SurrogateService::Evaluate(grpc::CallbackServerContext* context,
                                                      const dino::v1::EvaluateRequest* request,
                                                      dino::v1::EvaluateResponse* response) {
-  auto query = NewQuery(Method::kEvaluate, request->output_dtype());
-  if (query.ok()) {
-    query->want_trust = request->return_trust();
-    if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
-  }
-  return Infer(Method::kEvaluate, context, request->model(), std::move(query), response,
+  return Infer(Method::kEvaluate, context, request->model(), QueryOf(*request), response,
                [](const serving::Answer& answer, dino::v1::EvaluateResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  EncodeTrust(answer, out);
@@ -208,18 +277,7 @@ grpc::ServerUnaryReactor* SurrogateService::Evaluate(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* context,
                                                 const dino::v1::JvpRequest* request,
                                                 dino::v1::JvpResponse* response) {
-  auto query = NewQuery(Method::kJvp, request->output_dtype());
-  if (query.ok()) {
-    query->want_q = request->return_q();
-    query->want_trust = request->return_trust();
-    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
-    if (s.ok()) {
-      s = Decode(request->directions(), request->has_directions(), "directions",
-                 &query->directions);
-    }
-    if (!s.ok()) query = s;
-  }
-  return Infer(Method::kJvp, context, request->model(), std::move(query), response,
+  return Infer(Method::kJvp, context, request->model(), QueryOf(*request), response,
                [](const serving::Answer& answer, dino::v1::JvpResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_jvp());
                  if (answer.q.defined()) {
@@ -232,18 +290,7 @@ grpc::ServerUnaryReactor* SurrogateService::Jvp(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* context,
                                                 const dino::v1::VjpRequest* request,
                                                 dino::v1::VjpResponse* response) {
-  auto query = NewQuery(Method::kVjp, request->output_dtype());
-  if (query.ok()) {
-    query->want_q = request->return_q();
-    query->want_trust = request->return_trust();
-    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
-    if (s.ok()) {
-      s = Decode(request->cotangents(), request->has_cotangents(), "cotangents",
-                 &query->cotangents);
-    }
-    if (!s.ok()) query = s;
-  }
-  return Infer(Method::kVjp, context, request->model(), std::move(query), response,
+  return Infer(Method::kVjp, context, request->model(), QueryOf(*request), response,
                [](const serving::Answer& answer, dino::v1::VjpResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_vjp());
                  if (answer.q.defined()) {
@@ -256,21 +303,7 @@ grpc::ServerUnaryReactor* SurrogateService::Vjp(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
     grpc::CallbackServerContext* context, const dino::v1::ReducedJacobianRequest* request,
     dino::v1::ReducedJacobianResponse* response) {
-  auto query = NewQuery(Method::kReducedJacobian, request->output_dtype());
-  if (query.ok()) {
-    query->want_trust = request->return_trust();
-    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
-    if (s.ok()) {
-      s = Decode(request->output_basis(), request->has_output_basis(), "output_basis",
-                 &query->output_basis, /*required=*/false);
-    }
-    if (s.ok()) {
-      s = Decode(request->input_basis(), request->has_input_basis(), "input_basis",
-                 &query->input_basis, /*required=*/false);
-    }
-    if (!s.ok()) query = s;
-  }
-  return Infer(Method::kReducedJacobian, context, request->model(), std::move(query), response,
+  return Infer(Method::kReducedJacobian, context, request->model(), QueryOf(*request), response,
                [](const serving::Answer& answer, dino::v1::ReducedJacobianResponse* out) {
                  EncodeTensor(answer.q, dino::v1::DTYPE_UNSPECIFIED, out->mutable_q());
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED,
@@ -282,13 +315,7 @@ grpc::ServerUnaryReactor* SurrogateService::ReducedJacobian(
 grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext* context,
                                                      const dino::v1::JacobianRequest* request,
                                                      dino::v1::JacobianResponse* response) {
-  auto query = NewQuery(Method::kJacobian, request->output_dtype());
-  if (query.ok()) {
-    query->want_q = request->return_q();
-    query->want_trust = request->return_trust();
-    if (auto s = Decode(request->m(), request->has_m(), "m", &query->m); !s.ok()) query = s;
-  }
-  return Infer(Method::kJacobian, context, request->model(), std::move(query), response,
+  return Infer(Method::kJacobian, context, request->model(), QueryOf(*request), response,
                [](const serving::Answer& answer, dino::v1::JacobianResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_jacobian());
                  if (answer.q.defined()) {
@@ -301,20 +328,8 @@ grpc::ServerUnaryReactor* SurrogateService::Jacobian(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SurrogateService::HessianVectorProduct(
     grpc::CallbackServerContext* context, const dino::v1::HessianVectorProductRequest* request,
     dino::v1::HessianVectorProductResponse* response) {
-  auto query = NewQuery(Method::kHessianVectorProduct, request->output_dtype());
-  if (query.ok()) {
-    absl::Status s = Decode(request->m(), request->has_m(), "m", &query->m);
-    if (s.ok()) {
-      s = Decode(request->cotangents(), request->has_cotangents(), "cotangents",
-                 &query->cotangents);
-    }
-    if (s.ok()) {
-      s = Decode(request->directions(), request->has_directions(), "directions",
-                 &query->directions);
-    }
-    if (!s.ok()) query = s;
-  }
-  return Infer(Method::kHessianVectorProduct, context, request->model(), std::move(query), response,
+  return Infer(Method::kHessianVectorProduct, context, request->model(), QueryOf(*request),
+               response,
                [](const serving::Answer& answer, dino::v1::HessianVectorProductResponse* out) {
                  EncodeTensor(answer.values, dino::v1::DTYPE_UNSPECIFIED, out->mutable_hvp());
                });

@@ -18,6 +18,16 @@ namespace dino::frontend {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The core query of each Surrogate inference request (its tensors view the request's bytes, so
+// the request must outlive it), or INVALID_ARGUMENT naming the request field. The model checks
+// the rest (SurrogateModel::Prepare) once the scheduler has picked it.
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::EvaluateRequest& request);
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::JvpRequest& request);
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::VjpRequest& request);
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::ReducedJacobianRequest& request);
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::JacobianRequest& request);
+absl::StatusOr<serving::Query> QueryOf(const dino::v1::HessianVectorProductRequest& request);
+
 // True when `auth` (null: open) refuses the call: then `reactor` is finished with the refusal
 // and, when `metrics` is set, the call is counted as `method` with the refusal's code. Every
 // gRPC frontend checks its calls through this one function.

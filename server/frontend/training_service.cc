@@ -52,6 +52,8 @@ absl::StatusOr<GateMetric> GateMetricFromWire(dino::v1::GateMetric metric) {
   }
 }
 
+}  // namespace
+
 absl::StatusOr<FineTuneSpec> SpecFromWire(const dino::v1::FineTuneConfig& config) {
   FineTuneSpec spec;
   if (config.base().name().empty()) {
@@ -98,6 +100,8 @@ absl::StatusOr<FineTuneSpec> SpecFromWire(const dino::v1::FineTuneConfig& config
   return spec;
 }
 
+namespace {
+
 // One field of a SampleBatch as a tensor (a view of the message's bytes).
 absl::Status Decode(const dino::v1::Tensor& message, bool present, const char* field, bool required,
                     torch::Tensor* out) {
@@ -106,6 +110,8 @@ absl::Status Decode(const dino::v1::Tensor& message, bool present, const char* f
   *out = *std::move(tensor);
   return absl::OkStatus();
 }
+
+}  // namespace
 
 absl::StatusOr<serving::SampleBatch> BatchFromWire(const dino::v1::SampleBatch& wire) {
   serving::SampleBatch batch;
@@ -140,6 +146,8 @@ absl::StatusOr<serving::SampleBatch> BatchFromWire(const dino::v1::SampleBatch& 
   if (!s.ok()) return s;
   return batch;  // The job converts every field to the model's dtype.
 }
+
+namespace {
 
 void AccuraciesToWire(const training::Accuracies& a, dino::v1::Accuracies* out) {
   out->set_samples(a.samples);

@@ -16,6 +16,14 @@
 
 namespace dino::frontend {
 
+// A StartFineTune stream's first message as a job spec, or INVALID_ARGUMENT naming the
+// config field. The job manager checks the rest against the base model (Create).
+absl::StatusOr<serving::FineTuneSpec> SpecFromWire(const dino::v1::FineTuneConfig& config);
+
+// One uploaded batch of samples (its tensors view the message's bytes), or INVALID_ARGUMENT
+// naming the samples field. The job checks the rest against the base model (AddBatch).
+absl::StatusOr<serving::SampleBatch> BatchFromWire(const dino::v1::SampleBatch& wire);
+
 class TrainingService final : public dino::v1::Training::Service {
  public:
   TrainingService(serving::FineTuneJobManager& jobs, const BearerTokenAuth& auth)

@@ -30,7 +30,7 @@ double SecondsSince(Clock::time_point start) {
 
 HttpResponse JsonResponse(const json& body) {
   HttpResponse response;
-  response.body = body.dump();
+  response.body = JsonBody(body);
   return response;
 }
 
@@ -282,7 +282,7 @@ HttpResponse UmbridgeError(const absl::Status& status) {
   HttpResponse response;
   response.status = http_status;
   response.body =
-      json{{"error", {{"type", type}, {"message", InUmbridgeTerms(status.message())}}}}.dump();
+      JsonBody({{"error", {{"type", type}, {"message", InUmbridgeTerms(status.message())}}}});
   if (status.code() == absl::StatusCode::kUnauthenticated) {
     response.headers.emplace_back("WWW-Authenticate", "Bearer, Basic realm=\"dino-serve\"");
   }

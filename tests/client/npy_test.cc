@@ -261,6 +261,22 @@ np.save('f2.npy', np.zeros(3, dtype=np.float16))
             absl::StatusCode::kNotFound);
 }
 
+// Found by fuzz/npy_fuzzer (its corpus keeps the input): an empty Fortran-order array with a
+// huge extent, e.g. shape (10^18, 0), was "transposed" by walking 10^18 / 64 blocks, so a
+// 100-byte file hung its reader.
+TEST(NpyTest, EmptyFortranArrayWithAHugeExtentDecodesAtOnce) {
+  const std::string dict =
+      "{'descr': '<f8', 'fortran_order': True, 'shape': (861293337707602843, 0), }";
+  std::string header = std::string("\x93NUMPY\x01\x00", 8);
+  const std::string padded = dict + std::string(63 - (10 + dict.size()) % 64, ' ') + "\n";
+  header += static_cast<char>(padded.size() & 0xff);
+  header += static_cast<char>(padded.size() >> 8);
+  absl::StatusOr<NpyArray> empty = DecodeNpy(header + padded, "empty");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->shape, (std::vector<int64_t>{861293337707602843, 0}));
+  EXPECT_TRUE(empty->bytes.empty());
+}
+
 TEST(NpyTest, LargeArrayRoundTrip) {
   // ~100 MB, the size of a real training set: checks the bulk path has no per-element cost.
   const ScopedTempDir temp_dir;

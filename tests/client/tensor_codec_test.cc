@@ -96,6 +96,13 @@ TEST(TensorCodecTest, RejectsBadDTypeAndShape) {
   tensor.clear_shape();
   tensor.add_shape(int64_t{1} << 62);  // Elements fit int64, bytes do not.
   EXPECT_FALSE(DecodeTensor(tensor, "m").ok());
+  // Found by fuzz/tensor_codec_fuzzer: an empty tensor whose extents before the 0 multiply
+  // past 2^61 was accepted here but refused by the server's decoder; both refuse it now.
+  tensor.clear_shape();
+  for (int64_t extent : {int64_t{1} << 40, int64_t{1} << 22, int64_t{0}}) tensor.add_shape(extent);
+  tensor.clear_data();
+  EXPECT_THAT(DecodeTensor(tensor, "m").status().message(), HasSubstr("m: shape"));
+  EXPECT_THAT(DecodeTensor(tensor, "m").status().message(), HasSubstr("is too large"));
 
   v1::Tensor out;
   absl::Status s =

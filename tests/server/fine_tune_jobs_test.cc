@@ -1,17 +1,174 @@
-// FineTuneJobManager on a ModelManager, without gRPC: what an ended job keeps.
-// (The jobs' training, gate and publish run end to end in fine_tune_e2e_test.py.)
+// FineTuneJobManager in process, with the threads a server gives it: an upload on one thread
+// while others watch, list and cancel, concurrent creations against the job limit, and a
+// shutdown that stops a training job. These are the training endpoint's concurrency tests
+// (make tsan runs them under ThreadSanitizer); the protocol and the gate on real servers are
+// in fine_tune_e2e_test.py. And what an ended job keeps in memory.
 #include "server/training/fine_tune_jobs.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
+#include <thread>
+#include <vector>
 
+#include "server/core/model_manager.h"
 #include "tests/common/scratch_dir.h"
 #include "tests/common/test_models.h"
 
 namespace dino::serving {
 namespace {
+
+constexpr testing::SmallDims kDims{8, 3, 3, 2};
+
+class FineTuneJobsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteModel(testing::SmallDipnet(kDims, torch::kFloat64, 1),
+                        testing::SmallMetadata("dipnet", kDims.d_m), repository_.path(), "dipnet",
+                        1);
+    ModelManager::Options options;
+    options.repository = repository_.path();
+    models_ = std::make_unique<ModelManager>(options);
+    ASSERT_TRUE(models_->SyncRepository().ok());
+  }
+
+  std::unique_ptr<FineTuneJobManager> Jobs(int max_concurrent_jobs = 1) {
+    FineTuneJobManager::Options options;
+    options.repository = repository_.path();
+    options.max_concurrent_jobs = max_concurrent_jobs;
+    options.training_nice = 0;
+    return std::make_unique<FineTuneJobManager>(*models_, options);
+  }
+
+  // An L2 fine-tune of dipnet for `epochs` epochs that accepts any accuracy.
+  static FineTuneSpec Spec(int64_t epochs) {
+    FineTuneSpec spec;
+    spec.model = "dipnet";
+    spec.trainer.loss.jacobian_loss = training::JacobianLoss::kNone;
+    spec.trainer.loss.h1_weight = 0.0;
+    spec.trainer.epochs = epochs;
+    spec.trainer.batch_size = 4;
+    spec.max_regression = 1.0;
+    return spec;
+  }
+
+  // `b` samples of the base model's own outputs.
+  SampleBatch Samples(int64_t b, uint64_t seed) const {
+    torch::manual_seed(seed);
+    SampleBatch batch;
+    batch.data.m = torch::randn({b, kDims.d_m}, torch::kFloat64);
+    auto base = models_->Get("dipnet", 1);
+    EXPECT_TRUE(base.ok());
+    auto q = base->model->Evaluate(batch.data.m);
+    EXPECT_TRUE(q.ok()) << q.status();
+    batch.data.q = *q;
+    return batch;
+  }
+
+  testing::ScopedTempDir repository_{"dino_fine_tune_jobs_"};
+  std::unique_ptr<ModelManager> models_;
+};
+
+TEST_F(FineTuneJobsTest, UploadTrainAndPublishWhileOthersWatchAndList) {
+  auto jobs = Jobs();
+  auto job = jobs->Create(Spec(/*epochs=*/3));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string id = (*job)->id();
+
+  std::atomic<bool> done{false};
+  std::vector<JobState> seen;
+  std::thread watcher([&] {
+    int64_t revision = 0;
+    while (true) {
+      auto snapshot = jobs->WaitForChange(id, revision, 5.0);
+      ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+      revision = snapshot->revision;
+      if (seen.empty() || seen.back() != snapshot->state) seen.push_back(snapshot->state);
+      if (IsFinal(snapshot->state)) break;
+    }
+  });
+  std::thread lister([&] {
+    while (!done.load()) {
+      for (const JobSnapshot& listed : jobs->List()) EXPECT_EQ(listed.model, "dipnet");
+      std::this_thread::yield();
+    }
+  });
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE((*job)->AddBatch(Samples(6, i)).ok());
+  ASSERT_TRUE((*job)->FinishUpload().ok());
+  watcher.join();
+  done.store(true);
+  lister.join();
+
+  auto final_state = jobs->Get(id);
+  ASSERT_TRUE(final_state.ok());
+  EXPECT_EQ(final_state->state, JobState::kSucceeded) << final_state->message;
+  EXPECT_EQ(final_state->samples_received, 24);
+  EXPECT_EQ(final_state->new_version, 2);
+  EXPECT_EQ(seen.back(), JobState::kSucceeded);
+  EXPECT_TRUE(models_->Get("dipnet", 2).ok());
+}
+
+TEST_F(FineTuneJobsTest, CancelFromAnotherThreadStopsTrainingAndPublishesNothing) {
+  auto jobs = Jobs();
+  auto job = jobs->Create(Spec(/*epochs=*/100000));
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_TRUE((*job)->AddBatch(Samples(16, 1)).ok());
+  ASSERT_TRUE((*job)->FinishUpload().ok());
+  // Cancel once training has started (or at once, should it be quicker than this thread).
+  auto training = jobs->WaitForChange((*job)->id(), (*job)->Snapshot().revision, 5.0);
+  ASSERT_TRUE(training.ok());
+  std::thread canceller([&] { ASSERT_TRUE(jobs->Cancel((*job)->id()).ok()); });
+  canceller.join();
+  JobSnapshot snapshot = (*job)->Snapshot();
+  while (!IsFinal(snapshot.state)) {
+    auto changed = jobs->WaitForChange((*job)->id(), snapshot.revision, 5.0);
+    ASSERT_TRUE(changed.ok());
+    snapshot = *changed;
+  }
+  EXPECT_EQ(snapshot.state, JobState::kCancelled);
+  EXPECT_EQ(snapshot.new_version, 0);
+  EXPECT_FALSE(models_->Get("dipnet", 2).ok());
+}
+
+TEST_F(FineTuneJobsTest, ConcurrentCreationsRespectTheJobLimit) {
+  auto jobs = Jobs(/*max_concurrent_jobs=*/2);
+  constexpr int kThreads = 6;
+  std::atomic<int> created{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&] {
+      auto job = jobs->Create(Spec(1));
+      if (job.ok()) {
+        created.fetch_add(1);
+      } else {
+        EXPECT_EQ(job.status().code(), absl::StatusCode::kResourceExhausted) << job.status();
+        refused.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(created.load(), 2);
+  EXPECT_EQ(refused.load(), kThreads - 2);
+  EXPECT_EQ(jobs->List().size(), 2u);
+}
+
+TEST_F(FineTuneJobsTest, ShutdownStopsATrainingJobAndRefusesNewOnes) {
+  auto jobs = Jobs();
+  auto job = jobs->Create(Spec(/*epochs=*/100000));
+  ASSERT_TRUE(job.ok()) << job.status();
+  std::thread uploader([&] {
+    ASSERT_TRUE((*job)->AddBatch(Samples(16, 2)).ok());
+    ASSERT_TRUE((*job)->FinishUpload().ok());
+  });
+  uploader.join();
+  jobs->Shutdown();
+  EXPECT_EQ((*job)->Snapshot().state, JobState::kCancelled);
+  EXPECT_EQ(jobs->Create(Spec(1)).status().code(), absl::StatusCode::kUnavailable);
+}
 
 using dino::testing::SmallDims;
 
@@ -24,7 +181,7 @@ void WriteVersion(const std::string& root, int64_t version) {
 // The soak (scripts/soak.py) found RSS growing by about one model per publish: every ended
 // job held its base version's ServableHandle for as long as it was listed (up to
 // finished_jobs_kept = 100 jobs), so unloaded versions stayed in memory.
-TEST(FineTuneJobsTest, AnEndedJobDoesNotKeepItsUnloadedBaseVersionInMemory) {
+TEST(FineTuneJobMemoryTest, AnEndedJobDoesNotKeepItsUnloadedBaseVersionInMemory) {
   const std::string root = dino::testing::MakeTempDir("dino-fine-tune-jobs-");
   WriteVersion(root, 1);
   ModelManager::Options model_options;
