@@ -95,8 +95,9 @@ ABSL_FLAG(int64_t, max_batch_rows, 1024,
 ABSL_FLAG(int32_t, torch_threads, 2,
           "LibTorch intra-op threads per computation: a large batch's projection and reduced "
           "Jacobians are split over them (each part one single-threaded BLAS call). 2 with "
-          "--threads=0 (2 compute threads) was the fastest configuration measured on 2 cores "
-          "(README, Performance).");
+          "--threads=0 (2 compute threads) was the fastest configuration measured on 2 idle "
+          "cores (README, Performance); use 1 on shared or CPU-limited nodes, where a team of "
+          "2 waits for whichever thread the other processes delay.");
 ABSL_FLAG(int32_t, blas_threads, 1,
           "OpenBLAS threads per matrix product. They multiply with the callers' threads "
           "(compute threads × intra-op threads); 1 keeps the cores from oversubscription.");

@@ -9,9 +9,6 @@ usage: trust_score_test.py <bin folder> <repository> <generated Python folder>
 """
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import unittest
 import zipfile
@@ -23,6 +20,7 @@ del sys.argv[1:4]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "client", "python"))
 import dino_serve  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 MODEL, VERSION = "poisson_dipnet", 3
 
@@ -46,27 +44,17 @@ def reference_scores(summary, basis, m):
 class TrustScoreTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = subprocess.Popen(
-            [os.path.join(BIN, "dino-server"), "--model_repository=" + REPOSITORY, "--port=0",
-             "--metrics_port=-1", "--host=127.0.0.1"], stdout=subprocess.PIPE, text=True)
-        for line in cls.server.stdout:
-            match = re.search(r"listening on \S*:(\d+)", line)
-            if match:
-                target = "127.0.0.1:" + match.group(1)
-                break
-        else:
-            raise RuntimeError("dino-server did not start")
+        cls.server = ServerProcess(BIN, REPOSITORY)
         try:
-            cls.client = dino_serve.DinoClient(target, timeout=60, gen_dir=GENERATED)
+            cls.client = dino_serve.DinoClient(cls.server.target, timeout=60, gen_dir=GENERATED)
         except Exception:
-            cls.server.kill()  # tearDownClass does not run when setUpClass fails.
+            cls.server.process.kill()  # tearDownClass does not run when setUpClass fails.
             raise
 
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.send_signal(signal.SIGTERM)
-        assert cls.server.wait(timeout=60) == 0
+        cls.server.stop()
 
     def test_scores_equal_the_numpy_reference(self):
         summary = training_inputs(os.path.join(REPOSITORY, MODEL, str(VERSION), "model.pt"))
