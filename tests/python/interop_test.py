@@ -57,6 +57,7 @@ class PythonDipnet(torch.nn.Module):
         self.register_buffer("input_basis", v)
         self.register_buffer("output_basis", u)
         self.register_buffer("output_shift", torch.linspace(-1, 1, D_Q, dtype=torch.float64))
+        torch.manual_seed(0)  # The layers' initial weights: the same model on every run.
         self.hidden = torch.nn.Linear(R_M, 20).double()
         self.out = torch.nn.Linear(20, R_Q).double()
 
