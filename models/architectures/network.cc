@@ -27,7 +27,7 @@ struct DenseLayers {
 // step) makes it stale, and stale means unused.
 struct Network::InputFold {
   torch::Tensor weight;          // A = V diag(scale) W₀ [d_M, w₁]
-  torch::Tensor weight_columns;  // A with column-major strides, for one or two rows.
+  torch::Tensor weight_columns;  // A with column-major strides for one or two rows, or undefined.
   torch::Tensor bias;            // c = b₀ − (shift ⊙ scale) W₀ [w₁]
   std::vector<torch::Tensor> sources;
   std::vector<int64_t> versions;
@@ -183,6 +183,9 @@ std::pair<torch::Tensor, torch::Tensor> PropagateJacobian(const DenseLayers& lay
 
 // Up to this many rows, a product with a column-major copy of a basis streams it faster.
 constexpr int64_t kMatrixVectorRows = 2;
+// The largest basis (or folded first layer) of which a column-major copy is kept: beyond it
+// the memory matters more than the microseconds.
+constexpr int64_t kMaxColumnCopyBytes = int64_t{64} << 20;
 
 // Points per PropagateJacobian call when a large batch is computed without gradients.
 constexpr int64_t kPropagationChunk = 32;
@@ -298,7 +301,6 @@ Network::Network(torch::jit::Module module, bool allow_layer_propagation,
     }
     dtype_ = input_basis_.scalar_type();
     device_ = input_basis_.device();
-    constexpr int64_t kMaxColumnCopyBytes = int64_t{64} << 20;
     if (input_basis_.is_cpu() &&
         input_basis_.numel() * input_basis_.element_size() <= kMaxColumnCopyBytes) {
       input_basis_columns_ = input_basis_.t().contiguous().t();
@@ -355,7 +357,9 @@ std::shared_ptr<const Network::InputFold> Network::MakeInputFold() const {
   auto fold = std::make_shared<InputFold>();
   const torch::Tensor scaled_weight = layers.scale.unsqueeze(1) * layers.weights[0];
   fold->weight = torch::mm(input_basis_, scaled_weight);
-  fold->weight_columns = fold->weight.t().contiguous().t();
+  if (fold->weight.numel() * fold->weight.element_size() <= kMaxColumnCopyBytes) {
+    fold->weight_columns = fold->weight.t().contiguous().t();
+  }
   fold->bias = layers.biases[0] - torch::mv(scaled_weight.t(), layers.shift);
   fold->sources = {input_basis_, layers.weights[0], layers.biases[0], layers.shift, layers.scale};
   for (const torch::Tensor& source : fold->sources) fold->versions.push_back(source._version());
@@ -379,7 +383,7 @@ torch::Tensor Network::FirstLayerAtInputs(const torch::Tensor& m) const {
   if (torch::GradMode::is_enabled() || !folds_input_basis()) {
     return FirstLayer(*layers_, ProjectInput(m));
   }
-  if (m.size(0) <= kMatrixVectorRows) {
+  if (m.size(0) <= kMatrixVectorRows && input_fold_->weight_columns.defined()) {
     return torch::addmm(input_fold_->bias, m, input_fold_->weight_columns);
   }
   return ProjectRows(m, input_fold_->weight).add_(input_fold_->bias);

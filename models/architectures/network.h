@@ -96,7 +96,8 @@ class Network {
   // when the Network is built: the projection every request starts with then streams w₁
   // columns instead of r_M (DIPNet 100-50: half the flops, and A fits a core's L2 cache
   // where V does not). Used only after it reproduced the unfolded formula at construction,
-  // and only while the weights' version counters show no in-place update (training).
+  // and only while the weights' version counters show no in-place update (training). Memory:
+  // d_M·w₁ values, and as many again for a column-major copy while that is at most 64 MiB.
   torch::Tensor FirstLayerAtInputs(const torch::Tensor& m) const;
 
   // The trainable tensors (module.parameters()), with requires_grad switched on.
