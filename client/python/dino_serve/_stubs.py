@@ -63,22 +63,23 @@ def load_stubs(gen_dir: str | None = None) -> types.SimpleNamespace:
     return _stubs
 
 
+def _stubs_with(attribute: str, generated_file: str) -> types.SimpleNamespace:
+    """load_stubs(), or ImportError when the build did not generate ``generated_file``."""
+    stubs = load_stubs()
+    if getattr(stubs, attribute) is None:
+        raise ImportError("the generated %s is missing: rebuild the project (it is generated "
+                          "next to surrogate_pb2.py)" % generated_file)
+    return stubs
+
+
 def training_stubs() -> types.SimpleNamespace:
     """load_stubs(), or ImportError when the build did not generate training_pb2.py."""
-    stubs = load_stubs()
-    if stubs.tpb is None:
-        raise ImportError("the generated training_pb2.py is missing: rebuild the project (it is "
-                          "generated next to surrogate_pb2.py)")
-    return stubs
+    return _stubs_with("tpb", "training_pb2.py")
 
 
 def prior_stubs() -> types.SimpleNamespace:
     """load_stubs(), or ImportError when the build did not generate prior_pb2.py."""
-    stubs = load_stubs()
-    if stubs.ppb is None:
-        raise ImportError("the generated prior_pb2.py is missing: rebuild the project (it is "
-                          "generated next to surrogate_pb2.py)")
-    return stubs
+    return _stubs_with("ppb", "prior_pb2.py")
 
 
 def _load_health(gen_dir: str) -> types.ModuleType:
