@@ -395,6 +395,16 @@ TEST(InputFold, FoldedFirstLayerEqualsTheModelUntilAWeightChanges) {
     // One point, as a batch-1 request computes it.
     EXPECT_LE(RelativeDifference(network.Forward(m.narrow(0, 0, 1)), q.narrow(0, 0, 1)), 1e-13)
         << when;
+    // A large batch: from 128 rows on the folded layer is multiplied transposed, and J_φ
+    // runs in chunks of 32 points.
+    const torch::Tensor big = Gaussian({300, m.size(1)}, 97);
+    EXPECT_LE(RelativeDifference(network.Forward(big), module.forward({big}).toTensor()), 1e-13)
+        << when;
+    auto [big_value, big_jacobian] = models::ReducedValueAndJacobianAtInputs(network, big);
+    auto [big_value_ref, big_jacobian_ref] =
+        models::ReducedValueAndJacobian(reference, torch::mm(big, p.v), false);
+    EXPECT_LE(RelativeDifference(big_value, big_value_ref), 1e-13) << when;
+    EXPECT_LE(RelativeDifference(big_jacobian, big_jacobian_ref), 1e-12) << when;
   };
   expect_model_values("folded");
   module.attr("W0").toTensor().add_(0.25);  // What an optimizer step does.
