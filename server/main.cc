@@ -92,12 +92,14 @@ ABSL_FLAG(bool, inline_when_idle, true,
 ABSL_FLAG(int64_t, max_batch_rows, 1024,
           "Most points (rows of m) stacked into one batched computation (config.json "
           "batching.max_batch_size).");
-ABSL_FLAG(int32_t, torch_threads, 2,
+ABSL_FLAG(int32_t, torch_threads, 1,
           "LibTorch intra-op threads per computation: a large batch's projection and reduced "
-          "Jacobians are split over them (each part one single-threaded BLAS call). 2 with "
-          "--threads=0 (2 compute threads) was the fastest configuration measured on 2 idle "
-          "cores (README, Performance); use 1 on shared or CPU-limited nodes, where a team of "
-          "2 waits for whichever thread the other processes delay.");
+          "Jacobians are split over them (each part one single-threaded BLAS call). 1 with "
+          "--threads=0 (2 compute threads) was the fastest configuration measured on the "
+          "2-core machine, whose two CPUs share their floating-point throughput (two "
+          "single-threaded GEMMs at once ran at half speed each): one B = 1000 "
+          "ReducedJacobian 127 ms with 1, 159 ms with 2 (README, Performance). More help on "
+          "machines with idle physical cores.");
 ABSL_FLAG(int32_t, blas_threads, 1,
           "OpenBLAS threads per matrix product. They multiply with the callers' threads "
           "(compute threads × intra-op threads); 1 keeps the cores from oversubscription.");
