@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "models/architectures/compute_threads.h"
+#include "server/core/idle_memory_trimmer.h"
 #include "server/core/log.h"
 #include "server/core/model_manager.h"
 #include "server/core/request_scheduler.h"
@@ -104,6 +105,10 @@ ABSL_FLAG(int32_t, blas_threads, 1,
           "OpenBLAS threads per matrix product. They multiply with the callers' threads "
           "(compute threads × intra-op threads); 1 keeps the cores from oversubscription.");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request or response accepted.");
+ABSL_FLAG(double, trim_memory_idle_seconds, 2.0,
+          "Return the heap's free memory to the system once requests have stopped for this "
+          "long (one to two periods): large freed blocks are kept for reuse under load, so "
+          "without this the resident size stays at the highest load seen. 0 never trims.");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "Most rows in m, directions or cotangents.");
 ABSL_FLAG(int64_t, max_jacobian_elements, 1 << 22,
           "Largest full Jacobian (d_Q·d_M elements) that the Jacobian method returns.");
@@ -347,6 +352,9 @@ int Run() {
   scheduler_options.observer = metrics.get();
   scheduler_options.run_inline_when_idle = absl::GetFlag(FLAGS_inline_when_idle);
   dino::serving::RequestScheduler scheduler(manager, scheduler_options);
+  dino::serving::IdleMemoryTrimmer memory_trimmer([&scheduler] { return scheduler.activity(); });
+  memory_trimmer.Start(std::chrono::milliseconds(
+      static_cast<int64_t>(absl::GetFlag(FLAGS_trim_memory_idle_seconds) * 1000)));
   dino::frontend::SurrogateService service(
       manager, scheduler, metrics.get(),
       absl::GetFlag(FLAGS_require_token_for_inference) ? &admin_auth : nullptr);

@@ -187,6 +187,7 @@ std::shared_ptr<RequestScheduler::ModelQueue> RequestScheduler::QueueFor(
 void RequestScheduler::Finish(const char* method, const std::string& model,
                               Clock::time_point arrived, const absl::Status& status,
                               int64_t version, Answer answer, const Done& done) {
+  activity_.fetch_add(1, std::memory_order_relaxed);
   if (options_.observer != nullptr) {
     options_.observer->RequestFinished(
         method, model, status.code(),
@@ -198,6 +199,7 @@ void RequestScheduler::Finish(const char* method, const std::string& model,
 void RequestScheduler::Submit(Method method_id, const ModelTarget& target,
                               absl::StatusOr<Query> query, CallControl control, Done done) {
   const Clock::time_point arrived = Clock::now();
+  activity_.fetch_add(1, std::memory_order_relaxed);
   const char* method = MethodName(method_id);
   auto refuse = [&](const std::string& model, const absl::Status& status) {
     Finish(method, model, arrived, status, 0, Answer(), done);
@@ -245,6 +247,7 @@ void RequestScheduler::Submit(Method method_id, const ModelTarget& target,
 absl::StatusOr<RequestScheduler::VersionBases> RequestScheduler::GetBases(
     const ModelTarget& target, std::optional<torch::Dtype> output_dtype) {
   const Clock::time_point arrived = Clock::now();
+  activity_.fetch_add(1, std::memory_order_relaxed);
   std::string model;
   absl::StatusOr<VersionBases> result = [&]() -> absl::StatusOr<VersionBases> {
     auto servable = models_.Get(target.name, target.version, target.label);
@@ -276,6 +279,7 @@ absl::StatusOr<RequestScheduler::VersionBases> RequestScheduler::GetBases(
 absl::StatusOr<RequestScheduler::PriorAnswer> RequestScheduler::Prior(
     const ModelTarget& target, absl::StatusOr<PriorQuery> query) {
   const Clock::time_point arrived = Clock::now();
+  activity_.fetch_add(1, std::memory_order_relaxed);
   const char* method = "GetPrior";
   if (query.ok() && query->kind == PriorQuery::Kind::kSample) method = "SamplePrior";
   if (query.ok() && query->kind == PriorQuery::Kind::kApply) method = "ApplyPrior";

@@ -15,6 +15,7 @@
 // early).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -114,6 +115,11 @@ class RequestScheduler {
   // threads. Idempotent.
   void Shutdown();
 
+  // A count that grows with every request received and every answer given (of Submit, Prior
+  // and GetBases): unchanged between two looks means the request path was quiet in between
+  // (IdleMemoryTrimmer).
+  uint64_t activity() const { return activity_.load(std::memory_order_relaxed); }
+
  private:
   using Clock = std::chrono::steady_clock;
   struct Pending {
@@ -136,6 +142,7 @@ class RequestScheduler {
   std::mutex queues_mutex_;
   std::map<std::string, std::shared_ptr<ModelQueue>> queues_;
   bool stopping_ = false;
+  std::atomic<uint64_t> activity_{0};
 };
 
 }  // namespace dino::serving

@@ -129,7 +129,13 @@ class DeployConfigTest(unittest.TestCase):
                    for s in c["static_configs"] for t in s["targets"]]
         self.assertEqual(targets, ["dino-server:9090"])
         with open(os.path.join(SOURCE, "Dockerfile")) as f:
-            self.assertIn('"--metrics_port=9090"', f.read())
+            dockerfile = f.read()
+        self.assertIn('"--metrics_port=9090"', dockerfile)
+        # The health check must not depend on the main port's TLS settings: it asks the
+        # plaintext health-only port the entrypoint opens.
+        [health_server] = re.findall(r'HEALTHCHECK[^\n]*\n?[^\n]*"--server=127\.0\.0\.1:(\d+)"',
+                                     dockerfile)
+        self.assertIn(f'"--health_port={health_server}"', dockerfile)
 
         grafana = mounts(services["grafana"])
         self.assertEqual(grafana["grafana/provisioning/datasources"],

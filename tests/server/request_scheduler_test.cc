@@ -5,17 +5,24 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include "models/architectures/architectures.h"
+#include "models/architectures/compute_threads.h"
+#include "server/core/idle_memory_trimmer.h"
 #include "tests/common/scratch_dir.h"
 #include "tests/common/test_models.h"
 
@@ -292,6 +299,83 @@ TEST_F(SchedulerTest, ShutdownAnswersAdmittedCallsThenRefuses) {
   EXPECT_TRUE(busy.get().status.ok());
   for (auto& future : admitted) EXPECT_TRUE(future.get().status.ok());
   EXPECT_EQ(Submit(EvaluateQuery(5)).get().status.code(), absl::StatusCode::kUnavailable);
+}
+
+// Every request received and every answer given moves the activity count, refusals included,
+// so that the idle trimmer sees any use of the request path.
+TEST_F(SchedulerTest, ActivityCountsRequestsAndAnswers) {
+  Serve(dino::testing::SmallDipnet(kDims, torch::kFloat64, 3), BatchingConfig{});
+  const uint64_t before = scheduler_->activity();
+  ASSERT_TRUE(Submit(EvaluateQuery(1)).get().status.ok());
+  const uint64_t after_answer = scheduler_->activity();
+  EXPECT_EQ(after_answer - before, 2u);  // Received, answered.
+  EXPECT_EQ(Submit(EvaluateQuery(2), {}, "no_such_model").get().status.code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(scheduler_->activity() - after_answer, 2u);
+}
+
+// ---- IdleMemoryTrimmer --------------------------------------------------------------------
+
+TEST(IdleMemoryTrimmer, TrimsOnceAfterEachQuietSpellAndNeverWhileBusy) {
+  uint64_t activity = 0;
+  int trims = 0;
+  IdleMemoryTrimmer trimmer([&] { return activity; }, [&] { return ++trims > 0; });
+  EXPECT_FALSE(trimmer.Poll());   // The first look has nothing to compare with.
+  for (int i = 0; i < 10; ++i) {  // Busy: something happens between every two looks.
+    activity += 3;
+    EXPECT_FALSE(trimmer.Poll()) << i;
+  }
+  EXPECT_EQ(trims, 0);
+  EXPECT_TRUE(trimmer.Poll());   // Quiet since the last look: trim.
+  EXPECT_FALSE(trimmer.Poll());  // Still quiet, nothing new to return.
+  EXPECT_FALSE(trimmer.Poll());
+  EXPECT_EQ(trims, 1);
+  ++activity;  // A new burst...
+  EXPECT_FALSE(trimmer.Poll());
+  EXPECT_TRUE(trimmer.Poll());  // ...and its quiet spell.
+  EXPECT_EQ(trims, 2);
+  EXPECT_EQ(trimmer.trims(), 2);
+}
+
+TEST(IdleMemoryTrimmer, ItsThreadTrimsAQuietServerOnceAndStops) {
+  std::atomic<int> trims{0};
+  IdleMemoryTrimmer trimmer([] { return uint64_t{7}; }, [&] { return ++trims > 0; });
+  trimmer.Start(std::chrono::milliseconds(5));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (trims == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Ten more looks.
+  trimmer.Stop();
+  EXPECT_EQ(trims, 1);
+  IdleMemoryTrimmer never([] { return uint64_t{0}; }, [] { return true; });
+  never.Start(std::chrono::milliseconds(0));  // A period of zero starts nothing.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(never.trims(), 0);
+}
+
+// Resident memory of this process, from /proc/self/statm.
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+// What the server's allocator policy keeps after a large request (KeepLargeBlocksForReuse),
+// the real trim returns.
+TEST(IdleMemoryTrimmer, TheHeapTrimReturnsAFreedLargeBlock) {
+  dino::models::KeepLargeBlocksForReuse();
+  constexpr size_t kBytes = size_t{96} << 20;
+  char* block = static_cast<char*>(std::malloc(kBytes));
+  ASSERT_NE(block, nullptr);
+  std::memset(block, 1, kBytes);
+  asm volatile("" : : "r"(block) : "memory");  // Keeps the compiler from eliding the block.
+  const int64_t touched = ResidentBytes();
+  std::free(block);
+  EXPECT_GT(ResidentBytes(), touched - int64_t{32 << 20}) << "the freed block left the heap";
+  EXPECT_TRUE(IdleMemoryTrimmer::TrimHeap());
+  EXPECT_LT(ResidentBytes(), touched - int64_t{64 << 20});
 }
 
 }  // namespace
