@@ -17,6 +17,9 @@ COPY --from=build /build/bin/dino-server /build/bin/dino /usr/local/bin/
 COPY --chown=dino models/repository /models
 USER dino
 EXPOSE 50051 9090 4242
+# The health check asks the plaintext health-only port, so that it keeps working when the
+# container is run with --tls_cert/--tls_key (and --tls_client_ca) appended.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["dino", "health", "--server=127.0.0.1:50051"]
-ENTRYPOINT ["dino-server", "--model_repository=/models", "--port=50051", "--metrics_port=9090"]
+    CMD ["dino", "health", "--server=127.0.0.1:50052"]
+ENTRYPOINT ["dino-server", "--model_repository=/models", "--port=50051", "--metrics_port=9090", \
+    "--health_port=50052"]
