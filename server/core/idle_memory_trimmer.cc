@@ -28,25 +28,10 @@ bool IdleMemoryTrimmer::Poll() {
 }
 
 void IdleMemoryTrimmer::Start(std::chrono::milliseconds period) {
-  if (period.count() <= 0 || thread_.joinable()) return;
-  thread_ = std::thread([this, period] {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (!stop_.wait_for(lock, period, [this] { return stopping_; })) {
-      lock.unlock();
-      Poll();
-      lock.lock();
-    }
-  });
+  if (period.count() > 0) task_.Start(period, [this] { Poll(); });
 }
 
-void IdleMemoryTrimmer::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-  }
-  stop_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void IdleMemoryTrimmer::Stop() { task_.Stop(); }
 
 int64_t IdleMemoryTrimmer::trims() const {
   std::lock_guard<std::mutex> lock(mutex_);

@@ -9,11 +9,11 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <thread>
+
+#include "server/core/periodic_task.h"
 
 namespace dino::serving {
 
@@ -46,14 +46,12 @@ class IdleMemoryTrimmer {
   const ActivityProbe activity_;
   const Trim trim_;
   mutable std::mutex mutex_;
-  std::condition_variable stop_;
-  bool stopping_ = false;
   bool seen_any_ = false;
   uint64_t last_seen_ = 0;
   bool trimmed_any_ = false;
   uint64_t last_trimmed_ = 0;
   int64_t trims_ = 0;
-  std::thread thread_;
+  PeriodicTask task_;  // Last: stopped before the state it reads goes.
 };
 
 }  // namespace dino::serving

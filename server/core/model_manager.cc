@@ -395,36 +395,19 @@ absl::StatusOr<LoadReport> ModelManager::SyncRepository() {
 
 void ModelManager::StartPolling(double interval_seconds,
                                 std::function<void(const LoadReport&)> on_change) {
-  StopPolling();
-  {
-    std::lock_guard<std::mutex> lock(poll_mutex_);
-    poll_stop_ = false;
-  }
-  const auto interval = std::chrono::duration<double>(interval_seconds);
-  poller_ = std::thread([this, interval, on_change = std::move(on_change)] {
-    std::unique_lock<std::mutex> lock(poll_mutex_);
-    while (!poll_wake_.wait_for(lock, interval, [this] { return poll_stop_; })) {
-      lock.unlock();
-      auto report = SyncRepository();
-      if (!report.ok()) {
-        LogError("repository poll: ", report.status().message());
-      } else if (on_change &&
-                 (report->changed() || !report->failed.empty() || !report->config_errors.empty())) {
-        on_change(*report);
-      }
-      lock.lock();
-    }
-  });
+  poller_.Start(std::chrono::duration<double>(interval_seconds),
+                [this, on_change = std::move(on_change)] {
+                  auto report = SyncRepository();
+                  if (!report.ok()) {
+                    LogError("repository poll: ", report.status().message());
+                  } else if (on_change && (report->changed() || !report->failed.empty() ||
+                                           !report->config_errors.empty())) {
+                    on_change(*report);
+                  }
+                });
 }
 
-void ModelManager::StopPolling() {
-  {
-    std::lock_guard<std::mutex> lock(poll_mutex_);
-    poll_stop_ = true;
-  }
-  poll_wake_.notify_all();
-  if (poller_.joinable()) poller_.join();
-}
+void ModelManager::StopPolling() { poller_.Stop(); }
 
 // ---- Admin ----------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@
 // themselves and do not wait for SyncRepository (sync_mutex_).
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -26,12 +25,12 @@
 #include <set>
 #include <shared_mutex>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/core/model_config.h"
+#include "server/core/periodic_task.h"
 #include "server/core/surrogate_model.h"
 
 namespace dino::serving {
@@ -267,10 +266,7 @@ class ModelManager {
 
   std::mutex notify_mutex_;  // Delivers observer events one at a time.
 
-  std::mutex poll_mutex_;
-  std::condition_variable poll_wake_;
-  bool poll_stop_ = false;
-  std::thread poller_;
+  PeriodicTask poller_;
 };
 
 }  // namespace dino::serving
