@@ -1129,6 +1129,12 @@ def report(args, saturation, soak, crashes):
         row("clean shutdown (SIGTERM, exit 0)", str(soak["shutdown_code"]), "0",
             soak["shutdown_code"] == 0)
         for s in soak["streams"]:
+            if s["p99_ms_median_window"] is None:
+                # A stream that never got going (its reference calls refused, every window)
+                # offered no load: the soak did not test what it claims.
+                row(f"{s['name']}: calls answered", f"none ({s['refused']:,} refused)", "> 0",
+                    False)
+                continue
             row(f"{s['name']}: p99 per {soak['window_s']:.0f} s window (median / worst)",
                 f"{s['p99_ms_median_window']:,.0f} / {s['p99_ms_worst_window']:,.0f} ms "
                 f"({s['ok']:,} answered, {s['refused']:,} refused)", "")

@@ -26,6 +26,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -36,6 +37,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -197,6 +199,29 @@ grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
   return buffer;
 }
 
+// One unmeasured call (the probe before the load, a reference row). A server already under
+// load (another generator's) refuses with RESOURCE_EXHAUSTED and asks for a retry with
+// backoff: this retries, backing off from 10 ms to 1 s, for up to `timeout_s` in all, rather
+// than give up the run.
+absl::StatusOr<grpc::ByteBuffer> CallRetryingRefusals(const std::shared_ptr<grpc::Channel>& channel,
+                                                      const std::string& rpc,
+                                                      const grpc::ByteBuffer& request,
+                                                      double timeout_s) {
+  const auto give_up = std::chrono::steady_clock::now() +
+                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           std::chrono::duration<double>(timeout_s));
+  absl::StatusOr<grpc::ByteBuffer> response =
+      dino::bench::CallOnce(channel, rpc, request, timeout_s);
+  for (auto backoff = std::chrono::milliseconds(10);
+       !response.ok() && response.status().code() == absl::StatusCode::kResourceExhausted &&
+       std::chrono::steady_clock::now() + backoff < give_up;
+       backoff = std::min(2 * backoff, std::chrono::milliseconds(1000))) {
+    std::this_thread::sleep_for(backoff);
+    response = dino::bench::CallOnce(channel, rpc, request, timeout_s);
+  }
+  return response;
+}
+
 grpc::ByteBuffer BuildRequest(const RequestShape& shape, const dino::client::ModelRef& ref,
                               const RequestInputs& inputs, dino::v1::DType output_dtype) {
   auto encode = [](const NpyArray& array, dino::v1::Tensor* tensor, const char* field) {
@@ -319,7 +344,7 @@ class ResponseChecker {
         single.second =
             points == 1 ? inputs.second : Rows(inputs.second, row, 1, shape_.SecondShape(1));
       }
-      absl::StatusOr<grpc::ByteBuffer> response = dino::bench::CallOnce(
+      absl::StatusOr<grpc::ByteBuffer> response = CallRetryingRefusals(
           channel, rpc, BuildRequest(shape_, ref, single, output_dtype), timeout_s);
       if (!response.ok()) {
         return absl::Status(
@@ -813,7 +838,7 @@ int main(int argc, char** argv) {
         // One call before any load: a failure here (unreachable server, bad model) would fail
         // every measured call too.
         absl::StatusOr<grpc::ByteBuffer> probe =
-            dino::bench::CallOnce((*channels)[0], spec->rpc_path, pool.back(), f.timeout_s);
+            CallRetryingRefusals((*channels)[0], spec->rpc_path, pool.back(), f.timeout_s);
         absl::Status probe_status = probe.status();
         if (probe.ok()) probe_status = checker.Decode(*probe).status();
         if (!probe_status.ok()) {
