@@ -54,6 +54,7 @@ void PrintAccuracies(const char* label, const dt::Accuracies& a) {
   if (a.reduced_h1)
     std::fprintf(stderr, ", reduced H1 accuracy %.4f (r = %lld)", *a.reduced_h1,
                  static_cast<long long>(a.reduced_rank));
+  if (a.basis_h1) std::fprintf(stderr, "; basis ceiling: H1 %.4f", *a.basis_h1);
   std::fprintf(stderr, " (%lld samples)\n", static_cast<long long>(a.samples));
 }
 
@@ -80,6 +81,7 @@ struct FitFlags {
   int64_t input_rank = 0, output_rank = 0;
   std::string hidden = "50,50,50,50,50,50";
   uint64_t init_seed = 0;
+  std::string init_model;
   dt::TrainerConfig trainer;
   std::string loss = "h1";
   std::string schedule = "constant";
@@ -134,13 +136,41 @@ void RunFit(const FitFlags& f) {
   dt::Dataset data = ValueOrThrow(LoadDataset(selection));
 
   torch::jit::Module module;
-  nlohmann::json metadata = {{"architecture", f.architecture},
-                             {"dtype", f.common.dtype},
-                             {"input_dim", data.input_dim()},
-                             {"output_dim", data.output_dim()},
-                             {"hidden_widths", dm::ParseHiddenWidths(f.hidden)},
-                             {"seed", f.init_seed}};
-  if (f.architecture == dm::kDipnetArchitecture) {
+  nlohmann::json metadata;
+  if (!f.init_model.empty()) {
+    // Training continues from a model file: its architecture, bases and weights (and, for a
+    // DIPNet, its whitening) stay; its training record goes under "initial_model".
+    dm::LoadedModelFile file = dm::LoadModelFile(f.init_model);
+    for (const auto& parameter : file.module.parameters()) {
+      if (parameter.scalar_type() != dtype) {
+        throw std::invalid_argument("--dtype " + f.common.dtype +
+                                    " does not match the weights of "
+                                    "--init-model " +
+                                    f.init_model);
+      }
+    }
+    module = file.module;
+    metadata = file.metadata;
+    nlohmann::json initial = {{"file", f.init_model}};
+    for (const char* key : {"training", "metrics", "data", "description"}) {
+      if (metadata.contains(key)) {
+        initial[key] = metadata[key];
+        metadata.erase(key);
+      }
+    }
+    if (initial.contains("training")) initial["training"].erase("history");
+    metadata["initial_model"] = std::move(initial);
+  } else {
+    metadata = {{"architecture", f.architecture},
+                {"dtype", f.common.dtype},
+                {"input_dim", data.input_dim()},
+                {"output_dim", data.output_dim()},
+                {"hidden_widths", dm::ParseHiddenWidths(f.hidden)},
+                {"seed", f.init_seed}};
+  }
+  if (!f.init_model.empty()) {
+    // Built already.
+  } else if (f.architecture == dm::kDipnetArchitecture) {
     const std::string bases_path =
         f.bases.empty() ? (std::filesystem::path(f.data.dir) / "bases.npz").string() : f.bases;
     BasesFile bases = ValueOrThrow(LoadBases(bases_path, f.input_rank, f.output_rank));
@@ -217,8 +247,12 @@ void RunFit(const FitFlags& f) {
   };
   callbacks.on_epoch = [&](const dt::EpochReport& r) {
     if (style == ProgressStyle::kNone) return true;
-    std::string line = absl::StrCat("epoch ", r.epoch, "/", r.epochs, " loss ", r.train.total,
-                                    " (L2 ", r.train.l2, ", H1 ", r.train.jacobian, ")");
+    std::string line =
+        r.optimizer == "lbfgs"
+            ? absl::StrCat("L-BFGS ", r.lbfgs_iterations, " iterations (", r.function_evaluations,
+                           " evaluations) loss ", r.train.total)
+            : absl::StrCat("epoch ", r.epoch, "/", r.epochs, " loss ", r.train.total);
+    absl::StrAppend(&line, " (L2 ", r.train.l2, ", H1 ", r.train.jacobian, ")");
     if (r.validation_accuracy) {
       absl::StrAppend(&line, " | validation L2 acc ", r.validation_accuracy->l2);
       if (r.validation_accuracy->h1)
@@ -409,6 +443,10 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--hidden", f.hidden, "Hidden layer widths");
   cmd->add_option("--dtype", f.common.dtype, "fp32 or fp64");
   cmd->add_option("--init-seed", f.init_seed, "Seed of the weight initialisation");
+  cmd->add_option("--init-model", f.init_model,
+                  "Start from this model file's architecture, bases and weights instead of a new "
+                  "network (--architecture, --bases, --hidden, ranks and --init-seed are then "
+                  "ignored)");
   cmd->add_option("--loss", f.loss, "l2, h1, reduced_h1, reduced_h1_ms or sketched_h1");
   cmd->add_option("--l2-weight", f.trainer.loss.l2_weight, "Weight of the L2 term");
   cmd->add_option("--h1-weight", f.trainer.loss.h1_weight, "Weight of the Jacobian term");
@@ -421,6 +459,12 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--schedule", f.schedule, "constant, exponential or cosine");
   cmd->add_option("--decay-rate", f.trainer.decay_rate, "Per-epoch factor (exponential)");
   cmd->add_option("--final-learning-rate", f.trainer.final_learning_rate, "End of cosine");
+  cmd->add_option("--lbfgs-iterations", f.trainer.lbfgs_iterations,
+                  "After the Adam epochs: full-batch L-BFGS iterations on the training loss "
+                  "(0: none; --epochs 0 then runs L-BFGS alone)");
+  cmd->add_option("--lbfgs-history", f.trainer.lbfgs_history, "L-BFGS history size");
+  cmd->add_option("--lbfgs-report-interval", f.trainer.lbfgs_report_interval,
+                  "L-BFGS iterations per reported round (validation, checkpoint)");
   cmd->add_option("--validation", f.trainer.validation_size, "Samples held out for validation");
   cmd->add_option("--evaluation-interval", f.trainer.evaluation_interval,
                   "Validation accuracies every this many epochs (0: at the end)");
