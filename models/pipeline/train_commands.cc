@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <system_error>
 
 #include "absl/strings/numbers.h"
@@ -92,6 +93,7 @@ struct FitFlags {
   std::string metrics_json;
   std::string description;
   std::string progress = "auto";
+  std::string test_data;
 };
 
 // DIR/generate.json of a data directory (what `dino-train generate` made it from), or an empty
@@ -278,6 +280,24 @@ void RunFit(const FitFlags& f) {
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
   metadata["trained"] = true;
+  std::optional<dt::Accuracies> test_accuracy;
+  if (!f.test_data.empty()) {
+    // An independent test set (e.g. another generate seed): its accuracies travel in the
+    // model's metadata with the data's provenance, next to the training metrics.
+    DataSelection test_selection;
+    test_selection.dir = f.test_data;
+    test_selection.jacobian = selection.jacobian;
+    test_selection.dtype = dtype;
+    const dt::Dataset test = ValueOrThrow(LoadDataset(test_selection));
+    test_accuracy = dt::EvaluateAccuracies(module, test, config.metrics);
+    nlohmann::json test_metrics = test_accuracy->ToJson();
+    test_metrics["data"] = {{"dir", f.test_data}};
+    const nlohmann::json generated = ReadGenerateSummary(f.test_data);
+    for (const char* key : {"problem", "mesh", "seed", "samples", "jacobian", "rank"}) {
+      if (generated.contains(key)) test_metrics["data"][key] = generated[key];
+    }
+    metadata["metrics"]["test"] = std::move(test_metrics);
+  }
   const nlohmann::json training_inputs = SummarizeTrainingInputs(module, data.m, f.data);
   if (out.empty()) {  // --repository without --version: the next free version.
     const int64_t version =
@@ -290,6 +310,7 @@ void RunFit(const FitFlags& f) {
   }
   PrintAccuracies("train", result.train_accuracy);
   if (result.validation_accuracy) PrintAccuracies("validation", *result.validation_accuracy);
+  if (test_accuracy) PrintAccuracies("test", *test_accuracy);
   std::fprintf(stderr, "wrote %s (%.1f s)\n", out.c_str(), result.seconds);
   if (!f.metrics_json.empty()) {
     nlohmann::json report = metadata;
@@ -477,6 +498,9 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-json", f.metrics_json, "Training report (JSON)");
   cmd->add_option("--description", f.description, "Free text stored in the metadata");
   cmd->add_option("--progress", f.progress, "auto, bar, lines or none");
+  cmd->add_option("--test-data", f.test_data,
+                  "Independent test data directory: its accuracies go into the model's "
+                  "metadata (metrics.test, with the data's provenance)");
   cmd->callback([flags, exit_code] { Guarded("fit", exit_code, [&] { RunFit(*flags); }); });
   return cmd;
 }
