@@ -248,7 +248,10 @@ void RunFit(const FitFlags& f) {
     progress->Update((p.epoch - 1) * p.batches + p.batch);
   };
   callbacks.on_epoch = [&](const dt::EpochReport& r) {
-    if (style == ProgressStyle::kNone) return true;
+    // A SIGINT/SIGTERM ends training after this epoch (or L-BFGS round); the model is written
+    // as it is, with stopped_early in its metadata.
+    const bool go_on = !ScopedStopRequest::requested();
+    if (style == ProgressStyle::kNone) return go_on;
     std::string line =
         r.optimizer == "lbfgs"
             ? absl::StrCat("L-BFGS ", r.lbfgs_iterations, " iterations (", r.function_evaluations,
@@ -264,7 +267,8 @@ void RunFit(const FitFlags& f) {
                     FormatDuration(r.eta_seconds));
     if (progress && progress->style() == ProgressStyle::kBar) std::fputc('\n', stderr);
     std::fprintf(stderr, "%s\n", line.c_str());
-    return true;
+    if (!go_on) std::fprintf(stderr, "stopping on request: writing the model as it is\n");
+    return go_on;
   };
   if (!f.checkpoint.empty()) {
     callbacks.on_checkpoint = [&](const torch::jit::Module& m, const dt::EpochReport& r,
@@ -276,7 +280,11 @@ void RunFit(const FitFlags& f) {
     };
   }
 
-  dt::TrainingResult result = dt::Train(module, data, config, callbacks);
+  dt::TrainingResult result;
+  {
+    ScopedStopRequest stop;
+    result = dt::Train(module, data, config, callbacks);
+  }
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
   metadata["trained"] = true;
