@@ -538,6 +538,21 @@ TEST(DatasetTest, ValidationNamesTheProblem) {
               ThrowsMessage<std::invalid_argument>(HasSubstr("jacobian_norm_sq of sample 0")));
 }
 
+// UᵀJV from the truncated SVD, chunk by chunk (several chunks, the last one partial), equals
+// the projection of the full Jacobians.
+TEST(DatasetTest, ProjectJacobianFromSvdInChunksEqualsTheFullProjection) {
+  SmoothMap map = MakeSmoothMap(7, 4, 3, 61);
+  Dataset full = MakeFullDataset(map, 10, 62);
+  torch::Tensor v = dino::models::RandomOrthonormalColumns(7, 3, 63);
+  torch::Tensor u = dino::models::RandomOrthonormalColumns(4, 2, 64);
+  const torch::Tensor direct = torch::matmul(torch::matmul(u.t(), full.jacobian), v);
+  for (int64_t chunk : {1, 3, 64}) {
+    EXPECT_TRUE(torch::allclose(ProjectJacobian(WithTruncatedSvd(full, 4), u, v, chunk), direct,
+                                1e-12, 1e-12))
+        << "chunk " << chunk;
+  }
+}
+
 TEST(DatasetTest, SplitSelectAndSummary) {
   SmoothMap map = MakeSmoothMap(4, 3, 2, 61);
   Dataset data = WithTruncatedSvd(MakeFullDataset(map, 10, 62), 2);
