@@ -2,7 +2,8 @@
 """Factor study of DIPNet training (docs/experiments.md, "Beyond the paper"): a PNG and a
 Markdown table from the results file that the study's runs append to.
 
-Each line of --results is one finished run (JSON): name, problem, factor, budget (Adam steps,
+Each line of --results is one finished run (JSON; "reference": true marks a number quoted from
+elsewhere, drawn hatched): name, problem, factor, budget (Adam steps,
 L-BFGS iterations, wall-clock seconds) and the test-set accuracies from `dino-train evaluate
 --json` (l2_accuracy, h1_accuracy, reduced_h1_accuracy, basis_h1_accuracy):
 
@@ -58,8 +59,12 @@ def plot(runs, out):
         x = range(len(rows))
         l2 = [r["test"].get("l2_accuracy") for r in rows]
         h1 = [r["test"].get("h1_accuracy") for r in rows]
-        ax.bar([i - 0.2 for i in x], l2, width=0.4, label="test L2 accuracy")
-        ax.bar([i + 0.2 for i in x], h1, width=0.4, label="test H1 semi-norm accuracy")
+        # Runs quoted from elsewhere (reference: true) are hatched.
+        hatch = ["//" if r.get("reference") else "" for r in rows]
+        ax.bar([i - 0.2 for i in x], l2, width=0.4, label="test L2 accuracy", color="tab:blue",
+               hatch=hatch)
+        ax.bar([i + 0.2 for i in x], h1, width=0.4, label="test H1 semi-norm accuracy",
+               color="tab:orange", hatch=hatch)
         ceilings = [r["test"].get("basis_h1_accuracy") for r in rows
                     if r["test"].get("basis_h1_accuracy") is not None]
         if ceilings:
