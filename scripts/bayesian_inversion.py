@@ -409,7 +409,17 @@ def training_cost(args, client):
     train = meta["data"]["train"]
     history = meta.get("training", {}).get("history", [])
     fit_seconds = float(sum(h.get("seconds", 0.0) for h in history))
-    cmd = train["generated_by"].split()
+    # A model trained on from another model file (fit --init-model) also cost that training.
+    fit_seconds += float(meta.get("initial_model", {}).get("training", {}).get("seconds", 0.0))
+    generated_by = train.get("generated_by")
+    if generated_by is None:
+        # Models written by `dino-train fit` name the problem and the data's form, not the
+        # command; the cost of generate does not depend on the seed.
+        problem = meta["problem"]
+        generated_by = (f"dino-train generate --problem {problem['name']} "
+                        f"--samples {train['samples']} --seed 1 --jacobian svd "
+                        f"--rank {train.get('svd_rank', 50)} --mesh {problem['mesh_cells']}")
+    cmd = generated_by.split()
     n_total = int(cmd[cmd.index("--samples") + 1])
     n_timed = 2 if args.smoke else 8
     cmd[cmd.index("--samples") + 1] = str(n_timed)
@@ -427,7 +437,7 @@ def training_cost(args, client):
             log("dino-train generate failed:", r.stderr[-500:])
             gen_seconds = None
     per_sample = gen_seconds / n_timed if gen_seconds else None
-    info = {"generated_by": train["generated_by"], "samples": n_total,
+    info = {"generated_by": generated_by, "samples": n_total,
             "timed_samples": n_timed, "timed_command": " ".join(full),
             "generate_seconds_timed": gen_seconds, "generate_seconds_per_sample": per_sample,
             "generate_seconds_estimated": per_sample * n_total if per_sample else None,

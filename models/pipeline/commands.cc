@@ -70,6 +70,19 @@ struct BasesFlags {
 
 }  // namespace
 
+ScopedStopRequest::ScopedStopRequest() {
+  g_stop_requested = 0;
+  std::signal(SIGINT, RequestStop);
+  std::signal(SIGTERM, RequestStop);
+}
+
+ScopedStopRequest::~ScopedStopRequest() {
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+}
+
+bool ScopedStopRequest::requested() { return g_stop_requested != 0; }
+
 CLI::App* AddGenerateCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
   GenerateOptions& o = flags->options;
@@ -119,12 +132,12 @@ CLI::App* AddGenerateCommand(CLI::App& app, int* exit_code) {
     options.svd_method = ValueOrDie(ParseSvdMethod(flags->svd));
     options.progress = ParseProgress(flags->progress);
     options.log = StderrLog("generate");
-    options.stop_requested = [] { return g_stop_requested != 0; };
-    std::signal(SIGINT, RequestStop);
-    std::signal(SIGTERM, RequestStop);
-    const absl::StatusOr<GenerateReport> report = Generate(options);
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
+    options.stop_requested = [] { return ScopedStopRequest::requested(); };
+    absl::StatusOr<GenerateReport> report;
+    {
+      ScopedStopRequest stop;
+      report = Generate(options);
+    }
     if (!report.ok()) {
       *exit_code = ReportError("generate", report.status());
       return;

@@ -19,6 +19,19 @@ inline constexpr int kExitSuccess = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitInterrupted = 130;  // 128 + SIGINT, as shells report it.
 
+// While alive, the first SIGINT/SIGTERM asks the running command to save what it has and stop
+// (requested() turns true); a second one ends the process at once. The destructor restores the
+// default actions. Used by generate (finished chunks stay) and fit (the model is written as it is
+// after the current epoch or L-BFGS round, with stopped_early in its metadata).
+class ScopedStopRequest {
+ public:
+  ScopedStopRequest();
+  ~ScopedStopRequest();
+  ScopedStopRequest(const ScopedStopRequest&) = delete;
+  ScopedStopRequest& operator=(const ScopedStopRequest&) = delete;
+  static bool requested();
+};
+
 // `generate`: see generate.h.
 CLI::App* AddGenerateCommand(CLI::App& app, int* exit_code);
 // `bases`: see compute_bases.h.

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <system_error>
 
 #include "absl/strings/numbers.h"
@@ -54,6 +55,7 @@ void PrintAccuracies(const char* label, const dt::Accuracies& a) {
   if (a.reduced_h1)
     std::fprintf(stderr, ", reduced H1 accuracy %.4f (r = %lld)", *a.reduced_h1,
                  static_cast<long long>(a.reduced_rank));
+  if (a.basis_h1) std::fprintf(stderr, "; basis ceiling: H1 %.4f", *a.basis_h1);
   std::fprintf(stderr, " (%lld samples)\n", static_cast<long long>(a.samples));
 }
 
@@ -80,6 +82,7 @@ struct FitFlags {
   int64_t input_rank = 0, output_rank = 0;
   std::string hidden = "50,50,50,50,50,50";
   uint64_t init_seed = 0;
+  std::string init_model;
   dt::TrainerConfig trainer;
   std::string loss = "h1";
   std::string schedule = "constant";
@@ -90,6 +93,7 @@ struct FitFlags {
   std::string metrics_json;
   std::string description;
   std::string progress = "auto";
+  std::string test_data;
 };
 
 // DIR/generate.json of a data directory (what `dino-train generate` made it from), or an empty
@@ -134,13 +138,41 @@ void RunFit(const FitFlags& f) {
   dt::Dataset data = ValueOrThrow(LoadDataset(selection));
 
   torch::jit::Module module;
-  nlohmann::json metadata = {{"architecture", f.architecture},
-                             {"dtype", f.common.dtype},
-                             {"input_dim", data.input_dim()},
-                             {"output_dim", data.output_dim()},
-                             {"hidden_widths", dm::ParseHiddenWidths(f.hidden)},
-                             {"seed", f.init_seed}};
-  if (f.architecture == dm::kDipnetArchitecture) {
+  nlohmann::json metadata;
+  if (!f.init_model.empty()) {
+    // Training continues from a model file: its architecture, bases and weights (and, for a
+    // DIPNet, its whitening) stay; its training record goes under "initial_model".
+    dm::LoadedModelFile file = dm::LoadModelFile(f.init_model);
+    for (const auto& parameter : file.module.parameters()) {
+      if (parameter.scalar_type() != dtype) {
+        throw std::invalid_argument("--dtype " + f.common.dtype +
+                                    " does not match the weights of "
+                                    "--init-model " +
+                                    f.init_model);
+      }
+    }
+    module = file.module;
+    metadata = file.metadata;
+    nlohmann::json initial = {{"file", f.init_model}};
+    for (const char* key : {"training", "metrics", "data", "description"}) {
+      if (metadata.contains(key)) {
+        initial[key] = metadata[key];
+        metadata.erase(key);
+      }
+    }
+    if (initial.contains("training")) initial["training"].erase("history");
+    metadata["initial_model"] = std::move(initial);
+  } else {
+    metadata = {{"architecture", f.architecture},
+                {"dtype", f.common.dtype},
+                {"input_dim", data.input_dim()},
+                {"output_dim", data.output_dim()},
+                {"hidden_widths", dm::ParseHiddenWidths(f.hidden)},
+                {"seed", f.init_seed}};
+  }
+  if (!f.init_model.empty()) {
+    // Built already.
+  } else if (f.architecture == dm::kDipnetArchitecture) {
     const std::string bases_path =
         f.bases.empty() ? (std::filesystem::path(f.data.dir) / "bases.npz").string() : f.bases;
     BasesFile bases = ValueOrThrow(LoadBases(bases_path, f.input_rank, f.output_rank));
@@ -216,9 +248,16 @@ void RunFit(const FitFlags& f) {
     progress->Update((p.epoch - 1) * p.batches + p.batch);
   };
   callbacks.on_epoch = [&](const dt::EpochReport& r) {
-    if (style == ProgressStyle::kNone) return true;
-    std::string line = absl::StrCat("epoch ", r.epoch, "/", r.epochs, " loss ", r.train.total,
-                                    " (L2 ", r.train.l2, ", H1 ", r.train.jacobian, ")");
+    // A SIGINT/SIGTERM ends training after this epoch (or L-BFGS round); the model is written
+    // as it is, with stopped_early in its metadata.
+    const bool go_on = !ScopedStopRequest::requested();
+    if (style == ProgressStyle::kNone) return go_on;
+    std::string line =
+        r.optimizer == "lbfgs"
+            ? absl::StrCat("L-BFGS ", r.lbfgs_iterations, " iterations (", r.function_evaluations,
+                           " evaluations) loss ", r.train.total)
+            : absl::StrCat("epoch ", r.epoch, "/", r.epochs, " loss ", r.train.total);
+    absl::StrAppend(&line, " (L2 ", r.train.l2, ", H1 ", r.train.jacobian, ")");
     if (r.validation_accuracy) {
       absl::StrAppend(&line, " | validation L2 acc ", r.validation_accuracy->l2);
       if (r.validation_accuracy->h1)
@@ -228,7 +267,8 @@ void RunFit(const FitFlags& f) {
                     FormatDuration(r.eta_seconds));
     if (progress && progress->style() == ProgressStyle::kBar) std::fputc('\n', stderr);
     std::fprintf(stderr, "%s\n", line.c_str());
-    return true;
+    if (!go_on) std::fprintf(stderr, "stopping on request: writing the model as it is\n");
+    return go_on;
   };
   if (!f.checkpoint.empty()) {
     callbacks.on_checkpoint = [&](const torch::jit::Module& m, const dt::EpochReport& r,
@@ -240,10 +280,32 @@ void RunFit(const FitFlags& f) {
     };
   }
 
-  dt::TrainingResult result = dt::Train(module, data, config, callbacks);
+  dt::TrainingResult result;
+  {
+    ScopedStopRequest stop;
+    result = dt::Train(module, data, config, callbacks);
+  }
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
   metadata["trained"] = true;
+  std::optional<dt::Accuracies> test_accuracy;
+  if (!f.test_data.empty()) {
+    // An independent test set (e.g. another generate seed): its accuracies travel in the
+    // model's metadata with the data's provenance, next to the training metrics.
+    DataSelection test_selection;
+    test_selection.dir = f.test_data;
+    test_selection.jacobian = selection.jacobian;
+    test_selection.dtype = dtype;
+    const dt::Dataset test = ValueOrThrow(LoadDataset(test_selection));
+    test_accuracy = dt::EvaluateAccuracies(module, test, config.metrics);
+    nlohmann::json test_metrics = test_accuracy->ToJson();
+    test_metrics["data"] = {{"dir", f.test_data}};
+    const nlohmann::json generated = ReadGenerateSummary(f.test_data);
+    for (const char* key : {"problem", "mesh", "seed", "samples", "jacobian", "rank"}) {
+      if (generated.contains(key)) test_metrics["data"][key] = generated[key];
+    }
+    metadata["metrics"]["test"] = std::move(test_metrics);
+  }
   const nlohmann::json training_inputs = SummarizeTrainingInputs(module, data.m, f.data);
   if (out.empty()) {  // --repository without --version: the next free version.
     const int64_t version =
@@ -256,6 +318,7 @@ void RunFit(const FitFlags& f) {
   }
   PrintAccuracies("train", result.train_accuracy);
   if (result.validation_accuracy) PrintAccuracies("validation", *result.validation_accuracy);
+  if (test_accuracy) PrintAccuracies("test", *test_accuracy);
   std::fprintf(stderr, "wrote %s (%.1f s)\n", out.c_str(), result.seconds);
   if (!f.metrics_json.empty()) {
     nlohmann::json report = metadata;
@@ -409,6 +472,10 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--hidden", f.hidden, "Hidden layer widths");
   cmd->add_option("--dtype", f.common.dtype, "fp32 or fp64");
   cmd->add_option("--init-seed", f.init_seed, "Seed of the weight initialisation");
+  cmd->add_option("--init-model", f.init_model,
+                  "Start from this model file's architecture, bases and weights instead of a new "
+                  "network (--architecture, --bases, --hidden, ranks and --init-seed are then "
+                  "ignored)");
   cmd->add_option("--loss", f.loss, "l2, h1, reduced_h1, reduced_h1_ms or sketched_h1");
   cmd->add_option("--l2-weight", f.trainer.loss.l2_weight, "Weight of the L2 term");
   cmd->add_option("--h1-weight", f.trainer.loss.h1_weight, "Weight of the Jacobian term");
@@ -421,6 +488,12 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--schedule", f.schedule, "constant, exponential or cosine");
   cmd->add_option("--decay-rate", f.trainer.decay_rate, "Per-epoch factor (exponential)");
   cmd->add_option("--final-learning-rate", f.trainer.final_learning_rate, "End of cosine");
+  cmd->add_option("--lbfgs-iterations", f.trainer.lbfgs_iterations,
+                  "After the Adam epochs: full-batch L-BFGS iterations on the training loss "
+                  "(0: none; --epochs 0 then runs L-BFGS alone)");
+  cmd->add_option("--lbfgs-history", f.trainer.lbfgs_history, "L-BFGS history size");
+  cmd->add_option("--lbfgs-report-interval", f.trainer.lbfgs_report_interval,
+                  "L-BFGS iterations per reported round (validation, checkpoint)");
   cmd->add_option("--validation", f.trainer.validation_size, "Samples held out for validation");
   cmd->add_option("--evaluation-interval", f.trainer.evaluation_interval,
                   "Validation accuracies every this many epochs (0: at the end)");
@@ -433,6 +506,9 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-json", f.metrics_json, "Training report (JSON)");
   cmd->add_option("--description", f.description, "Free text stored in the metadata");
   cmd->add_option("--progress", f.progress, "auto, bar, lines or none");
+  cmd->add_option("--test-data", f.test_data,
+                  "Independent test data directory: its accuracies go into the model's "
+                  "metadata (metrics.test, with the data's provenance)");
   cmd->callback([flags, exit_code] { Guarded("fit", exit_code, [&] { RunFit(*flags); }); });
   return cmd;
 }

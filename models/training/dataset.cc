@@ -331,9 +331,18 @@ torch::Tensor ProjectJacobian(const Dataset& data, const torch::Tensor& output_b
       }
       return data.reduced_jacobian;
     case JacobianForm::kTruncatedSvd: {
-      torch::Tensor left = torch::matmul(u.t(), data.svd_u);               // [n, r_Q, r]
-      torch::Tensor right = torch::matmul(data.svd_v.transpose(1, 2), v);  // [n, r, r_M]
-      return torch::matmul(left * data.svd_sigma.unsqueeze(1), right);
+      // In chunks: matmul folds [n, r, d_M] (a transposed view) into one matrix by copying
+      // it, as large as V_data itself (gigabytes for a few thousand samples).
+      torch::Tensor out = torch::empty({n, r_q, r_m}, data.m.options());
+      for (int64_t start = 0; start < n; start += chunk) {
+        const int64_t count = std::min(chunk, n - start);
+        torch::Tensor left = torch::matmul(u.t(), data.svd_u.narrow(0, start, count));
+        torch::Tensor right = torch::matmul(data.svd_v.narrow(0, start, count).transpose(1, 2), v);
+        out.narrow(0, start, count)
+            .copy_(
+                torch::matmul(left * data.svd_sigma.narrow(0, start, count).unsqueeze(1), right));
+      }
+      return out;
     }
     case JacobianForm::kFull: {
       const int64_t d_q = data.output_dim(), d_m = data.input_dim();

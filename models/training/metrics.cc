@@ -40,6 +40,8 @@ nlohmann::json Accuracies::ToJson() const {
     json["reduced_h1_accuracy_rms"] = *reduced_h1_rms;
     json["reduced_rank"] = reduced_rank;
   }
+  if (basis_l2) json["basis_l2_accuracy"] = *basis_l2;
+  if (basis_h1) json["basis_h1_accuracy"] = *basis_h1;
   return json;
 }
 
@@ -123,6 +125,17 @@ Accuracies AccuracyEvaluator::Evaluate() const {
   }
 
   Accuracies accuracies;
+  if (network_.reduced() && n > 0) {
+    // The error of the best approximation in the bases is the part outside them.
+    ErrorSums basis_l2;
+    basis_l2.Add(p.l2_perp, p.q_norm_sq);
+    accuracies.basis_l2 = basis_l2.Accuracy(n);
+    if (has_h1_ && p.exact_jacobian_norms) {
+      ErrorSums basis_h1;
+      basis_h1.Add(p.j_perp, p.j_norm_sq);
+      accuracies.basis_h1 = basis_h1.Accuracy(n);
+    }
+  }
   accuracies.samples = n;
   accuracies.l2 = l2.Accuracy(n);
   accuracies.l2_rms = l2.RmsAccuracy(n);

@@ -42,9 +42,14 @@ struct Accuracies {
   std::optional<double> reduced_h1;      // (3.6c), when the data determine the per-sample SVD:
   std::optional<double> reduced_h1_rms;  // full or SVD Jacobians.
   int64_t reduced_rank = 0;              // The r used for reduced_h1.
+  // Reduced-basis models: the ceilings of their bases (above); basis_h1 when h1 is known
+  // exactly (full or SVD Jacobians, or reduced ones with their norms).
+  std::optional<double> basis_l2;
+  std::optional<double> basis_h1;
 
   // {"samples", "l2_accuracy", "l2_accuracy_rms", and where available "h1_accuracy",
-  // "h1_accuracy_rms", "reduced_h1_accuracy", "reduced_h1_accuracy_rms", "reduced_rank"}.
+  // "h1_accuracy_rms", "reduced_h1_accuracy", "reduced_h1_accuracy_rms", "reduced_rank",
+  // "basis_l2_accuracy", "basis_h1_accuracy"}.
   nlohmann::json ToJson() const;
 };
 

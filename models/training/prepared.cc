@@ -80,7 +80,15 @@ PreparedData Prepare(const models::Network& network, const Dataset& input,
     RequirePositive(prepared.sigma_sq, "the Jacobian");
     if (network.reduced()) {
       prepared.svd_left = torch::matmul(svd.u.transpose(1, 2), network.output_basis());
-      prepared.svd_right = torch::matmul(network.input_basis().t(), svd.v);
+      // In chunks: a [r_M, d_M] · [n, d_M, r] matmul expands the basis to [n, r_M, d_M]
+      // (r_M/r times the size of V_data).
+      const int64_t n = data.size(), r = svd.v.size(2), chunk = 64;
+      prepared.svd_right = torch::empty({n, network.input_basis().size(1), r}, svd.v.options());
+      for (int64_t start = 0; start < n; start += chunk) {
+        const int64_t count = std::min(chunk, n - start);
+        prepared.svd_right.narrow(0, start, count)
+            .copy_(torch::matmul(network.input_basis().t(), svd.v.narrow(0, start, count)));
+      }
     } else {
       prepared.svd_left = svd.u;
       prepared.svd_right = svd.v;

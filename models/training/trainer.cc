@@ -76,7 +76,22 @@ LossValues Combine(const LossConfig& config, double l2, double jacobian) {
 nlohmann::json BuildMetadata(const TrainerConfig& config, const DatasetSplit& split,
                              const TrainingResult& result) {
   nlohmann::json training = config.ToJson();
-  training["epochs"] = result.history.size();
+  int64_t adam_epochs = 0;
+  const EpochReport* last_lbfgs = nullptr;
+  for (const EpochReport& report : result.history) {
+    if (report.optimizer == "lbfgs") {
+      last_lbfgs = &report;
+    } else {
+      ++adam_epochs;
+    }
+  }
+  training["epochs"] = adam_epochs;
+  training["adam_steps"] =
+      adam_epochs * ((split.train.size() + config.batch_size - 1) / config.batch_size);
+  if (last_lbfgs != nullptr) {
+    training["lbfgs_iterations"] = last_lbfgs->lbfgs_iterations;
+    training["lbfgs_function_evaluations"] = last_lbfgs->function_evaluations;
+  }
   training["stopped_early"] = result.stopped_early;
   training["whitening"] = result.whitening;
   training["network_jacobian"] = result.network_jacobian;
@@ -121,7 +136,15 @@ nlohmann::json BuildMetadata(const TrainerConfig& config, const DatasetSplit& sp
 
 void TrainerConfig::Validate() const {
   loss.Validate();
-  if (epochs < 1) Fail("epochs must be >= 1");
+  if (lbfgs_iterations < 0) Fail("lbfgs_iterations must be >= 0");
+  if (epochs < (lbfgs_iterations > 0 ? 0 : 1)) {
+    Fail(lbfgs_iterations > 0 ? "epochs must be >= 0" : "epochs must be >= 1");
+  }
+  if (lbfgs_iterations > 0) {
+    if (lbfgs_history < 1) Fail("lbfgs_history must be >= 1");
+    if (lbfgs_report_interval < 1) Fail("lbfgs_report_interval must be >= 1");
+    if (lbfgs_chunk < 1) Fail("lbfgs_chunk must be >= 1");
+  }
   if (batch_size < 1) Fail("batch_size must be >= 1");
   if (!(learning_rate > 0.0) || !std::isfinite(learning_rate)) {
     Fail("learning_rate must be positive and finite");
@@ -151,21 +174,34 @@ nlohmann::json TrainerConfig::ToJson() const {
   if (schedule == LearningRateSchedule::kCosine) {
     optimizer["final_learning_rate"] = final_learning_rate;
   }
-  return {{"loss", loss.ToJson()},
-          {"optimizer", std::move(optimizer)},
-          {"epochs_requested", epochs},
-          {"batch_size", batch_size},
-          {"seed", seed},
-          {"validation_size", validation_size},
-          {"whitening_mode", WhiteningName(whitening)}};
+  nlohmann::json json = {{"loss", loss.ToJson()},
+                         {"optimizer", std::move(optimizer)},
+                         {"epochs_requested", epochs},
+                         {"batch_size", batch_size},
+                         {"seed", seed},
+                         {"validation_size", validation_size},
+                         {"whitening_mode", WhiteningName(whitening)}};
+  if (lbfgs_iterations > 0) {
+    json["lbfgs_finish"] = {{"iterations_requested", lbfgs_iterations},
+                            {"history_size", lbfgs_history},
+                            {"line_search", "strong_wolfe"},
+                            {"report_interval", lbfgs_report_interval},
+                            {"chunk", lbfgs_chunk}};
+  }
+  return json;
 }
 
 nlohmann::json EpochReport::ToJson() const {
   nlohmann::json json = {{"epoch", epoch},
+                         {"optimizer", optimizer},
                          {"learning_rate", learning_rate},
                          {"train", train.ToJson()},
                          {"seconds", epoch_seconds},
                          {"samples_per_second", samples_per_second}};
+  if (optimizer == "lbfgs") {
+    json["lbfgs_iterations"] = lbfgs_iterations;
+    json["function_evaluations"] = function_evaluations;
+  }
   if (validation) json["validation"] = validation->ToJson();
   if (validation_accuracy) json["validation_accuracy"] = validation_accuracy->ToJson();
   return json;
@@ -255,11 +291,40 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
 
   const int64_t n = split.train.size();
   const int64_t batches = (n + config.batch_size - 1) / config.batch_size;
+  const int64_t lbfgs_rounds =
+      (config.lbfgs_iterations + config.lbfgs_report_interval - 1) / config.lbfgs_report_interval;
+  const int64_t reports = config.epochs + lbfgs_rounds;
+  // Validation, timing, checkpoint and on_epoch of a finished epoch or L-BFGS round; false
+  // when on_epoch asks to stop.
+  auto finish_report = [&](EpochReport& report, std::chrono::steady_clock::time_point begun) {
+    const bool last = report.epoch == reports;
+    if (validation_loss) report.validation = validation_loss->EvaluateAll();
+    if (validating && config.evaluation_interval > 0 &&
+        (report.epoch % config.evaluation_interval == 0 || last)) {
+      report.validation_accuracy = validation_evaluator->Evaluate();
+      result.validation_accuracy = report.validation_accuracy;
+    }
+    report.epoch_seconds = SecondsSince(begun);
+    report.elapsed_seconds = SecondsSince(start);
+    report.eta_seconds = report.elapsed_seconds / static_cast<double>(report.epoch) *
+                         static_cast<double>(reports - report.epoch);
+    result.history.push_back(report);
+    result.seconds = SecondsSince(start);
+    if (callbacks.on_checkpoint) {
+      callbacks.on_checkpoint(module, report, BuildMetadata(config, split, result));
+    }
+    if (callbacks.on_epoch && !callbacks.on_epoch(report)) {
+      result.stopped_early = !last;
+      return false;
+    }
+    return true;
+  };
+
   for (int64_t epoch = 0; epoch < config.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     EpochReport report;
     report.epoch = epoch + 1;
-    report.epochs = config.epochs;
+    report.epochs = reports;
     report.learning_rate = LearningRateAt(config, epoch);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamOptions&>(group.options()).lr(report.learning_rate);
@@ -310,27 +375,75 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
                            jacobian_sum / static_cast<double>(n));
     report.samples_per_second =
         training_seconds > 0.0 ? static_cast<double>(n) / training_seconds : 0.0;
+    if (!finish_report(report, epoch_start)) break;
+  }
 
-    const bool last = epoch + 1 == config.epochs;
-    if (validation_loss) report.validation = validation_loss->EvaluateAll();
-    if (validating && config.evaluation_interval > 0 &&
-        ((epoch + 1) % config.evaluation_interval == 0 || last)) {
-      report.validation_accuracy = validation_evaluator->Evaluate();
-      result.validation_accuracy = report.validation_accuracy;
-    }
-    report.epoch_seconds = SecondsSince(epoch_start);
-    report.elapsed_seconds = SecondsSince(start);
-    report.eta_seconds = report.elapsed_seconds / static_cast<double>(epoch + 1) *
-                         static_cast<double>(config.epochs - epoch - 1);
-    result.history.push_back(report);
-    result.seconds = SecondsSince(start);
-
-    if (callbacks.on_checkpoint) {
-      callbacks.on_checkpoint(module, report, BuildMetadata(config, split, result));
-    }
-    if (callbacks.on_epoch && !callbacks.on_epoch(report)) {
-      result.stopped_early = !last;
-      break;
+  if (config.lbfgs_iterations > 0 && !result.stopped_early) {
+    // The random losses keep the draw of the last epoch (or the constructor's): L-BFGS needs
+    // one fixed objective.
+    torch::optim::LBFGS lbfgs(parameters, torch::optim::LBFGSOptions(1.0)
+                                              .max_iter(config.lbfgs_report_interval)
+                                              .history_size(config.lbfgs_history)
+                                              .tolerance_grad(1e-12)
+                                              .tolerance_change(1e-15)
+                                              .line_search_fn("strong_wolfe"));
+    int64_t evaluations = 0;
+    // The full-batch loss, its gradient accumulated chunk by chunk (each chunk's mean weighted
+    // by its share of the samples).
+    auto closure = [&]() -> torch::Tensor {
+      lbfgs.zero_grad();
+      double total = 0.0;
+      for (int64_t first = 0; first < n; first += config.lbfgs_chunk) {
+        const int64_t count = std::min(config.lbfgs_chunk, n - first);
+        LossTerms terms = train_loss.Evaluate(torch::arange(first, first + count, torch::kLong));
+        const torch::Tensor weighted =
+            terms.total * (static_cast<double>(count) / static_cast<double>(n));
+        weighted.backward();
+        total += weighted.item<double>();
+      }
+      ++evaluations;
+      if (!std::isfinite(total)) {
+        throw std::runtime_error("the loss became non-finite in L-BFGS evaluation " +
+                                 std::to_string(evaluations));
+      }
+      return torch::tensor(total, torch::TensorOptions().dtype(torch::kFloat64));
+    };
+    const std::string state_key = c10::guts::to_string(parameters.front().unsafeGetTensorImpl());
+    for (int64_t round = 0; round < lbfgs_rounds; ++round) {
+      const auto round_start = std::chrono::steady_clock::now();
+      const int64_t done = round * config.lbfgs_report_interval;
+      const int64_t iterations =
+          std::min(config.lbfgs_report_interval, config.lbfgs_iterations - done);
+      static_cast<torch::optim::LBFGSOptions&>(lbfgs.param_groups().front().options())
+          .max_iter(iterations)
+          .max_eval(iterations * 5 / 4 + 1);
+      lbfgs.step(closure);
+      EpochReport report;
+      report.epoch = config.epochs + round + 1;
+      report.epochs = reports;
+      report.optimizer = "lbfgs";
+      const auto state = lbfgs.state().find(state_key);
+      report.lbfgs_iterations =
+          state == lbfgs.state().end()
+              ? done + iterations
+              : static_cast<const torch::optim::LBFGSParamState&>(*state->second).n_iter();
+      report.function_evaluations = evaluations;
+      // The loss at the weights L-BFGS ended on (its last evaluation may be a line-search
+      // trial elsewhere).
+      {
+        torch::NoGradGuard no_grad;
+        double l2_sum = 0.0, jacobian_sum = 0.0;
+        for (int64_t first = 0; first < n; first += config.lbfgs_chunk) {
+          const int64_t count = std::min(config.lbfgs_chunk, n - first);
+          LossTerms terms = train_loss.Evaluate(torch::arange(first, first + count, torch::kLong),
+                                                /*create_graph=*/false);
+          l2_sum += terms.l2.sum().item<double>();
+          if (terms.jacobian.defined()) jacobian_sum += terms.jacobian.sum().item<double>();
+        }
+        report.train = Combine(config.loss, l2_sum / static_cast<double>(n),
+                               jacobian_sum / static_cast<double>(n));
+      }
+      if (!finish_report(report, round_start)) break;
     }
   }
 

@@ -61,6 +61,18 @@ struct TrainerConfig {
   int64_t evaluation_interval = 1;
   MetricsOptions metrics;
 
+  // A second-order finish after the Adam epochs: full-batch L-BFGS (strong Wolfe line
+  // search) on the same training loss, `lbfgs_iterations` iterations in all (0: none). Adam's
+  // mini-batch noise leaves the loss of a smooth small network well above what its weights
+  // can reach; L-BFGS converges on the whole training set instead. Reported every
+  // `lbfgs_report_interval` iterations like an epoch (validation, checkpoint, on_epoch). The
+  // gradient is accumulated over chunks of `lbfgs_chunk` samples to bound memory. With
+  // lbfgs_iterations > 0, epochs may be 0 (L-BFGS only, e.g. on a trained model).
+  int64_t lbfgs_iterations = 0;
+  int64_t lbfgs_history = 50;
+  int64_t lbfgs_report_interval = 25;
+  int64_t lbfgs_chunk = 1024;
+
   // Throws std::invalid_argument on out-of-range settings.
   void Validate() const;
   nlohmann::json ToJson() const;
@@ -80,10 +92,17 @@ struct BatchProgress {
 };
 
 struct EpochReport {
-  int64_t epoch = 0;  // 1-based.
+  int64_t epoch = 0;  // 1-based, over the Adam epochs and then the L-BFGS rounds.
   int64_t epochs = 0;
+  // "adam" for an epoch of mini-batches; "lbfgs" for a round of lbfgs_report_interval
+  // full-batch L-BFGS iterations (learning_rate and samples_per_second are then 0).
+  std::string optimizer = "adam";
+  int64_t lbfgs_iterations = 0;      // L-BFGS: iterations done so far, all rounds together.
+  int64_t function_evaluations = 0;  // L-BFGS: full-batch loss evaluations so far.
   double learning_rate = 0.0;
-  LossValues train;  // Means over the epoch's batches, as the weights moved (Keras style).
+  // Adam: means over the epoch's batches, as the weights moved (Keras style). L-BFGS: the
+  // full-batch loss at the end of the round.
+  LossValues train;
   std::optional<LossValues> validation;           // After the epoch.
   std::optional<Accuracies> validation_accuracy;  // Every evaluation_interval epochs.
   double epoch_seconds = 0.0;                     // Training and validation of this epoch.

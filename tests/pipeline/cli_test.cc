@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "tests/pipeline/test_util.h"
 
@@ -62,6 +63,56 @@ TEST(DinoTrain, GeneratesDataAndBases) {
   for (const char* file : {"bases.npz", "spectra.csv", "bases.json"}) {
     EXPECT_TRUE(std::filesystem::exists(data + "/" + file)) << file;
   }
+}
+
+// fit, then an L-BFGS finish that continues from the model file, with an independent test set
+// whose accuracies (and the bases' ceiling) land in the metadata.
+TEST(DinoTrain, FitsThenFinishesWithLbfgsFromTheModelFile) {
+  ScratchDir scratch;
+  const std::string train = scratch / "train", test = scratch / "test";
+  for (const auto& [dir, seed, samples] : {std::tuple(train, 1, 48), std::tuple(test, 2, 16)}) {
+    CommandResult run =
+        DinoTrain("generate --problem poisson --samples " + std::to_string(samples) +
+                      " --mesh 8 --rank 10 --seed " + std::to_string(seed) + " --out " + dir,
+                  scratch);
+    ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  }
+  CommandResult run =
+      DinoTrain("bases --data " + train + " --input-rank 8 --output-rank 10 --no-kle", scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  const std::string adam = scratch / "adam.pt", finished = scratch / "finished.pt";
+  run = DinoTrain("fit --data " + train + " --hidden 8,8 --epochs 3 --progress none --out " + adam,
+                  scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+
+  const std::string report = scratch / "report.json";
+  run = DinoTrain("fit --data " + train + " --init-model " + adam +
+                      " --epochs 0 --lbfgs-iterations 6 --lbfgs-report-interval 3 --test-data " +
+                      test + " --progress lines --metrics-json " + report + " --out " + finished,
+                  scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_THAT(run.stderr_text, HasSubstr("L-BFGS 3 iterations"));
+  EXPECT_THAT(run.stderr_text, HasSubstr("L-BFGS 6 iterations"));
+  EXPECT_THAT(run.stderr_text, HasSubstr("test: L2 accuracy"));
+  EXPECT_THAT(run.stderr_text, HasSubstr("basis ceiling: H1"));
+  const std::string metadata = FileContents(report);
+  EXPECT_THAT(metadata, HasSubstr("\"initial_model\""));
+  EXPECT_THAT(metadata, HasSubstr(adam));
+  EXPECT_THAT(metadata, HasSubstr("\"lbfgs_iterations\": 6"));
+  EXPECT_THAT(metadata, HasSubstr("\"basis_h1_accuracy\""));
+  EXPECT_THAT(metadata, HasSubstr("\"test\": {"));
+  EXPECT_THAT(metadata, HasSubstr("\"hidden_widths\": [\n    8,\n    8\n  ]"));
+
+  run = DinoTrain("evaluate --data " + test + " --model " + finished, scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_THAT(run.stdout_text, HasSubstr("\"basis_h1_accuracy\""));
+
+  run = DinoTrain("fit --data " + train + " --init-model " + adam +
+                      " --dtype fp32 --epochs 0 --lbfgs-iterations 1 --out " + finished,
+                  scratch);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.stderr_text,
+              HasSubstr("--dtype fp32 does not match the weights of --init-model"));
 }
 
 TEST(DinoTrain, ReportsUsageAndDataErrors) {

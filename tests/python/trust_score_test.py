@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dino_serve  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
-MODEL, VERSION = "poisson_dipnet", 3
+MODEL = "poisson_dipnet"
+# The version the server serves by default (the highest): the others are not loaded.
+VERSION = max(int(v) for v in os.listdir(os.path.join(REPOSITORY, MODEL)) if v.isdigit())
 
 
 def training_inputs(path):

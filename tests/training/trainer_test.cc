@@ -216,6 +216,67 @@ TEST(Training, CallbacksCheckpointsAndEarlyStop) {
   EXPECT_GT(metadata["training"]["samples_per_second"].get<double>(), 0.0);
 }
 
+TEST(Training, LbfgsFinishLowersTheLossAdamLeaves) {
+  TrainerConfig config = QuickConfig(JacobianLoss::kFullH1, 10);
+  config.evaluation_interval = 0;
+  torch::jit::Module adam_only = TrainingDipnet();
+  const TrainingResult adam = Train(adam_only, TheTrainingProblem().data, config);
+
+  config.lbfgs_iterations = 50;
+  config.lbfgs_report_interval = 20;  // Rounds of 20, 20 and 10 iterations.
+  config.lbfgs_chunk = 100;           // 256 training samples: chunks of 100, 100, 56.
+  std::vector<nlohmann::json> checkpoints;
+  TrainerCallbacks callbacks;
+  callbacks.on_checkpoint = [&](const torch::jit::Module&, const EpochReport&,
+                                const nlohmann::json& metadata) {
+    checkpoints.push_back(metadata);
+  };
+  torch::jit::Module finished = TrainingDipnet();
+  const TrainingResult result = Train(finished, TheTrainingProblem().data, config, callbacks);
+  ASSERT_EQ(result.history.size(), 13u);
+  ASSERT_EQ(checkpoints.size(), 13u);
+  // The Adam epochs are those of the run without the finish.
+  EXPECT_EQ(result.history[9].train.total, adam.history[9].train.total);
+  EXPECT_EQ(result.history[9].optimizer, "adam");
+  EXPECT_EQ(result.history[9].epochs, 13);
+  const EpochReport& last = result.history.back();
+  EXPECT_EQ(last.optimizer, "lbfgs");
+  EXPECT_EQ(last.epoch, 13);
+  EXPECT_EQ(result.history[10].lbfgs_iterations, 20);
+  EXPECT_EQ(last.lbfgs_iterations, 50);
+  EXPECT_GE(last.function_evaluations, 50);
+  EXPECT_EQ(last.learning_rate, 0.0);
+  // The reported loss is the full-batch loss at the final weights.
+  const Dataset train =
+      SplitDataset(TheTrainingProblem().data, config.validation_size, config.seed).train;
+  const double finished_loss =
+      Loss(models::Network(finished), train, config.loss).EvaluateAll().total;
+  const double adam_loss = Loss(models::Network(adam_only), train, config.loss).EvaluateAll().total;
+  EXPECT_NEAR(finished_loss, last.train.total, 1e-12);
+  // Full-batch second-order steps go far below where Adam's last epoch left the loss.
+  EXPECT_LT(finished_loss, adam_loss / 3);
+  ASSERT_TRUE(result.validation_accuracy && adam.validation_accuracy);
+  EXPECT_GT(*result.validation_accuracy->h1, *adam.validation_accuracy->h1);
+  // Metadata: Adam epochs and steps counted apart from the L-BFGS iterations.
+  const nlohmann::json& training = result.metadata["training"];
+  EXPECT_EQ(training["epochs"], 10);
+  EXPECT_EQ(training["adam_steps"], 10 * 8);
+  EXPECT_EQ(training["lbfgs_iterations"], 50);
+  EXPECT_EQ(training["lbfgs_finish"]["iterations_requested"], 50);
+  EXPECT_EQ(training["history"].back()["optimizer"], "lbfgs");
+  EXPECT_EQ(checkpoints[11]["training"]["lbfgs_iterations"], 40);
+
+  // L-BFGS alone (epochs 0), e.g. on a trained model: it continues from its weights.
+  TrainerConfig alone = config;
+  alone.epochs = 0;
+  alone.lbfgs_iterations = 10;
+  const TrainingResult more = Train(finished, TheTrainingProblem().data, alone);
+  EXPECT_EQ(more.whitening, "kept");
+  ASSERT_EQ(more.history.size(), 1u);
+  EXPECT_LE(more.history.back().train.total, last.train.total);
+  EXPECT_EQ(more.metadata["training"]["epochs"], 0);
+}
+
 TEST(Training, LearningRateSchedules) {
   auto rates = [](LearningRateSchedule schedule) {
     torch::jit::Module module = TrainingDipnet();
@@ -279,7 +340,14 @@ TEST(Training, RejectsBadSettingsBeforeTouchingTheModel) {
               ThrowsMessage<std::invalid_argument>(HasSubstr("validation_size")));
   config = QuickConfig(JacobianLoss::kFullH1, 0);
   EXPECT_THAT([&] { Train(module, p.data, config); },
-              ThrowsMessage<std::invalid_argument>(HasSubstr("epochs")));
+              ThrowsMessage<std::invalid_argument>(HasSubstr("epochs must be >= 1")));
+  config.lbfgs_iterations = 5;
+  config.lbfgs_history = 0;
+  EXPECT_THAT([&] { Train(module, p.data, config); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("lbfgs_history")));
+  config.lbfgs_iterations = -1;
+  EXPECT_THAT([&] { Train(module, p.data, config); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("lbfgs_iterations")));
   Dataset zero = p.data;
   zero.q = p.data.q.clone();
   zero.q[17].zero_();
@@ -384,6 +452,30 @@ TEST(Metrics, MatchDirectComputationsOnRandomModels) {
     EXPECT_NEAR(*a.reduced_h1, reduced, 1e-12);
     // The DIPNet's error is mostly outside its bases: a real test of Prop. 2.4 in the metric.
     EXPECT_LT(*a.h1, 0.9);
+    if (module == &generic) {
+      EXPECT_FALSE(a.basis_h1.has_value());
+      EXPECT_FALSE(a.basis_l2.has_value());
+      continue;
+    }
+    // The ceilings of the bases: the best approximations UUᵀq and UUᵀJVVᵀ (shift 0 here).
+    const torch::Tensor uut = torch::mm(u, u.t()), vvt = torch::mm(v, v.t());
+    const double basis_l2 =
+        1.0 - ((data.q - torch::mm(data.q, uut)).norm(2, {1}) / data.q.norm(2, {1}))
+                  .mean()
+                  .item<double>();
+    const double basis_h1 =
+        1.0 - ((data.jacobian - torch::matmul(torch::matmul(uut, data.jacobian), vvt))
+                   .flatten(1)
+                   .norm(2, {1}) /
+               data.jacobian.flatten(1).norm(2, {1}))
+                  .mean()
+                  .item<double>();
+    ASSERT_TRUE(a.basis_l2 && a.basis_h1);
+    EXPECT_NEAR(*a.basis_l2, basis_l2, 1e-12);
+    EXPECT_NEAR(*a.basis_h1, basis_h1, 1e-12);
+    EXPECT_GT(*a.basis_h1, *a.h1);  // A random φ is far below what its bases allow.
+    EXPECT_LT(*a.basis_h1, 0.99);   // and rank-2/3 bases lose part of J.
+    EXPECT_NEAR(a.ToJson()["basis_h1_accuracy"].get<double>(), basis_h1, 1e-12);
   }
 }
 
@@ -444,6 +536,21 @@ TEST(DatasetTest, ValidationNamesTheProblem) {
   small_norm.jacobian_norm_sq = small_norm.jacobian_norm_sq * 0.5;
   EXPECT_THAT([&] { small_norm.Validate(); },
               ThrowsMessage<std::invalid_argument>(HasSubstr("jacobian_norm_sq of sample 0")));
+}
+
+// UᵀJV from the truncated SVD, chunk by chunk (several chunks, the last one partial), equals
+// the projection of the full Jacobians.
+TEST(DatasetTest, ProjectJacobianFromSvdInChunksEqualsTheFullProjection) {
+  SmoothMap map = MakeSmoothMap(7, 4, 3, 61);
+  Dataset full = MakeFullDataset(map, 10, 62);
+  torch::Tensor v = dino::models::RandomOrthonormalColumns(7, 3, 63);
+  torch::Tensor u = dino::models::RandomOrthonormalColumns(4, 2, 64);
+  const torch::Tensor direct = torch::matmul(torch::matmul(u.t(), full.jacobian), v);
+  for (int64_t chunk : {1, 3, 64}) {
+    EXPECT_TRUE(torch::allclose(ProjectJacobian(WithTruncatedSvd(full, 4), u, v, chunk), direct,
+                                1e-12, 1e-12))
+        << "chunk " << chunk;
+  }
 }
 
 TEST(DatasetTest, SplitSelectAndSummary) {
