@@ -161,7 +161,7 @@ def wait_for_quiet(max_wait_s, max_share):
 def run_bench(a, target, args, label, expect_codes=()):
     """Runs dino-bench with `args`, returns its JSON; exit 1 is data (the JSON says why)."""
     command = [os.path.join(a.bin, "dino-bench"), "--server", target, "--model", a.model,
-               "--threads", str(a.bench_threads), "--json", "-"] + args
+               "--version", str(a.version), "--threads", str(a.bench_threads), "--json", "-"] + args
     if expect_codes:
         command += ["--expected_codes", ",".join(expect_codes)]
     log(f"{label}: " + " ".join(command[1:]))
@@ -340,7 +340,7 @@ def write_outputs(a, results):
         f"{'**Quick smoke run: too short to be a result.** ' if a.quick else ''}"
         f"Measured {meta['date']} on {meta['host']} ({meta['cpus']} CPUs; load average "
         f"{meta['load_before']} before, {meta['load_after']} after), git {meta['git']}, "
-        f"model `{a.model}`. Server flags: `{' '.join(meta['server_flags']) or '(defaults)'}`; "
+        f"model `{a.model}` version {a.version}. Server flags: `{' '.join(meta['server_flags']) or '(defaults)'}`; "
         f"the load generator (dino-bench) ran on the same cores. Regenerate with "
         f"`{' '.join(['/usr/bin/python3', 'scripts/bench_serving.py'] + meta['argv'])}`.",
         ""]
@@ -409,7 +409,11 @@ def main():
     p.add_argument("--bin", default=os.path.join(ROOT, "build", "bin"))
     p.add_argument("--repository", default=os.path.join(ROOT, "models", "repository"))
     p.add_argument("--model", default="poisson_dipnet")
-    p.add_argument("--model_file", help="default: the model's highest version in --repository")
+    p.add_argument("--version", type=int,
+                   help="model version measured (served and in-process); default: the version "
+                        "the model's config.json labels 'paper' (poisson_dipnet 3: hidden "
+                        "6 x 50, the model issue 8's targets were set on), else the highest")
+    p.add_argument("--model_file", help="default: --version's model.pt in --repository")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     p.add_argument("--threads", type=int, help="dino-server --threads")
     p.add_argument("--torch_threads", type=int, help="dino-server --torch_threads")
@@ -454,10 +458,16 @@ def main():
         server_flags.append(f"--threads={a.threads}")
     if a.torch_threads is not None:
         server_flags.append(f"--torch_threads={a.torch_threads}")
+    if a.version is None:
+        config = os.path.join(a.repository, a.model, "config.json")
+        if os.path.exists(config):
+            with open(config) as f:
+                a.version = json.load(f).get("labels", {}).get("paper")
+    if a.version is None:
+        a.version = max(int(v) for v in os.listdir(os.path.join(a.repository, a.model))
+                        if v.isdigit())
     if not a.model_file:
-        versions = [int(v) for v in os.listdir(os.path.join(a.repository, a.model))
-                    if v.isdigit()]
-        a.model_file = os.path.join(a.repository, a.model, str(max(versions)), "model.pt")
+        a.model_file = os.path.join(a.repository, a.model, str(a.version), "model.pt")
     for tool in ("dino-server", "dino-bench", "dino", "dino_pde_benchmark"):
         if not os.access(os.path.join(a.bin, tool), os.X_OK):
             sys.exit(f"bench_serving: {os.path.join(a.bin, tool)} is missing (--bin; build it "
@@ -481,7 +491,7 @@ def main():
         "host": platform.node(), "cpus": os.cpu_count(), "git": git, "argv": sys.argv[1:],
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "server_flags": server_flags, "quick": a.quick, "model": a.model,
-        "model_file": a.model_file}
+        "model_file": a.model_file, "version": a.version}
 
     def save():
         with open(partial_path, "w") as f:
