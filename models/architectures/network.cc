@@ -108,6 +108,11 @@ torch::Tensor SoftplusSlope(const torch::Tensor& a) {
   return torch::sigmoid(a).masked_fill_(a > kSoftplusThreshold, 1.0);
 }
 
+// J_φ's last factor, W₀ᵀ diag(scale) [w₁, r_M], contiguous.
+torch::Tensor FirstFactor(const DenseLayers& layers) {
+  return (layers.weights[0].t() * layers.scale).contiguous();
+}
+
 // Without gradients: φ and J_φ of the points whose first-layer pre-activations are `first`
 // [B, w₁], written into `value` [B, r_Q] and `jacobian` [B, r_Q, r_M] (contiguous). J_φ is
 // accumulated from the left, so that every product has r_Q rows per point:
@@ -117,12 +122,12 @@ torch::Tensor SoftplusSlope(const torch::Tensor& a) {
 // one BLAS's kernels run along: (B·r_Q × w)(w × w) in row-major order ran at 31–37 GFLOP/s,
 // W gᵀ at 74–81 (OpenBLAS 0.3.21 SkylakeX, fp64, w = 50, one thread). The last product is
 // written into `jacobian` directly: no copy of a result that can be 40 MB for 1000 points.
-void PropagateJacobianInto(const DenseLayers& layers, const torch::Tensor& first,
-                           torch::Tensor value, torch::Tensor jacobian) {
+// `first_factor` is FirstFactor(layers), made once per call of the caller, not per chunk.
+void PropagateJacobianInto(const DenseLayers& layers, const torch::Tensor& first_factor,
+                           const torch::Tensor& first, torch::Tensor value,
+                           torch::Tensor jacobian) {
   const size_t last = layers.weights.size() - 1;
   const int64_t batch = first.size(0);
-  const torch::Tensor first_factor =
-      (layers.weights[0].t() * layers.scale).contiguous();  // [w₁, r_M]
   if (last == 0) {
     value.copy_(first);
     jacobian.copy_(first_factor.unsqueeze(0).expand_as(jacobian));
@@ -164,7 +169,7 @@ std::pair<torch::Tensor, torch::Tensor> PropagateJacobian(const DenseLayers& lay
     const int64_t r_q = layers.weights[last].size(1), r_m = layers.weights[0].size(0);
     torch::Tensor value = torch::empty({z.size(0), r_q}, z.options());
     torch::Tensor jacobian = torch::empty({z.size(0), r_q, r_m}, z.options());
-    PropagateJacobianInto(layers, FirstLayer(layers, z), value, jacobian);
+    PropagateJacobianInto(layers, FirstFactor(layers), FirstLayer(layers, z), value, jacobian);
     return {value, jacobian};
   }
   torch::Tensor h = (z - layers.shift) * layers.scale;
@@ -210,13 +215,14 @@ std::pair<torch::Tensor, torch::Tensor> PropagateInChunks(const DenseLayers& lay
   torch::Tensor value = torch::empty({batch, r_q}, first.options());
   torch::Tensor jacobian = torch::empty({batch, r_q, r_m}, first.options());
   const int64_t chunks = (batch + kPropagationChunk - 1) / kPropagationChunk;
+  const torch::Tensor first_factor = FirstFactor(layers);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     torch::NoGradGuard no_grad;  // Grad mode is per thread.
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t start = chunk * kPropagationChunk;
       const int64_t count = std::min(kPropagationChunk, batch - start);
-      PropagateJacobianInto(layers, first.narrow(0, start, count), value.narrow(0, start, count),
-                            jacobian.narrow(0, start, count));
+      PropagateJacobianInto(layers, first_factor, first.narrow(0, start, count),
+                            value.narrow(0, start, count), jacobian.narrow(0, start, count));
     }
   });
   return {value, jacobian};
