@@ -298,16 +298,40 @@ def evaluate_targets(results):
         add(f"{load}: refusal p99", fmt(p99, " ms", 2),
             "< 5 ms, with refusals", p99 is not None and p99 < 5,
             f"{refused['count'] if refused else 0} refusals of {row.get('requests', 0)} requests")
-    check = (row or {}).get("check", {})
-    other = (row or {}).get("unexpected_errors", 1)
-    admitted_ok = row is not None and check.get("failures", 1) == 0 and other == 0 and \
-        check.get("checked", 0) >= row.get("calls", 0) > 0
+    rows = [row]
+    backoff_row = point(overload.get("backoff_bench") or {}, "Evaluate")
+    if backoff_row and overload["queue_limit_supported"]:
+        rows.append(backoff_row)
+        refused = backoff_row.get("error_latency_us", {}).get("RESOURCE_EXHAUSTED")
+        p99 = refused["p99_us"] / 1000 if refused else None
+        add(f"{load}, refused clients back off ({overload['backoff_ms']:g} ms doubling to 1 s, "
+            f"full jitter): refusal p99", fmt(p99, " ms", 2), "< 5 ms, with refusals",
+            p99 is not None and p99 < 5,
+            f"{refused['count'] if refused else 0} refusals of "
+            f"{backoff_row.get('requests', 0)} requests, "
+            f"{backoff_row.get('samples_per_s', 0):,.0f} answered/s")
+    checked = sum(r.get("check", {}).get("checked", 0) for r in rows if r)
+    wrong = sum(r.get("check", {}).get("failures", 1) for r in rows if r)
+    other = sum(r.get("unexpected_errors", 1) for r in rows if r)
+    admitted_ok = all(r is not None and r.get("check", {}).get("failures", 1) == 0 and
+                      r.get("unexpected_errors", 1) == 0 and
+                      r.get("check", {}).get("checked", 0) >= r.get("calls", 0) > 0
+                      for r in rows)
     add(f"{load}: every admitted call answered correctly",
-        f"{check.get('checked', 0)} checked, {check.get('failures', 'n/a')} wrong, "
-        f"{other} other errors", "0 wrong, 0 other errors", admitted_ok)
+        f"{checked} checked, {wrong} wrong, {other} other errors", "0 wrong, 0 other errors",
+        admitted_ok)
     add(f"{load}: server healthy afterwards", overload["health_after"],
         "SERVING and still running", overload["healthy_after"])
     return targets
+
+
+def bench_runs(results):
+    """(stage, dino-bench run) of every load run, in report order."""
+    runs = [("sweep", results["sweep"]), ("large_batch", results["large_batch"]),
+            ("overload", results["overload"]["bench"])]
+    if results["overload"].get("backoff_bench"):
+        runs.append(("overload_backoff", results["overload"]["backoff_bench"]))
+    return runs
 
 
 def write_outputs(a, results):
@@ -317,9 +341,7 @@ def write_outputs(a, results):
         f.write("\n")
     with open(os.path.join(a.out, "serving.csv"), "w") as f:
         f.write(",".join(CSV_COLUMNS) + "\n")
-        runs = [("sweep", results["sweep"]), ("large_batch", results["large_batch"]),
-                ("overload", results["overload"]["bench"])]
-        for stage, run in runs:
+        for stage, run in bench_runs(results):
             for row in run["results"]:
                 refused = row.get("error_latency_us", {}).get("RESOURCE_EXHAUSTED", {})
                 values = dict(row, stage=stage,
@@ -388,16 +410,25 @@ def write_outputs(a, results):
     lines += ["", "Client CPU: what dino-bench itself (gRPC threads included) took of the "
               "machine it shares with the server.", "", "![sweep](serving_sweep.png)", ""]
     ov = results["overload"]
-    row = point(ov["bench"], "Evaluate")
-    if row:
-        lines += ["## Overload", "",
-                  f"Server flags `{' '.join(ov['server_flags']) or '(defaults)'}`; "
-                  f"{row.get('concurrency')} "
-                  f"clients for {ov['bench'].get('duration_s')} s: {row.get('requests', 0)} "
-                  f"requests, {row.get('calls', 0)} answered (p99 "
+    runs = [("refused clients retry at once", ov["bench"])]
+    if ov.get("backoff_bench"):
+        runs.append((f"refused clients back off ({ov['backoff_ms']:g} ms doubling to 1 s, "
+                     "full jitter)", ov["backoff_bench"]))
+    lines += ["## Overload", "", f"Server flags `{' '.join(ov['server_flags']) or '(defaults)'}`; "
+              f"health afterwards: {ov['health_after']}.", ""]
+    for what, run in runs:
+        row = point(run, "Evaluate")
+        if not row:
+            continue
+        refused = row.get("error_latency_us", {}).get("RESOURCE_EXHAUSTED", {})
+        lines += [f"* {what}: {row.get('concurrency')} clients for {run.get('duration_s')} s: "
+                  f"{row.get('requests', 0)} requests, {row.get('calls', 0)} answered "
+                  f"({row.get('samples_per_s', 0):,.0f}/s, p99 "
                   f"{row.get('p99_us', 0) / 1000:.2f} ms), refusals by code "
-                  f"{row.get('errors_by_code', {})}; health afterwards: {ov['health_after']}.",
-                  ""]
+                  f"{row.get('errors_by_code', {})} (p50 "
+                  f"{refused.get('p50_us', 0) / 1000:.2f} ms, p99 "
+                  f"{refused.get('p99_us', 0) / 1000:.2f} ms)."]
+    lines.append("")
     with open(os.path.join(a.out, "serving.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -430,6 +461,9 @@ def main():
     p.add_argument("--overload_clients", type=int, default=256)
     p.add_argument("--queue_limit", type=int, default=64)
     p.add_argument("--overload_duration", type=float, default=5.0)
+    p.add_argument("--overload_backoff_ms", type=float, default=10.0,
+                   help="a second overload run whose refused clients back off (dino-bench "
+                        "--refusal_backoff_ms); 0 = none")
     p.add_argument("--pde_samples", type=int, default=5)
     p.add_argument("--quick", action="store_true",
                    help="smoke run (short points, small batches): checks the tools, not the "
@@ -573,8 +607,22 @@ def main():
                                str(a.overload_clients), "--duration", str(a.overload_duration),
                                "--warmup", str(a.warmup), "--check"], "overload",
                               ("RESOURCE_EXHAUSTED",))
+            # The same clients when each backs off after a refusal, as the refusal asks and
+            # as gRPC's retry policy does; the run above is the worst case, every refused
+            # client straight back.
+            backoff = None
+            if a.overload_backoff_ms > 0:
+                backoff = run_bench(a, server.target,
+                                    ["--methods", "evaluate", "--concurrency",
+                                     str(a.overload_clients), "--duration",
+                                     str(a.overload_duration), "--warmup", str(a.warmup),
+                                     "--check", "--refusal_backoff_ms",
+                                     str(a.overload_backoff_ms)], "overload_backoff",
+                                    ("RESOURCE_EXHAUSTED",))
             status, healthy = health(a, server.target)
-            return {"bench": bench, "clients": a.overload_clients, "queue_limit": a.queue_limit,
+            return {"bench": bench, "backoff_bench": backoff,
+                    "backoff_ms": a.overload_backoff_ms,
+                    "clients": a.overload_clients, "queue_limit": a.queue_limit,
                     "queue_limit_supported": supported, "server_flags": flags,
                     "health_after": status, "healthy_after": healthy and server.alive()}
 
@@ -615,8 +663,7 @@ def main():
     print(f"wrote {a.out}/serving.{{json,csv,md}} and serving_sweep.png")
 
     tool_failures = []
-    for name, run in (("sweep", results["sweep"]), ("large_batch", results["large_batch"]),
-                      ("overload", results["overload"]["bench"])):
+    for name, run in bench_runs(results):
         if run["exit_status"] != 0:
             tool_failures.append(name)
     if tool_failures:

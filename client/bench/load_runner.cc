@@ -11,8 +11,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <optional>
+#include <queue>
+#include <random>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -76,18 +82,43 @@ class Worker {
     while (cq_.Next(&tag, &ok)) delete static_cast<Call*>(tag);
   }
 
-  // Clients [first_slot, first_slot + slots) of a closed loop.
+  // Clients [first_slot, first_slot + slots) of a closed loop. A refused client backs off
+  // (LoadPoint::refusal_backoff_ms) before its next request; the others go on meanwhile.
   void RunClosedLoop(int64_t first_slot, int64_t slots) {
+    refusals_in_a_row_.assign(static_cast<size_t>(slots), 0);
     for (int64_t slot = first_slot; slot < first_slot + slots; ++slot) IssueClosed(slot);
-    while (in_flight_ > 0) {
+    while (in_flight_ > 0 || !backing_off_.empty()) {
       void* tag;
       bool ok;
-      if (!cq_.Next(&tag, &ok)) break;
-      Call* call = static_cast<Call*>(tag);
-      Complete(call, Clock::now());
-      const int64_t slot = call->slot;
-      delete call;
-      IssueClosed(slot);
+      grpc::CompletionQueue::NextStatus status;
+      if (backing_off_.empty()) {
+        status = cq_.Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                     : grpc::CompletionQueue::SHUTDOWN;
+      } else {
+        status = cq_.AsyncNext(&tag, &ok, SystemDeadline(backing_off_.top().first));
+      }
+      if (status == grpc::CompletionQueue::SHUTDOWN) break;
+      if (status == grpc::CompletionQueue::GOT_EVENT) {
+        Call* call = static_cast<Call*>(tag);
+        const Clock::time_point now = Clock::now();
+        Complete(call, now);
+        const int64_t slot = call->slot;
+        const bool refused = call->status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+        delete call;
+        int& in_a_row = refusals_in_a_row_[static_cast<size_t>(slot - first_slot)];
+        in_a_row = refused ? in_a_row + 1 : 0;
+        if (refused && point_.refusal_backoff_ms > 0) {
+          backing_off_.emplace(now + Backoff(in_a_row), slot);
+        } else {
+          IssueClosed(slot);
+        }
+      }
+      const Clock::time_point now = Clock::now();
+      while (!backing_off_.empty() && backing_off_.top().first <= now) {
+        const int64_t slot = backing_off_.top().second;
+        backing_off_.pop();
+        IssueClosed(slot);
+      }
     }
   }
 
@@ -158,6 +189,16 @@ class Worker {
   int64_t max_in_flight() const { return max_in_flight_; }
 
  private:
+  // Full jitter: uniform in [0, min(max, initial * 2^(refusals - 1))].
+  Clock::duration Backoff(int refusals) {
+    const double cap_ms =
+        std::min(point_.refusal_backoff_max_ms,
+                 point_.refusal_backoff_ms * std::ldexp(1.0, std::min(refusals - 1, 30)));
+    const double ms = std::uniform_real_distribution<double>(0.0, cap_ms)(jitter_);
+    return std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double, std::milli>(ms));
+  }
+
   // Sends the next request of client `slot` if the point still wants one.
   void IssueClosed(int64_t slot) {
     const int64_t index = shared_->claimed.fetch_add(1);
@@ -246,6 +287,12 @@ class Worker {
   std::optional<Clock::time_point> first_measured_start_;
   std::optional<Clock::time_point> last_measured_end_;
   LatencyStats send_lag_;
+  // Closed loop: consecutive refusals per client, and the clients waiting out a backoff
+  // (earliest first).
+  std::vector<int> refusals_in_a_row_;
+  using Wakeup = std::pair<Clock::time_point, int64_t>;
+  std::priority_queue<Wakeup, std::vector<Wakeup>, std::greater<Wakeup>> backing_off_;
+  std::mt19937_64 jitter_{point_.seed * 7919 + static_cast<uint64_t>(id_)};
 };
 
 // User + system CPU seconds of this process so far.

@@ -66,7 +66,14 @@ struct LoadPoint {
   int64_t warmup = 0;
   double timeout_s = 10;  // Deadline of each call.
   int threads = 1;        // Worker threads, each with its own completion queue.
-  uint64_t seed = 1;      // Of the Poisson arrivals.
+  uint64_t seed = 1;      // Of the Poisson arrivals and the backoff jitter.
+  // Closed loop: after a RESOURCE_EXHAUSTED answer a client waits before its next request, as
+  // the refusal asks and as gRPC's retry policy does: a uniformly random time up to
+  // min(refusal_backoff_max_ms, refusal_backoff_ms * 2^(refusals in a row - 1)) ("full
+  // jitter"); a success resets the count. 0: the next request leaves at once (the worst case
+  // for the server: every refused client comes straight back).
+  double refusal_backoff_ms = 0;
+  double refusal_backoff_max_ms = 1000;
 };
 
 struct LoadResult {

@@ -85,6 +85,8 @@ struct Flags {
   int64_t k = 1;
   std::string dtype;
   double timeout_s = 10;
+  double refusal_backoff_ms = 0;
+  double refusal_backoff_max_ms = 1000;
   bool wait = false;
   uint64_t seed = 1;
   int channels = 0;
@@ -637,7 +639,7 @@ int main(int argc, char** argv) {
                      "Closed loop: comma-separated client counts, one point each (e.g. "
                      "1,8,64); each client sends its next request when the last is answered")
           ->capture_default_str();
-  app.add_option("--rate", f.rate,
+  CLI::Option* rate = app.add_option("--rate", f.rate,
                  "Open loop instead: comma-separated request rates per second, one point each; "
                  "requests leave at scheduled times whatever the server does")
       ->excludes(concurrency);
@@ -658,6 +660,17 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", f.dtype, "Dtype of inputs and outputs; default: the model's own dtype")
       ->check(CLI::IsMember({"fp32", "fp64"}));
   app.add_option("--timeout", f.timeout_s, "Deadline of each call, in seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--refusal_backoff_ms", f.refusal_backoff_ms,
+                 "Closed loop: a client refused with RESOURCE_EXHAUSTED waits a random time up to "
+                 "this, doubling with each refusal in a row (up to --refusal_backoff_max_ms), "
+                 "before its next request, as gRPC's retry policy does; 0 = at once")
+      ->check(CLI::NonNegativeNumber)
+      ->excludes(rate)
+      ->capture_default_str();
+  app.add_option("--refusal_backoff_max_ms", f.refusal_backoff_max_ms,
+                 "Largest backoff after refusals in a row")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_flag("--wait", f.wait, "Wait up to --timeout for the server to become reachable");
@@ -881,6 +894,8 @@ int main(int argc, char** argv) {
       point.timeout_s = f.timeout_s;
       point.threads = f.threads;
       point.seed = f.seed;
+      point.refusal_backoff_ms = f.refusal_backoff_ms;
+      point.refusal_backoff_max_ms = f.refusal_backoff_max_ms;
       PointResult result(spec);
       result.concurrency = point.concurrency;
       result.rate = point.rate;
@@ -917,6 +932,8 @@ int main(int argc, char** argv) {
       out["arrivals"] = f.arrivals;
     } else {
       out["concurrency"] = concurrencies;
+      out["refusal_backoff_ms"] = f.refusal_backoff_ms;
+      out["refusal_backoff_max_ms"] = f.refusal_backoff_max_ms;
     }
     for (const PointResult& r : results) out["results"].push_back(RowJson(r, f, open_loop));
     const std::string text = out.dump(2) + "\n";

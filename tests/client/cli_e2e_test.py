@@ -304,6 +304,25 @@ class RefusingServerBenchTest(FakeServerTestCase):
             self.assertTrue(0 < refused["p50_us"] <= refused["p99_us"] <= refused["max_us"])
             self.assertIn("RESOURCE_EXHAUSTED: queue full", r["first_error"])
 
+    def test_refused_clients_back_off_when_asked(self):
+        # Same pattern: 10 refusals among 50 measured calls, each followed by a success, so
+        # each backoff is uniform in [0, 200 ms]: about 1 s in all, against milliseconds for
+        # the whole run without backoff. Refusals still count as before.
+        args = ["--methods", "evaluate", "-n", "50", "--warmup", "5", "--expected_codes",
+                "RESOURCE_EXHAUSTED"]
+        at_once = self.bench(*args)
+        backing_off = self.bench(*(args + ["--refusal_backoff_ms", "200"]))
+        for r in (at_once, backing_off):
+            self.assertEqual((r["requests"], r["calls"], r["errors"]), (50, 40, 10), r)
+        self.assertGreater(backing_off["wall_s"], 0.3)
+        self.assertGreater(backing_off["wall_s"], at_once["wall_s"] + 0.25)
+        # Backoff is a closed-loop notion: open-loop arrivals leave on schedule.
+        r = subprocess.run([ARGS.bench, "--server", self.target, "--rate", "10",
+                            "--refusal_backoff_ms", "5"], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--refusal_backoff_ms", r.stderr)
+
 
 class PythonClientTest(FakeServerTestCase):
     @classmethod
