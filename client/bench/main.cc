@@ -639,10 +639,11 @@ int main(int argc, char** argv) {
                      "Closed loop: comma-separated client counts, one point each (e.g. "
                      "1,8,64); each client sends its next request when the last is answered")
           ->capture_default_str();
-  CLI::Option* rate = app.add_option("--rate", f.rate,
-                 "Open loop instead: comma-separated request rates per second, one point each; "
-                 "requests leave at scheduled times whatever the server does")
-      ->excludes(concurrency);
+  CLI::Option* rate =
+      app.add_option("--rate", f.rate,
+                     "Open loop instead: comma-separated request rates per second, one point each; "
+                     "requests leave at scheduled times whatever the server does")
+          ->excludes(concurrency);
   app.add_option("--arrivals", f.arrivals, "Open-loop arrival times: fixed or poisson")
       ->check(CLI::IsMember({"fixed", "poisson"}))
       ->capture_default_str();
