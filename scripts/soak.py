@@ -701,9 +701,10 @@ def bench_window(row):
     if "failed" in row:
         return {"ok": 0, "refused": 0, "wrong": 0, "unexpected": 1, "warmup_failed": 0,
                 "samples": ["dino-bench: " + row["failed"]]}
-    if "first_error" in row:
+    if "requests" not in row:
         # The run never started: its warm-up probe or reference calls failed. Under overload
-        # the other streams' calls fill the model's queue and these get refused.
+        # the other streams' calls fill the model's queue and these get refused. (A run that
+        # did start also has a first_error when any of its calls failed, e.g. refused.)
         refused = bool(OVERLOAD.search(row["first_error"]))
         return {"ok": 0, "refused": 0, "wrong": 0, "unexpected": 0 if refused else 1,
                 "warmup_failed": 0, "not_started": 1, "samples": [row["first_error"]]}
