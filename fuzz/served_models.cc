@@ -59,3 +59,11 @@ absl::StatusOr<serving::Answer> SubmitAndWait(serving::Method method,
 }
 
 }  // namespace dino::fuzz
+
+// Builds the served models before the first input: loading them (with each DIPNet's
+// self-check through TorchScript, slow under ASan) took longer than libFuzzer's per-input
+// timeout (10 s) on a loaded machine, and was reported as a timeout of the first input.
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  dino::fuzz::Served();
+  return 0;
+}

@@ -765,7 +765,18 @@ def quiescent_snapshot(pid, seconds):
     while time.time() < end:
         samples.append(proc_sample(pid))
         time.sleep(1.0)
-    return {key: min(s[key] for s in samples) for key in samples[0]}
+    result = {key: min(s[key] for s in samples) for key in samples[0]}
+    # Which threads there are at the end (by name), to tell a leaked thread from a pool.
+    names = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    result["thread_names"] = dict(sorted(names.items()))
+    return result
 
 
 def stage_soak(args, models, data, pool, saturation):
