@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -174,6 +175,34 @@ def run_bench(a, target, args, label, expect_codes=()):
     return result
 
 
+def transport_floor(a, calls=3000):
+    """p50/p99 of a batch-1 Evaluate round trip to a server that computes nothing (the test
+    suite's fake, dino_fake_surrogate_server, answers a d_Q = 2 linear model): what gRPC over
+    loopback costs on this machine before any model is involved. None without the fake."""
+    fake = os.path.join(a.bin, "dino_fake_surrogate_server")
+    if not os.access(fake, os.X_OK):
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([fake, "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        command = [os.path.join(a.bin, "dino-bench"), "--server", f"127.0.0.1:{port}", "--wait",
+                   "--methods", "evaluate", "--concurrency", "1", "-n", str(calls), "--warmup",
+                   "300", "--json", "-"]
+        log("transport floor: " + " ".join(command[1:]))
+        r = subprocess.run(command, capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"transport floor: dino-bench failed (exit {r.returncode}): {r.stderr[-500:]}")
+            return None
+        row = json.loads(r.stdout)["results"][0]
+        return {"p50_us": row["p50_us"], "p99_us": row["p99_us"], "calls": row["calls"]}
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def pde_seconds_per_sample(a):
     """Mean seconds per Poisson sample with q and the full adjoint Jacobian, one core.
 
@@ -276,16 +305,19 @@ def evaluate_targets(results):
         fmt(ev_big / inproc_big * 100 if ev_big and inproc_big else None, " %", 1),
         f"≥ 50 % of {fmt(inproc_big)} samples/s", ev_big and inproc_big and
         ev_big >= 0.5 * inproc_big, f"{fmt(ev_big)} samples/s")
+    floor = sweep.get("transport_floor")
+    floor_note = (f"; a call to a server that computes nothing: {floor['p50_us']:.0f} µs"
+                  if floor else "")
     p50 = ev1["p50_us"] if ev1 and ev1.get("calls") else None
     add("batch-1 Evaluate p50 over loopback vs in-process per call",
         fmt(p50 / inproc_eval_p50 if p50 else None, " ×", 2),
         f"≤ 1.5 × {inproc_eval_p50:.0f} µs", p50 and p50 <= 1.5 * inproc_eval_p50,
-        f"{fmt(p50, ' µs')}")
+        f"{fmt(p50, ' µs')}{floor_note}")
     p50 = rj1["p50_us"] if rj1 and rj1.get("calls") else None
     add("batch-1 ReducedJacobian p50 vs in-process jacrev",
         fmt(p50 / inproc_jac_p50 if p50 else None, " ×", 2),
         f"≤ 0.5 × {inproc_jac_p50:.0f} µs", p50 and p50 <= 0.5 * inproc_jac_p50,
-        f"{fmt(p50, ' µs')}")
+        f"{fmt(p50, ' µs')}{floor_note}")
 
     row = point(overload["bench"], "Evaluate")
     load = f"overload: {overload['clients']} clients, queue limit {overload['queue_limit']}"
@@ -393,6 +425,12 @@ def write_outputs(a, results):
               ", ".join(f"B = {b} (vmap): {r['samples_per_s']:,.0f} points/s"
                         for b, r in inproc["reduced_jacobian"]["batched"].items()) + ".", "",
               f"Adjoint PDE, one core: `{pde['line']}` ({pde['samples']} samples).", "",
+              "Transport floor: a batch-1 Evaluate to a server that computes nothing (the "
+              "test suite's fake) over the same loopback: " + (
+                  f"p50 {floor['p50_us']:.0f} µs, p99 {floor['p99_us']:.0f} µs "
+                  f"({floor['calls']} calls)." if (floor := results['sweep'].get(
+                      'transport_floor')) else "not measured (no dino_fake_surrogate_server)."),
+              "",
               "CPU time of other processes, as a share of the machine, per stage: " +
               ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ".", "",
               "## Concurrency sweep (closed loop, batch 1)", "",
@@ -571,12 +609,15 @@ def main():
         return value
 
     def stage_sweep():
+        floor = transport_floor(a, 300 if a.quick else 3000)
         with Server(binary, served, server_flags,
                     os.path.join(work, "sweep_server.log")) as server:
-            return run_bench(a, server.target,
-                             ["--methods", "evaluate,reduced_jacobian", "--concurrency",
-                              a.concurrency, "--duration", str(a.duration), "--warmup",
-                              str(a.warmup)], "sweep")
+            sweep = run_bench(a, server.target,
+                              ["--methods", "evaluate,reduced_jacobian", "--concurrency",
+                               a.concurrency, "--duration", str(a.duration), "--warmup",
+                               str(a.warmup)], "sweep")
+        sweep["transport_floor"] = floor
+        return sweep
 
     def stage_large_batch():
         with Server(binary, served, server_flags,

@@ -55,10 +55,16 @@ class BenchServingSmokeTest(unittest.TestCase):
             self.assertEqual(overload["concurrency"], 32)
             self.assertEqual(overload["check"]["failures"], 0)
             self.assertTrue(results["overload"]["healthy_after"])
+            backoff = results["overload"]["backoff_bench"]["results"][0]
+            self.assertEqual(backoff["check"]["failures"], 0)
+            self.assertEqual(results["overload"]["backoff_ms"], 10)
+            floor = results["sweep"]["transport_floor"]  # The fake server is in the same bin/.
+            self.assertGreater(floor["calls"], 0)
+            self.assertGreater(floor["p50_us"], 0)
             self.assertGreater(results["pde"]["seconds_per_sample"], 0)
             self.assertGreater(results["inprocess"]["evaluate"]["batch1"]["p50_us"], 0)
             targets = results["targets"]
-            self.assertEqual(len(targets), 12)
+            self.assertEqual(len(targets), 13)
             for t in targets:
                 if t["pass"] is not None:  # n/a only where the server lacks a feature.
                     self.assertNotIn("n/a", t["measured"], t)
@@ -69,7 +75,7 @@ class BenchServingSmokeTest(unittest.TestCase):
                 self.assertIn(f"| {t['target']} | {t['measured']}", table)
             with open(os.path.join(out, "serving.csv")) as f:
                 rows = f.read().splitlines()
-            self.assertEqual(len(rows), 1 + 4 + 2 + 1)
+            self.assertEqual(len(rows), 1 + 4 + 2 + 1 + 1)  # + the overload run with backoff.
             print(f"quick run took {time.monotonic() - start:.1f} s", file=sys.stderr)
 
 
