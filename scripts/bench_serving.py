@@ -499,7 +499,7 @@ def main():
     p.add_argument("--overload_clients", type=int, default=256)
     p.add_argument("--queue_limit", type=int, default=64)
     p.add_argument("--overload_duration", type=float, default=5.0)
-    p.add_argument("--overload_backoff_ms", type=float, default=10.0,
+    p.add_argument("--overload_backoff_ms", type=float, default=100.0,
                    help="a second overload run whose refused clients back off (dino-bench "
                         "--refusal_backoff_ms); 0 = none")
     p.add_argument("--pde_samples", type=int, default=5)
