@@ -207,12 +207,11 @@ def pde_seconds_per_sample(a):
     """Mean seconds per Poisson sample with q and the full adjoint Jacobian, one core.
 
     dino_pde_benchmark times every problem and Jacobian mode in turn; only the Poisson
-    q + full Jacobian row is needed, so it is stopped once that row is printed (stdbuf makes
-    its stdout line-buffered through the pipe)."""
+    q + full Jacobian row is needed, so it is stopped once that row is printed (it flushes
+    each row; stdbuf, used before, preloads a library ahead of the ASan runtime, which then
+    refuses to start in `make asan`)."""
     binary = os.path.join(a.bin, "dino_pde_benchmark")
     command = [binary, str(a.pde_samples), "64"]
-    if shutil.which("stdbuf"):
-        command = ["stdbuf", "-oL"] + command
     log("pde: " + " ".join(command))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     lines = []

@@ -47,6 +47,9 @@ void Run(const char* label, dino::pde::LogDiffusionModel& model,
   }
   std::printf("%-44s %8.4f s/sample (fastest %.4f s, %.1f Newton iterations)\n", label,
               total / samples, fastest, static_cast<double>(iterations) / samples);
+  // Each row as soon as it is measured, also through a pipe: a caller that needs one row
+  // (scripts/bench_serving.py) stops the program once it has read it.
+  std::fflush(stdout);
 }
 
 }  // namespace
