@@ -1220,12 +1220,15 @@ def main():
     p.add_argument("--training_nice", type=int, default=5,
                    help="the server's --training_nice (19, the default, starves jobs at 2x)")
     p.add_argument("--stages", default="soak,crash", help="soak, crash or both")
+    p.add_argument("--server-flag", dest="extra_server_flags", action="append", default=[],
+                   help="extra dino-server flag, e.g. --server-flag=--max_concurrent_streams=32 "
+                        "(repeatable)")
     args = p.parse_args()
     if args.short:
         args.duration, args.warmup, args.saturation_seconds = 12.0, 6.0, 3.0
         args.mesh, args.crash_loops, args.swap_seconds, args.window = 16, 3, 2.0, 4.0
         args.publish_pause, args.python_rate, args.quiescent_seconds = 0.5, 30.0, 3.0
-    args.server_flags = [f"--training_nice={args.training_nice}"]
+    args.server_flags = [f"--training_nice={args.training_nice}"] + args.extra_server_flags
     os.makedirs(args.out, exist_ok=True)
     stubs(args.gen_dir)
 
