@@ -28,8 +28,9 @@ using serving::SurrogateModel;
 using ::testing::HasSubstr;
 
 constexpr SmallDims kDims{};
-// About a second per call on one core: long enough that the test's short deadlines and
-// cancellations certainly happen while a call waits in the queue.
+// About a second per call on one core of the machine these tests were written on (0.25 s on
+// a faster one): long enough that the test's short deadlines and cancellations certainly
+// happen while a call waits in the queue.
 constexpr int64_t kSlowIterations = 200000;
 
 std::string ServerBinary() { return DINO_SERVER_BINARY; }
@@ -574,7 +575,10 @@ TEST(ShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
 // client's side, and other connections are not affected.
 TEST(ConcurrentStreamsTest, ACallBeyondTheConnectionsLimitWaitsOnTheClient) {
   const std::string root = dino::testing::MakeTempDir("dino-streams-");
-  dino::testing::WriteModel(dino::testing::SlowModel(64, 4, kSlowIterations),
+  // The slow call must outlast the 300 ms probe and the second connection's call below with
+  // margin: kSlowIterations took about 0.25 s on a faster machine (Haswell, 2026-12-01), and the
+  // probe then found the stream free again.
+  dino::testing::WriteModel(dino::testing::SlowModel(64, 4, 8 * kSlowIterations),
                             dino::testing::SmallMetadata("slow", 64), root, "slow", 1);
   dino::testing::ServerProcess server(
       ServerBinary(), {"--model_repository=" + root, "--threads=2", "--max_concurrent_streams=1"});
