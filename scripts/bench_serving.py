@@ -320,27 +320,26 @@ def evaluate_targets(results):
 
     row = point(overload["bench"], "Evaluate")
     load = f"overload: {overload['clients']} clients, queue limit {overload['queue_limit']}"
-    refused = (row or {}).get("error_latency_us", {}).get("RESOURCE_EXHAUSTED")
+
+    def add_refusal_p99(name, run_row, detail=""):
+        refused = (run_row or {}).get("error_latency_us", {}).get("RESOURCE_EXHAUSTED")
+        p99 = refused["p99_us"] / 1000 if refused else None
+        add(name, fmt(p99, " ms", 2), "< 5 ms, with refusals", p99 is not None and p99 < 5,
+            f"{refused['count'] if refused else 0} refusals of "
+            f"{(run_row or {}).get('requests', 0)} requests{detail}")
+
+    rows = [row]
     if not overload["queue_limit_supported"]:
         add(f"{load}: refusal p99", "n/a", "< 5 ms", None,
             "the server has no --max_queue_size flag; measured without a queue limit")
     else:
-        p99 = refused["p99_us"] / 1000 if refused else None
-        add(f"{load}: refusal p99", fmt(p99, " ms", 2),
-            "< 5 ms, with refusals", p99 is not None and p99 < 5,
-            f"{refused['count'] if refused else 0} refusals of {row.get('requests', 0)} requests")
-    rows = [row]
-    backoff_row = point(overload.get("backoff_bench") or {}, "Evaluate")
-    if backoff_row and overload["queue_limit_supported"]:
-        rows.append(backoff_row)
-        refused = backoff_row.get("error_latency_us", {}).get("RESOURCE_EXHAUSTED")
-        p99 = refused["p99_us"] / 1000 if refused else None
-        add(f"{load}, refused clients back off ({overload['backoff_ms']:g} ms doubling to 1 s, "
-            f"full jitter): refusal p99", fmt(p99, " ms", 2), "< 5 ms, with refusals",
-            p99 is not None and p99 < 5,
-            f"{refused['count'] if refused else 0} refusals of "
-            f"{backoff_row.get('requests', 0)} requests, "
-            f"{backoff_row.get('samples_per_s', 0):,.0f} answered/s")
+        add_refusal_p99(f"{load}: refusal p99", row)
+        backoff_row = point(overload.get("backoff_bench") or {}, "Evaluate")
+        if backoff_row:
+            rows.append(backoff_row)
+            add_refusal_p99(f"{load}, refused clients back off ({overload['backoff_ms']:g} ms "
+                            f"doubling to 1 s, full jitter): refusal p99", backoff_row,
+                            f", {backoff_row.get('samples_per_s', 0):,.0f} answered/s")
     checked = sum(r.get("check", {}).get("checked", 0) for r in rows if r)
     wrong = sum(r.get("check", {}).get("failures", 1) for r in rows if r)
     other = sum(r.get("unexpected_errors", 1) for r in rows if r)
@@ -642,23 +641,17 @@ def main():
                 "queue limit (the refusal target is then n/a)")
         with Server(binary, served, flags,
                     os.path.join(work, "overload_server.log")) as server:
-            bench = run_bench(a, server.target,
-                              ["--methods", "evaluate", "--concurrency",
-                               str(a.overload_clients), "--duration", str(a.overload_duration),
-                               "--warmup", str(a.warmup), "--check"], "overload",
-                              ("RESOURCE_EXHAUSTED",))
+            args = ["--methods", "evaluate", "--concurrency", str(a.overload_clients),
+                    "--duration", str(a.overload_duration), "--warmup", str(a.warmup), "--check"]
+            bench = run_bench(a, server.target, args, "overload", ("RESOURCE_EXHAUSTED",))
             # The same clients when each backs off after a refusal, as the refusal asks and
             # as gRPC's retry policy does; the run above is the worst case, every refused
             # client straight back.
             backoff = None
             if a.overload_backoff_ms > 0:
                 backoff = run_bench(a, server.target,
-                                    ["--methods", "evaluate", "--concurrency",
-                                     str(a.overload_clients), "--duration",
-                                     str(a.overload_duration), "--warmup", str(a.warmup),
-                                     "--check", "--refusal_backoff_ms",
-                                     str(a.overload_backoff_ms)], "overload_backoff",
-                                    ("RESOURCE_EXHAUSTED",))
+                                    args + ["--refusal_backoff_ms", str(a.overload_backoff_ms)],
+                                    "overload_backoff", ("RESOURCE_EXHAUSTED",))
             status, healthy = health(a, server.target)
             return {"bench": bench, "backoff_bench": backoff,
                     "backoff_ms": a.overload_backoff_ms,

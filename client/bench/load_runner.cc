@@ -100,15 +100,15 @@ class Worker {
       if (status == grpc::CompletionQueue::SHUTDOWN) break;
       if (status == grpc::CompletionQueue::GOT_EVENT) {
         Call* call = static_cast<Call*>(tag);
-        const Clock::time_point now = Clock::now();
-        Complete(call, now);
+        const Clock::time_point answered = Clock::now();
+        Complete(call, answered);
         const int64_t slot = call->slot;
         const bool refused = call->status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
         delete call;
         int& in_a_row = refusals_in_a_row_[static_cast<size_t>(slot - first_slot)];
         in_a_row = refused ? in_a_row + 1 : 0;
         if (refused && point_.refusal_backoff_ms > 0) {
-          backing_off_.emplace(now + Backoff(in_a_row), slot);
+          backing_off_.emplace(answered + Backoff(in_a_row), slot);
         } else {
           IssueClosed(slot);
         }
