@@ -500,22 +500,24 @@ class TrainingCliTest(FakeServerTestCase):
         self.assertIn("CancelJob failed: NOT_FOUND", r.stderr)
 
     def test_interrupt_cancels_the_upload(self):
-        write_dino_data(self.path("big"), 100000, 5, "none")
+        # Big enough that the upload is still running when Ctrl-C comes: 100,000 samples
+        # finished uploading in 0.5 s on a fast machine, before the signal.
+        write_dino_data(self.path("big"), 400000, 5, "none")
         cmd = [ARGS.dino, "finetune", "--server", self.target, "--token_file", self.token_file,
                "--model", "linear", "--data", self.path("big"), "--loss", "l2", "--chunk", "1"]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # Wait until the upload is under way, then press Ctrl-C.
         line = p.stderr.readline()
-        self.assertIn("uploading 100000 training samples", line)
+        self.assertIn("uploading 400000 training samples", line)
         import signal
         import time
-        time.sleep(0.5)
+        time.sleep(0.1)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 1, err)
         self.assertIn("the upload was cancelled", err)
-        # The server sees the stream end asynchronously; on a loaded machine that can take
-        # seconds (5 s once failed here under a sanitizer build), so poll up to 30 s.
+        # The server sees the stream end asynchronously, which on a loaded machine can take
+        # a while: poll up to 30 s.
         deadline = time.time() + 30
         while True:
             jobs = json.loads(self.admin("jobs", "--json").stdout)["jobs"]
