@@ -150,7 +150,10 @@ class FineTuneJob : public std::enable_shared_from_this<FineTuneJob> {
   bool EnterState(JobState state, const std::string& message = "");
 
   // The base version by name, number and shape. Not its ServableHandle: that would keep the
-  // version's model in memory after it is unloaded, for as long as the ended job is listed.
+  // version's model in memory after it is unloaded, for as long as the ended job is listed;
+  // nor its metadata (info.metadata is left empty): the job reads the base's metadata from
+  // its file, and an ended job's record should stay small (the metadata of a fine-tuned
+  // version, with its training report, is thousands of small allocations).
   struct BaseVersion {
     std::string name;
     int64_t version = 0;
