@@ -490,7 +490,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
-  dino::models::KeepLargeBlocksForReuse();
+  dino::models::TuneAllocatorForServing();
   absl::SetProgramUsageMessage(
       "Serves DINO surrogates and their derivatives over gRPC (and UM-Bridge).\n"
       "  dino-server --model_repository=models/repository --port=50051 [--umbridge_port=4242]");

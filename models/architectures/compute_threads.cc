@@ -23,9 +23,11 @@ void ConfigureComputeThreads(int torch_threads, int blas_threads) {
   }
 }
 
-void KeepLargeBlocksForReuse() {
+void TuneAllocatorForServing() {
   mallopt(M_MMAP_THRESHOLD, 512 << 20);
   mallopt(M_TRIM_THRESHOLD, 1024 << 20);
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  mallopt(M_ARENA_MAX, static_cast<int>(std::max(2L, cores)));
 }
 
 std::string BlasCoreName() {

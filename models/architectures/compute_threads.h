@@ -26,12 +26,18 @@ namespace dino::models {
 // main(); returns when no re-execution was needed or possible.
 void UseNativeBlasKernels(char** argv);
 
+// The allocator policy of a serving process (dino-server and the benchmarks that stand for it).
 // Large batches move tens of MB per request (m of 1000 points of d_M = 4225 in float64 is
 // 34 MB, their reduced Jacobians 40 MB). By default glibc serves such blocks with fresh
 // mmap()s and returns them on free, so every large request page-faults through new memory
-// (13 % of the server's time for B = 1000 Evaluate, perf). This keeps blocks up to 512 MB in
-// the heap for reuse, trading that for a resident size that stays at its peak.
-void KeepLargeBlocksForReuse();
+// (13 % of the server's time for B = 1000 Evaluate, perf; with a 256 KiB threshold B = 1000
+// Evaluate took 2.6x and ReducedJacobian 7x as long in dino_serving_benchmark). So blocks up
+// to 512 MB stay in the heap for reuse, and the resident size follows the peak load until the
+// idle trim. And glibc's default of up to 8 arenas per core scatters what outlives a burst (a
+// version loaded, a fine-tune job's record) over many heaps full of freed request buffers,
+// where a trim cannot return their pages: one arena per core (at least 2) halved the soak's
+// quiescent and peak RSS at the same throughput (docs/benchmarks/soak.md).
+void TuneAllocatorForServing();
 
 // The kernels OpenBLAS runs ("SkylakeX", "Prescott", …), or "" when the BLAS in use is not
 // OpenBLAS.

@@ -1,6 +1,6 @@
 // Returns the heap's free memory to the system after a burst of requests.
 //
-// dino-server keeps large freed blocks in the heap (models::KeepLargeBlocksForReuse) so that
+// dino-server keeps large freed blocks in the heap (models::TuneAllocatorForServing) so that
 // back-to-back large requests do not page-fault through fresh memory; the price is a resident
 // size that stays at the highest load the server has seen (the soak measured +17.9 % after a
 // 10-minute run, docs/benchmarks/soak.md). This trims the heap once the server has been quiet

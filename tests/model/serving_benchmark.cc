@@ -48,7 +48,7 @@ double MedianSeconds(Fn fn) {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
-  dino::models::KeepLargeBlocksForReuse();  // As dino-server does.
+  dino::models::TuneAllocatorForServing();  // As dino-server does.
   dino::models::ConfigureComputeThreads(argc > 2 ? std::atoi(argv[2]) : 1, 1);
   const std::string path = argc > 1 ? argv[1] : "models/repository/poisson_dipnet/3/model.pt";
   auto model = SurrogateModel::Load(path, {});

@@ -41,7 +41,7 @@ double SecondsOf(const SurrogateModel& model, const Query& query) {
 
 int main(int argc, char** argv) {
   dino::models::UseNativeBlasKernels(argv);
-  dino::models::KeepLargeBlocksForReuse();  // As dino-server does.
+  dino::models::TuneAllocatorForServing();  // As dino-server does.
   dino::models::ConfigureComputeThreads(1, 1);
   const std::string path = argc > 1 ? argv[1] : "models/repository/poisson_dipnet/3/model.pt";
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 4000;

@@ -362,7 +362,7 @@ int64_t ResidentBytes() {
   return resident * sysconf(_SC_PAGESIZE);
 }
 
-// What the server's allocator policy keeps after a large request (KeepLargeBlocksForReuse),
+// What the server's allocator policy keeps after a large request (TuneAllocatorForServing),
 // the real trim returns.
 TEST(IdleMemoryTrimmer, TheHeapTrimReturnsAFreedLargeBlock) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -370,7 +370,7 @@ TEST(IdleMemoryTrimmer, TheHeapTrimReturnsAFreedLargeBlock) {
   // keeps freed blocks in its quarantine on purpose.
   GTEST_SKIP() << "glibc's heap policy is not in use under a sanitizer's allocator";
 #endif
-  dino::models::KeepLargeBlocksForReuse();
+  dino::models::TuneAllocatorForServing();
   constexpr size_t kBytes = size_t{96} << 20;
   char* block = static_cast<char*>(std::malloc(kBytes));
   ASSERT_NE(block, nullptr);
