@@ -1,12 +1,13 @@
 #!/bin/bash
 # A long DIPNet training run cut into cosine cycles with warm restarts, resumable across
 # sessions (docs/experiments.md, "Warm restarts at r_M = 200"). The data (train 4096 samples,
-# seed 1; test 1024, seed 2; bases from 1024 samples, seed 1, i.e. the first training ones) are regenerated in WORK when
-# missing — `generate` resumes from its partial chunks — and each finished cycle's model and
-# report go to KEEP, from which the next cycle (and the next session) starts.
+# seed 1; test 1024, seed 2; bases from 1024 samples, seed 1, i.e. the first training ones)
+# are regenerated in WORK when missing — `generate` resumes from its partial chunks — and each
+# finished cycle's model and report go to KEEP, from which the next cycle (and the next
+# session) starts.
 #
 #   scripts/train_in_cycles.sh PROBLEM [CYCLES=10] [EPOCHS_PER_CYCLE=100]
-#   env: BIN (build/bin), WORK (/tmp/dino-train-cycles), KEEP (.train-cycles, untracked:
+#   env: BIN (build/bin), WORK (/tmp/dino-train-cycles), KEEP (.train-cycles, git-ignored:
 #        a few files of 8 MB per cycle, never committed), INPUT_RANK (200), and for a smoke
 #        run TRAIN_SAMPLES (4096), TEST_SAMPLES (1024), BASIS_SAMPLES (1024)
 set -euo pipefail

@@ -7,11 +7,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <pthread.h>
 #include <torch/torch.h>
 
 #include <atomic>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -20,8 +18,10 @@
 #include <vector>
 
 #include "server/core/model_manager.h"
+#include "tests/common/fine_tune_job_waits.h"
 #include "tests/common/scratch_dir.h"
 #include "tests/common/test_models.h"
+#include "tests/common/thread_stacks.h"
 
 namespace dino::serving {
 namespace {
@@ -127,14 +127,10 @@ TEST_F(FineTuneJobsTest, CancelFromAnotherThreadStopsTrainingAndPublishesNothing
   ASSERT_TRUE(training.ok());
   std::thread canceller([&] { ASSERT_TRUE(jobs->Cancel((*job)->id()).ok()); });
   canceller.join();
-  JobSnapshot snapshot = (*job)->Snapshot();
-  while (!IsFinal(snapshot.state)) {
-    auto changed = jobs->WaitForChange((*job)->id(), snapshot.revision, 5.0);
-    ASSERT_TRUE(changed.ok());
-    snapshot = *changed;
-  }
-  EXPECT_EQ(snapshot.state, JobState::kCancelled);
-  EXPECT_EQ(snapshot.new_version, 0);
+  auto ended = testing::WaitUntilEnded(*jobs, (*job)->id(), 5.0);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state, JobState::kCancelled);
+  EXPECT_EQ(ended->new_version, 0);
   EXPECT_FALSE(models_->Get("dipnet", 2).ok());
 }
 
@@ -182,27 +178,13 @@ void WriteVersion(const std::string& root, int64_t version) {
                             version);
 }
 
-// The soak (scripts/soak.py) found RSS growing by about one model per publish: every ended
-// job held its base version's ServableHandle for as long as it was listed (up to
-// finished_jobs_kept = 100 jobs), so unloaded versions stayed in memory.
-// Anonymous mappings of the size of a default thread stack: one per live thread, per exited
-// thread not yet joined, and per stack glibc caches for reuse after a join.
+// Anonymous mappings of the size of a default thread stack.
 int StackSizedMappings() {
-  pthread_attr_t attr;
-  size_t stack_size = 0;
-  if (pthread_getattr_default_np(&attr) != 0) return -1;
-  pthread_attr_getstacksize(&attr, &stack_size);
-  pthread_attr_destroy(&attr);
   std::ifstream maps("/proc/self/maps");
   std::string line;
   int count = 0;
-  while (std::getline(maps, line)) {
-    unsigned long begin = 0, end = 0;
-    char path[2] = {0};
-    if (std::sscanf(line.c_str(), "%lx-%lx %*s %*s %*s %*s %1s", &begin, &end, path) < 2) continue;
-    const size_t size = end - begin;
-    if (path[0] == 0 && size + (64 << 10) >= stack_size && size <= stack_size + (64 << 10)) ++count;
-  }
+  while (std::getline(maps, line))
+    count += testing::IsThreadStackSizedMapping(line).value_or(false);
   return count;
 }
 
@@ -217,16 +199,9 @@ TEST_F(FineTuneJobsTest, EndedJobsThreadsAreJoinedSoTheirStacksAreReused) {
     batch.data.q = samples.data.q.clone();
     ASSERT_TRUE((*job)->AddBatch(std::move(batch)).ok());
     ASSERT_TRUE((*job)->FinishUpload().ok());
-    int64_t revision = 0;
-    while (true) {
-      auto snapshot = jobs->WaitForChange((*job)->id(), revision, 60);
-      ASSERT_TRUE(snapshot.ok()) << snapshot.status();
-      revision = snapshot->revision;
-      if (IsFinal(snapshot->state)) {
-        ASSERT_EQ(snapshot->state, JobState::kSucceeded) << snapshot->message;
-        return;
-      }
-    }
+    auto ended = testing::WaitUntilEnded(*jobs, (*job)->id(), 60);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    ASSERT_EQ(ended->state, JobState::kSucceeded) << ended->message;
   };
   for (int i = 0; i < 2; ++i) run_job();
   const int before = StackSizedMappings();
@@ -240,6 +215,9 @@ TEST_F(FineTuneJobsTest, EndedJobsThreadsAreJoinedSoTheirStacksAreReused) {
   jobs->Shutdown();
 }
 
+// The soak (scripts/soak.py) found RSS growing by about one model per publish: every ended
+// job held its base version's ServableHandle for as long as it was listed (up to
+// finished_jobs_kept = 100 jobs), so unloaded versions stayed in memory.
 TEST(FineTuneJobMemoryTest, AnEndedJobDoesNotKeepItsUnloadedBaseVersionInMemory) {
   const std::string root = dino::testing::MakeTempDir("dino-fine-tune-jobs-");
   WriteVersion(root, 1);

@@ -2,11 +2,11 @@
 // after another on one ModelManager + FineTuneJobManager, each publishing a new version of a
 // small DIPNet (d_M = 2000), and after each job prints the heap in use (mallinfo2), the
 // resident set after malloc_trim, and the resident pages of thread-stack-sized anonymous
-// mappings. The summary gives the growth per job between job N/4 and the last one, before
+// mappings. The summary gives the growth per job from the second to the last quarter, before
 // the job list's cap (FineTuneJobManager::Options::finished_jobs_kept, set to --jobs here)
 // starts forgetting jobs. What it found: each listed ended job held 17 KB of heap (its copy
 // of the base's metadata) and 128 KB of stack (its exited, unjoined thread), and the RSS after
-// trimming grew 0.2 MiB per job.
+// trimming grew about 150 KiB per job.
 //
 //   cmake --build build --target dino_fine_tune_memory_benchmark
 //   build/bin/dino_fine_tune_memory_benchmark [jobs=80] [samples=512]
@@ -18,14 +18,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "models/architectures/model_file.h"
 #include "server/core/model_manager.h"
 #include "server/training/fine_tune_jobs.h"
+#include "tests/common/fine_tune_job_waits.h"
 #include "tests/common/test_models.h"
+#include "tests/common/thread_stacks.h"
 
 namespace dino {
 namespace {
@@ -45,16 +47,9 @@ Memory Measure() {
   std::string line;
   bool stack_sized = false;
   while (std::getline(smaps, line)) {
-    unsigned long begin = 0, end = 0;
-    char path[4] = {0};
-    if (std::sscanf(line.c_str(), "%lx-%lx %*s %*s %*s %*s %3s", &begin, &end, path) >= 2 &&
-        line.find('-') < 17) {
-      // glibc's default thread stack: 8 MiB plus a guard page, mapped anonymously.
-      const unsigned long kib = (end - begin) / 1024;
-      stack_sized = path[0] == 0 && kib >= 8180 && kib <= 8200;
-      continue;
-    }
-    if (line.rfind("Rss:", 0) == 0) {
+    if (const std::optional<bool> header = testing::IsThreadStackSizedMapping(line)) {
+      stack_sized = *header;  // The Rss: line that follows is this mapping's.
+    } else if (line.rfind("Rss:", 0) == 0) {
       const double kib = std::atof(line.c_str() + 4);
       memory.rss_mib += kib / 1024;
       if (stack_sized) memory.stacks_mib += kib / 1024;
@@ -113,19 +108,12 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const std::string id = (*job)->id();
-    job->reset();
-    int64_t revision = 0;
-    while (true) {
-      auto snapshot = manager.WaitForChange(id, revision, 60);
-      if (!snapshot.ok()) return 1;
-      revision = snapshot->revision;
-      if (serving::IsFinal(snapshot->state)) {
-        if (snapshot->state != serving::JobState::kSucceeded) {
-          std::fprintf(stderr, "job %d: %s\n", i, snapshot->message.c_str());
-          return 1;
-        }
-        break;
-      }
+    job->reset();  // The benchmark holds no reference to the job: only the manager lists it.
+    auto ended = testing::WaitUntilEnded(manager, id, 60);
+    if (!ended.ok() || ended->state != serving::JobState::kSucceeded) {
+      std::fprintf(stderr, "job %d: %s\n", i,
+                   ended.ok() ? ended->message.c_str() : ended.status().ToString().c_str());
+      return 1;
     }
     after.push_back(Measure());
     std::printf("job %3d  heap in use %7.2f MiB  rss %7.1f MiB  stacks %6.2f MiB\n", i + 1,
