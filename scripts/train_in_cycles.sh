@@ -8,8 +8,10 @@
 #
 #   scripts/train_in_cycles.sh PROBLEM [CYCLES=10] [EPOCHS_PER_CYCLE=100]
 #   env: BIN (build/bin), WORK (/tmp/dino-train-cycles), KEEP (.train-cycles, git-ignored:
-#        a few files of 8 MB per cycle, never committed), INPUT_RANK (200), and for a smoke
-#        run TRAIN_SAMPLES (4096), TEST_SAMPLES (1024), BASIS_SAMPLES (1024)
+#        a few files of 8 MB per cycle, never committed), INPUT_RANK (200), HIDDEN (φ's
+#        hidden widths, 100,100,100,100,100,100; another value keeps its cycles in
+#        KEEP/PROBLEM-HIDDEN), and for a smoke run TRAIN_SAMPLES (4096), TEST_SAMPLES (1024),
+#        BASIS_SAMPLES (1024)
 set -euo pipefail
 problem=$1
 cycles=${2:-10}
@@ -17,7 +19,9 @@ epochs=${3:-100}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BIN:-$root/build/bin}
 work=${WORK:-/tmp/dino-train-cycles}/$problem
+hidden=${HIDDEN:-100,100,100,100,100,100}
 keep=${KEEP:-$root/.train-cycles}/$problem
+[ "$hidden" = 100,100,100,100,100,100 ] || keep=$keep-${hidden//,/x}
 input_rank=${INPUT_RANK:-200}
 # One LibTorch and one OpenBLAS thread: on 2 cores the two pools multiply (README).
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -40,7 +44,7 @@ for cycle in $(seq 1 "$cycles"); do
   [ -f "$keep/cycle$cycle.pt" ] && continue
   if [ "$cycle" = 1 ]; then
     start=(--bases bases_data/bases.npz --architecture dipnet --input-rank "$input_rank"
-           --hidden 100,100,100,100,100,100 --init-seed 2026)
+           --hidden "$hidden" --init-seed 2026)
     learning_rate=1e-3
   else
     start=(--init-model "$keep/cycle$((cycle - 1)).pt")
