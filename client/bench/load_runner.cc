@@ -28,6 +28,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Longest an open-loop worker issues calls without reading answers (see RunOpenLoop).
+constexpr Clock::duration kMaxIssueBurst = std::chrono::milliseconds(1);
+
 double MicrosecondsBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double, std::micro>(to - from).count();
 }
@@ -144,7 +147,12 @@ class Worker {
     std::vector<double> lag_us;
     while (!done || in_flight_ > 0) {
       Clock::time_point now = Clock::now();
-      while (!done && now >= at(next_s)) {
+      // Issue what is due, but come back to the completion queue at least every
+      // kMaxIssueBurst: this thread's polling is what reads the answers off the channel, and a
+      // worker that has fallen behind its schedule would otherwise issue for ever, read nothing,
+      // and see every call it sent run into its deadline in the client.
+      const Clock::time_point issue_until = now + kMaxIssueBurst;
+      while (!done && now >= at(next_s) && now < issue_until) {
         const bool measured = scheduled >= warmup;
         if (measured && !measure_from_s.has_value()) measure_from_s = next_s;
         const Clock::time_point due = at(next_s);
@@ -160,16 +168,20 @@ class Worker {
       if (done && in_flight_ == 0) break;
       void* tag;
       bool ok;
+      if (!done && now >= at(next_s)) {
+        // Behind schedule: take every answer that is ready, without waiting, then issue again.
+        while (cq_.AsyncNext(&tag, &ok, std::chrono::system_clock::now()) ==
+               grpc::CompletionQueue::GOT_EVENT) {
+          CompleteAndDelete(tag);
+        }
+        continue;
+      }
       const grpc::CompletionQueue::NextStatus status =
           done ? (cq_.Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
                                       : grpc::CompletionQueue::SHUTDOWN)
                : cq_.AsyncNext(&tag, &ok, SystemDeadline(at(next_s)));
       if (status == grpc::CompletionQueue::SHUTDOWN) break;
-      if (status == grpc::CompletionQueue::GOT_EVENT) {
-        Call* call = static_cast<Call*>(tag);
-        Complete(call, Clock::now());
-        delete call;
-      }
+      if (status == grpc::CompletionQueue::GOT_EVENT) CompleteAndDelete(tag);
     }
     send_lag_ = ComputeLatencyStats(&lag_us);
   }
@@ -239,6 +251,13 @@ class Worker {
     call->reader->StartCall();
     call->reader->Finish(&call->response, &call->status, call);
     ++in_flight_;
+  }
+
+  // An open-loop call's end: its answer recorded, its state freed.
+  void CompleteAndDelete(void* tag) {
+    Call* call = static_cast<Call*>(tag);
+    Complete(call, Clock::now());
+    delete call;
   }
 
   void Complete(Call* call, Clock::time_point now) {
