@@ -23,6 +23,7 @@
 #include "models/pipeline/files.h"
 #include "models/pipeline/progress.h"
 #include "models/pipeline/training_data.h"
+#include "models/pipeline/training_state_file.h"
 #include "models/training/metrics.h"
 #include "models/training/trainer.h"
 
@@ -90,6 +91,7 @@ struct FitFlags {
   std::string repository, name;
   int64_t version = 0;
   std::string checkpoint;
+  bool resume = false;
   std::string metrics_json;
   std::string description;
   std::string progress = "auto";
@@ -221,6 +223,40 @@ void RunFit(const FitFlags& f) {
   }
   config.Validate();
 
+  // What a resumed run must match: the settings and the training data.
+  const nlohmann::json run = {{"trainer", config.ToJson()},
+                              {"data", f.data.dir},
+                              {"first", f.data.first},
+                              {"train_samples", data.size()},
+                              {"dtype", f.common.dtype}};
+  std::optional<TrainingStateFile> resume;
+  if (f.resume) {
+    if (f.checkpoint.empty()) {
+      throw std::invalid_argument(
+          "--resume needs --checkpoint: the model file of the run to continue");
+    }
+    const std::string state_path = TrainingStatePath(f.checkpoint);
+    resume = ValueOrThrow(LoadTrainingStateFile(state_path));
+    if (resume->run != run) {
+      throw std::invalid_argument(state_path + " is of a run with other settings or data; " +
+                                  "what differs (JSON patch from it to this run): " +
+                                  nlohmann::json::diff(resume->run, run).dump());
+    }
+    dm::LoadedModelFile checkpoint = dm::LoadModelFile(f.checkpoint);
+    const nlohmann::json epoch = checkpoint.metadata.value("checkpoint_epoch", nlohmann::json());
+    if (epoch != resume->state.epochs_done) {
+      throw std::invalid_argument(
+          "--checkpoint " + f.checkpoint + " is of epoch " + epoch.dump() + ", its state " +
+          state_path + " of epoch " + std::to_string(resume->state.epochs_done) +
+          " (the run ended between the two writes, or in its L-BFGS finish): they do not resume");
+    }
+    module = checkpoint.module;
+    metadata = resume->model_metadata;
+    std::fprintf(stderr, "resuming after epoch %lld of %lld from %s\n",
+                 static_cast<long long>(resume->state.epochs_done),
+                 static_cast<long long>(config.epochs), f.checkpoint.c_str());
+  }
+
   std::string out = f.out;
   if (!f.repository.empty()) {
     if (f.name.empty()) throw std::invalid_argument("--repository needs --name");
@@ -278,12 +314,18 @@ void RunFit(const FitFlags& f) {
       checkpoint["checkpoint_epoch"] = r.epoch;
       dm::SaveModelFile(m, checkpoint, f.checkpoint);
     };
+    // Written before the model file of the same epoch; --resume checks that the two match.
+    callbacks.on_training_state = [&](const dt::TrainingState& state) {
+      const absl::Status written = SaveTrainingStateFile(TrainingStateFile{state, run, metadata},
+                                                         TrainingStatePath(f.checkpoint));
+      if (!written.ok()) throw std::runtime_error(std::string(written.message()));
+    };
   }
 
   dt::TrainingResult result;
   {
     ScopedStopRequest stop;
-    result = dt::Train(module, data, config, callbacks);
+    result = dt::Train(module, data, config, callbacks, resume ? &resume->state : nullptr);
   }
   if (progress) progress->Finish(total_batches);
   metadata.update(result.metadata);
@@ -502,7 +544,13 @@ CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--repository", f.repository, "Or: a model repository to publish into");
   cmd->add_option("--name", f.name, "Model name in --repository");
   cmd->add_option("--version", f.version, "Version in --repository (0: the next free one)");
-  cmd->add_option("--checkpoint", f.checkpoint, "Model file rewritten after every epoch");
+  cmd->add_option("--checkpoint", f.checkpoint,
+                  "Model file rewritten after every epoch, with CHECKPOINT.state (Adam's moments, "
+                  "the random streams, the epoch) beside it for --resume");
+  cmd->add_flag("--resume", f.resume,
+                "Continue the run that wrote --checkpoint: the same command (settings, data) "
+                "plus --resume goes on after the checkpoint's epoch and ends with the weights "
+                "the uninterrupted run would have; the model comes from the checkpoint");
   cmd->add_option("--metrics-json", f.metrics_json, "Training report (JSON)");
   cmd->add_option("--description", f.description, "Free text stored in the metadata");
   cmd->add_option("--progress", f.progress, "auto, bar, lines or none");

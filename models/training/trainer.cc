@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
 
 #include "models/architectures/architectures.h"
@@ -85,9 +86,12 @@ nlohmann::json BuildMetadata(const TrainerConfig& config, const DatasetSplit& sp
       ++adam_epochs;
     }
   }
+  // A resumed run's epochs count from the start of the run it continues.
+  adam_epochs += result.resumed_after_epoch;
   training["epochs"] = adam_epochs;
   training["adam_steps"] =
       adam_epochs * ((split.train.size() + config.batch_size - 1) / config.batch_size);
+  if (result.resumed_after_epoch > 0) training["resumed_after_epoch"] = result.resumed_after_epoch;
   if (last_lbfgs != nullptr) {
     training["lbfgs_iterations"] = last_lbfgs->lbfgs_iterations;
     training["lbfgs_function_evaluations"] = last_lbfgs->function_evaluations;
@@ -236,19 +240,27 @@ std::string ApplyWhitening(torch::jit::Module& module, const torch::Tensor& m, W
 }
 
 TrainingResult Train(torch::jit::Module& module, const Dataset& data, const TrainerConfig& config,
-                     const TrainerCallbacks& callbacks) {
+                     const TrainerCallbacks& callbacks, const TrainingState* resume_from) {
   config.Validate();
   data.Validate();
   // On the whole dataset, so that an error names the caller's sample index (the metrics
   // need the Jacobian normalisers whatever the loss).
   CheckNormalizers(data, /*jacobian=*/true);
-  return Train(module, SplitDataset(data, config.validation_size, config.seed), config, callbacks);
+  return Train(module, SplitDataset(data, config.validation_size, config.seed), config, callbacks,
+               resume_from);
 }
 
 TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
-                     const TrainerConfig& config, const TrainerCallbacks& callbacks) {
+                     const TrainerConfig& config, const TrainerCallbacks& callbacks,
+                     const TrainingState* resume_from) {
   const auto start = std::chrono::steady_clock::now();
   config.Validate();
+  if (resume_from != nullptr &&
+      (resume_from->epochs_done < 1 || resume_from->epochs_done > config.epochs)) {
+    Fail("the training state to resume from is after epoch " +
+         std::to_string(resume_from->epochs_done) + ", outside this run's 1.." +
+         std::to_string(config.epochs) + " epochs");
+  }
   if (split.train.size() == 0) Fail("there are no training samples");
   split.train.Validate();
   const models::Network network(module, config.allow_layer_propagation);
@@ -274,8 +286,11 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
 
   TrainingResult result;
   result.network_jacobian = models::ReducedJacobianMethodName(network.reduced_jacobian_method());
-  result.whitening = ApplyWhitening(module, split.train.m, config.whitening);
-  if (validating && config.evaluation_interval > 0) {
+  // A resumed run's module is the checkpoint: whitened (or not) at the run's start already.
+  result.whitening = resume_from != nullptr
+                         ? resume_from->whitening
+                         : ApplyWhitening(module, split.train.m, config.whitening);
+  if (validating && config.evaluation_interval > 0 && resume_from == nullptr) {
     result.initial_validation_accuracy = validation_evaluator->Evaluate();
   }
 
@@ -288,6 +303,34 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
   // `seed` itself).
   auto shuffle_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed + 1);
   auto draw_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed + 2);
+  int64_t first_epoch = 0;
+  if (resume_from != nullptr) {
+    first_epoch = resume_from->epochs_done;
+    result.resumed_after_epoch = first_epoch;
+    try {
+      shuffle_generator.set_state(resume_from->shuffle_generator_state);
+      draw_generator.set_state(resume_from->draw_generator_state);
+      torch::serialize::InputArchive archive;
+      archive.load_from(resume_from->optimizer_state.data(), resume_from->optimizer_state.size());
+      optimizer.load(archive);
+      // Adam checks the number of parameters only; moments of another shape would fail (or
+      // worse) in the first step.
+      for (const torch::Tensor& parameter : parameters) {
+        const auto state =
+            optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
+        if (state != optimizer.state().end() &&
+            static_cast<const torch::optim::AdamParamState&>(*state->second).exp_avg().sizes() !=
+                parameter.sizes()) {
+          Fail(
+              "the training state to resume from does not fit this model and run: its Adam "
+              "moments have other shapes than the parameters");
+        }
+      }
+    } catch (const c10::Error& e) {
+      Fail(std::string("the training state to resume from does not fit this model and run: ") +
+           e.what_without_backtrace());
+    }
+  }
 
   const int64_t n = split.train.size();
   const int64_t batches = (n + config.batch_size - 1) / config.batch_size;
@@ -306,7 +349,8 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
     }
     report.epoch_seconds = SecondsSince(begun);
     report.elapsed_seconds = SecondsSince(start);
-    report.eta_seconds = report.elapsed_seconds / static_cast<double>(report.epoch) *
+    report.eta_seconds = report.elapsed_seconds /
+                         static_cast<double>(report.epoch - result.resumed_after_epoch) *
                          static_cast<double>(reports - report.epoch);
     result.history.push_back(report);
     result.seconds = SecondsSince(start);
@@ -320,7 +364,7 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
     return true;
   };
 
-  for (int64_t epoch = 0; epoch < config.epochs; ++epoch) {
+  for (int64_t epoch = first_epoch; epoch < config.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     EpochReport report;
     report.epoch = epoch + 1;
@@ -375,6 +419,19 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
                            jacobian_sum / static_cast<double>(n));
     report.samples_per_second =
         training_seconds > 0.0 ? static_cast<double>(n) / training_seconds : 0.0;
+    if (callbacks.on_training_state) {
+      TrainingState state;
+      state.epochs_done = epoch + 1;
+      state.whitening = result.whitening;
+      state.shuffle_generator_state = shuffle_generator.get_state();
+      state.draw_generator_state = draw_generator.get_state();
+      torch::serialize::OutputArchive archive;
+      optimizer.save(archive);
+      std::ostringstream bytes;
+      archive.save_to(bytes);
+      state.optimizer_state = bytes.str();
+      callbacks.on_training_state(state);
+    }
     if (!finish_report(report, epoch_start)) break;
   }
 

@@ -113,6 +113,19 @@ struct EpochReport {
   nlohmann::json ToJson() const;
 };
 
+// Where an Adam run stands after an epoch, beyond the weights: what a resumed run needs to
+// continue exactly as the uninterrupted one would (same shuffles, same random loss draws, same
+// Adam moments and step counts, same learning rate from the schedule). The L-BFGS finish
+// keeps no state here: a run resumes within its Adam epochs.
+struct TrainingState {
+  int64_t epochs_done = 0;                // Adam epochs finished.
+  std::string whitening;                  // What the run's start did (TrainingResult::whitening).
+  torch::Tensor shuffle_generator_state;  // at::Generator::get_state() of the two streams.
+  torch::Tensor draw_generator_state;
+  // torch::optim::Adam's state, serialized (a torch::serialize archive).
+  std::string optimizer_state;
+};
+
 struct TrainerCallbacks {
   std::function<void(const BatchProgress&)> on_batch;
   // After each epoch; return false to stop training (e.g. on an interrupt).
@@ -121,12 +134,16 @@ struct TrainerCallbacks {
   // writes a checkpoint (e.g. with models::SaveModelFile).
   std::function<void(const torch::jit::Module&, const EpochReport&, const nlohmann::json&)>
       on_checkpoint;
+  // After each Adam epoch, before on_checkpoint: the state to resume from after this epoch
+  // (write it with the checkpoint; Train's `resume_from`).
+  std::function<void(const TrainingState&)> on_training_state;
 };
 
 struct TrainingResult {
   std::vector<EpochReport> history;
   bool stopped_early = false;
-  std::string whitening;  // "applied", "kept", "disabled" or "unavailable".
+  std::string whitening;            // "applied", "kept", "disabled" or "unavailable".
+  int64_t resumed_after_epoch = 0;  // The resume_from's epochs_done; 0 for a fresh run.
   // How the network's Jacobians were computed: a ReducedJacobianMethodName for DIPNets,
   // "autograd" for generic models.
   std::string network_jacobian;
@@ -144,13 +161,20 @@ struct TrainingResult {
 // module and data (up to the floating-point reductions of the caller's thread settings).
 // Throws std::invalid_argument for invalid settings, data or models (before changing the
 // module).
+//
+// With `resume_from` (a TrainingState from on_training_state, and `module` the checkpoint of
+// the same epoch) the run continues after its epochs_done with the same config and data:
+// the weights it ends with are those of the uninterrupted run. Its history holds the new
+// epochs only.
 TrainingResult Train(torch::jit::Module& module, const Dataset& data, const TrainerConfig& config,
-                     const TrainerCallbacks& callbacks = {});
+                     const TrainerCallbacks& callbacks = {},
+                     const TrainingState* resume_from = nullptr);
 
 // The same on a split made by the caller (e.g. validation samples chosen by a client);
 // config.validation_size is ignored.
 TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
-                     const TrainerConfig& config, const TrainerCallbacks& callbacks = {});
+                     const TrainerConfig& config, const TrainerCallbacks& callbacks = {},
+                     const TrainingState* resume_from = nullptr);
 
 // The whitening a trainer applies, alone: sets the buffers of a DIPNet `module` from the
 // reduced inputs Vᵀm of `m` [n, d_M] according to `mode`, and says what it did.

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -189,6 +190,91 @@ TEST(DinoTrain, ResumesAfterSigint) {
   ASSERT_EQ(DinoTrain(args2, other).exit_code, 0);
   EXPECT_EQ(FileContents(data + "/mq_data.npz"), FileContents(other / "data/mq_data.npz"));
   EXPECT_EQ(FileContents(data + "/Jsvd_data.npz"), FileContents(other / "data/Jsvd_data.npz"));
+}
+
+// fit --checkpoint stopped by SIGINT after some epoch, then the same command with --resume:
+// the model it ends with evaluates exactly like that of one uninterrupted run (same weights);
+// a resume with other settings, or without --checkpoint, is refused naming what differs.
+TEST(DinoTrain, FitResumesFromItsCheckpointExactly) {
+  ScratchDir scratch;
+  const std::string data = scratch / "data";
+  ASSERT_EQ(DinoTrain("generate --problem poisson --samples 64 --mesh 8 --rank 10 --seed 1 "
+                      "--out " +
+                          data,
+                      scratch)
+                .exit_code,
+            0);
+  ASSERT_EQ(DinoTrain("bases --data " + data + " --input-rank 8 --output-rank 10 --no-kle", scratch)
+                .exit_code,
+            0);
+  auto fit_with = [&](const std::string& learning_rate) {
+    return "fit --data " + data + " --hidden 16,16 --epochs 200 --batch-size 8 --learning-rate " +
+           learning_rate +
+           " --schedule cosine --final-learning-rate 1e-4 --seed 5 --threads 1 --progress none "
+           "--evaluation-interval 0 ";
+  };
+  const std::string fit = fit_with("3e-3");
+  const std::string checkpoint = scratch / "checkpoint.pt";
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const std::string command = std::string(DINO_TRAIN_BINARY) + " " + fit + "--checkpoint " +
+                                checkpoint + " --out " + (scratch / "stopped.pt") + " 2> " +
+                                (scratch / "err1.txt");
+    execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Interrupt once the first epochs are checkpointed.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!std::filesystem::exists(checkpoint + ".state") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(std::filesystem::exists(checkpoint + ".state")) << FileContents(scratch / "err1.txt");
+  kill(child, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << FileContents(scratch / "err1.txt");
+  const bool interrupted =
+      FileContents(scratch / "err1.txt").find("stopping on request") != std::string::npos;
+
+  CommandResult run = DinoTrain(
+      fit_with("1e-3") + "--checkpoint " + checkpoint + " --resume --out " + (scratch / "other.pt"),
+      scratch);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.stderr_text, HasSubstr("is of a run with other settings or data"));
+  EXPECT_THAT(run.stderr_text, HasSubstr("learning_rate"));
+  run = DinoTrain(fit + "--resume --out " + (scratch / "other.pt"), scratch);
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.stderr_text, HasSubstr("--resume needs --checkpoint"));
+
+  const std::string resumed = scratch / "resumed.pt", whole = scratch / "whole.pt";
+  run = DinoTrain(fit + "--checkpoint " + checkpoint + " --resume --out " + resumed, scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  if (interrupted) EXPECT_THAT(run.stderr_text, HasSubstr("resuming after epoch "));
+  run = DinoTrain(fit + "--out " + whole, scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  const CommandResult resumed_metrics =
+      DinoTrain("evaluate --data " + data + " --model " + resumed, scratch);
+  const CommandResult whole_metrics =
+      DinoTrain("evaluate --data " + data + " --model " + whole, scratch);
+  ASSERT_EQ(resumed_metrics.exit_code, 0) << resumed_metrics.stderr_text;
+  EXPECT_THAT(whole_metrics.stdout_text, HasSubstr("h1_accuracy"));
+  // The accuracies, full precision, without the line naming the model file.
+  auto accuracies = [](const std::string& text) {
+    std::string kept, line;
+    std::istringstream lines(text);
+    while (std::getline(lines, line)) {
+      if (line.find("\"model_file\"") == std::string::npos) kept += line + "\n";
+    }
+    return kept;
+  };
+  EXPECT_EQ(accuracies(resumed_metrics.stdout_text), accuracies(whole_metrics.stdout_text));
+  if (interrupted) {
+    const CommandResult stopped_metrics =
+        DinoTrain("evaluate --data " + data + " --model " + (scratch / "stopped.pt"), scratch);
+    EXPECT_NE(accuracies(stopped_metrics.stdout_text), accuracies(whole_metrics.stdout_text));
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -158,6 +159,71 @@ TEST(Training, IsDeterministicForASeed) {
     differs = differs || !torch::equal(first[i], other[i]);
   }
   EXPECT_TRUE(differs);
+}
+
+// A run stopped after epoch 2 and resumed from its checkpoint and TrainingState ends with the
+// weights of the uninterrupted run: same shuffles, random loss draws, Adam moments and
+// learning rates. Resuming from the weights alone (a fresh Adam, fresh streams) does not.
+TEST(Training, ResumedRunEndsWithTheUninterruptedRunsWeights) {
+  TrainerConfig config = QuickConfig(JacobianLoss::kReducedH1Subsampled, 4);
+  config.loss.subsample_size = 2;  // Random draws per epoch.
+  config.schedule = LearningRateSchedule::kCosine;
+  config.final_learning_rate = 1e-4;
+  config.evaluation_interval = 0;
+  auto weights = [](const torch::jit::Module& module) {
+    std::vector<torch::Tensor> w;
+    for (const auto& p : module.parameters()) w.push_back(p.detach().clone());
+    return w;
+  };
+
+  torch::jit::Module uninterrupted = TrainingDipnet();
+  Train(uninterrupted, TheTrainingProblem().data, config);
+
+  torch::jit::Module resumed = TrainingDipnet();
+  std::optional<TrainingState> saved;
+  TrainerCallbacks stop_after_two;
+  stop_after_two.on_training_state = [&](const TrainingState& state) { saved = state; };
+  stop_after_two.on_epoch = [](const EpochReport& r) { return r.epoch < 2; };
+  Train(resumed, TheTrainingProblem().data, config, stop_after_two);
+  ASSERT_TRUE(saved.has_value());
+  EXPECT_EQ(saved->epochs_done, 2);
+  EXPECT_EQ(saved->whitening, "applied");
+  // The same first two epochs again (the run is deterministic), to restart from the weights.
+  torch::jit::Module weights_only = TrainingDipnet();
+  Train(weights_only, TheTrainingProblem().data, config, stop_after_two);
+  const TrainingResult rest = Train(resumed, TheTrainingProblem().data, config, {}, &*saved);
+  ASSERT_EQ(rest.history.size(), 2u);
+  EXPECT_EQ(rest.history.front().epoch, 3);
+  EXPECT_EQ(rest.resumed_after_epoch, 2);
+  EXPECT_EQ(rest.whitening, "applied");
+  EXPECT_EQ(rest.metadata["training"]["epochs"], 4);
+  EXPECT_EQ(rest.metadata["training"]["resumed_after_epoch"], 2);
+  EXPECT_FALSE(rest.initial_validation_accuracy.has_value());
+
+  TrainerConfig two_more = config;
+  two_more.epochs = 2;
+  Train(weights_only, TheTrainingProblem().data, two_more);
+
+  const auto expected = weights(uninterrupted), got = weights(resumed),
+             restarted = weights(weights_only);
+  ASSERT_EQ(expected.size(), got.size());
+  bool restart_differs = false;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_TRUE(torch::equal(expected[i], got[i])) << "parameter " << i;
+    restart_differs = restart_differs || !torch::equal(expected[i], restarted[i]);
+  }
+  EXPECT_TRUE(restart_differs);
+
+  // A state from outside the run's epochs, or from another model, is refused.
+  TrainingState late = *saved;
+  late.epochs_done = 5;
+  torch::jit::Module other = TrainingDipnet();
+  EXPECT_THAT([&] { Train(other, TheTrainingProblem().data, config, {}, &late); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("after epoch 5")));
+  torch::jit::Module wider = SmallDipnet(TheTrainingProblem().v, TheTrainingProblem().u,
+                                         TheTrainingProblem().b, {8}, 5, /*rough=*/false);
+  EXPECT_THAT([&] { Train(wider, TheTrainingProblem().data, config, {}, &*saved); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("does not fit this model")));
 }
 
 TEST(Training, CallbacksCheckpointsAndEarlyStop) {
