@@ -8,7 +8,8 @@
 #
 #   scripts/train_in_cycles.sh PROBLEM [CYCLES=10] [EPOCHS_PER_CYCLE=100]
 #   env: BIN (build/bin), WORK (/tmp/dino-train-cycles), KEEP (.train-cycles, git-ignored:
-#        a few files of 8 MB per cycle, never committed), INPUT_RANK (200), HIDDEN (φ's
+#        a few files of 8 MB per cycle, never committed; an interrupted cycle resumes from
+#        its per-epoch checkpoint), INPUT_RANK (200), HIDDEN (φ's
 #        hidden widths, 100,100,100,100,100,100; another value keeps its cycles in
 #        KEEP/PROBLEM-HIDDEN), and for a smoke run TRAIN_SAMPLES (4096), TEST_SAMPLES (1024),
 #        BASIS_SAMPLES (1024)
@@ -50,11 +51,17 @@ for cycle in $(seq 1 "$cycles"); do
     start=(--init-model "$keep/cycle$((cycle - 1)).pt")
     learning_rate=3e-4  # The warm restart: below the first cycle's start.
   fi
+  # Within a cycle, a checkpoint after every epoch: an interrupted cycle resumes exactly.
+  checkpoint=$keep/cycle$cycle.checkpoint.pt
+  resume=()
+  [ -f "$checkpoint.state" ] && resume=(--resume)
   "$bin/dino-train" fit --data train "${start[@]}" --loss h1 --epochs "$epochs" \
     --schedule cosine --learning-rate "$learning_rate" --final-learning-rate 1e-5 --dtype fp64 \
     --seed $((2026 + cycle)) --threads 1 --evaluation-interval 0 --test-data test \
+    --checkpoint "$checkpoint" "${resume[@]}" \
     --progress lines --metrics-json "$keep/cycle$cycle.json.tmp" --out "$keep/cycle$cycle.pt.tmp"
   # A cycle counts once both files are complete.
   mv "$keep/cycle$cycle.json.tmp" "$keep/cycle$cycle.json"
   mv "$keep/cycle$cycle.pt.tmp" "$keep/cycle$cycle.pt"
+  rm -f "$checkpoint" "$checkpoint.state"
 done
