@@ -136,6 +136,52 @@ nlohmann::json BuildMetadata(const TrainerConfig& config, const DatasetSplit& sp
           {"metrics", std::move(metrics)}};
 }
 
+// The state after `epochs_done` Adam epochs, for on_training_state.
+TrainingState CaptureState(int64_t epochs_done, const std::string& whitening,
+                           const at::Generator& shuffle_generator,
+                           const at::Generator& draw_generator, torch::optim::Adam& optimizer) {
+  TrainingState state;
+  state.epochs_done = epochs_done;
+  state.whitening = whitening;
+  state.shuffle_generator_state = shuffle_generator.get_state();
+  state.draw_generator_state = draw_generator.get_state();
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  state.optimizer_state = bytes.str();
+  return state;
+}
+
+// Sets the streams and Adam to `state`; throws std::invalid_argument when it belongs to
+// another model (parameter count or shapes).
+void RestoreState(const TrainingState& state, const std::vector<torch::Tensor>& parameters,
+                  at::Generator& shuffle_generator, at::Generator& draw_generator,
+                  torch::optim::Adam& optimizer) {
+  const std::string mismatch =
+      "the training state to resume from does not fit this model and run: ";
+  try {
+    shuffle_generator.set_state(state.shuffle_generator_state);
+    draw_generator.set_state(state.draw_generator_state);
+    torch::serialize::InputArchive archive;
+    archive.load_from(state.optimizer_state.data(), state.optimizer_state.size());
+    optimizer.load(archive);
+  } catch (const c10::Error& e) {
+    Fail(mismatch + e.what_without_backtrace());
+  }
+  // Adam checks the number of parameters only; moments of another shape would fail (or worse)
+  // in the first step.
+  for (const torch::Tensor& parameter : parameters) {
+    const auto found =
+        optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
+    if (found != optimizer.state().end() &&
+        static_cast<const torch::optim::AdamParamState&>(*found->second).exp_avg().sizes() !=
+            parameter.sizes()) {
+      Fail(mismatch + "its Adam moments have other shapes than the parameters");
+    }
+  }
+}
+
 }  // namespace
 
 void TrainerConfig::Validate() const {
@@ -303,33 +349,9 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
   // `seed` itself).
   auto shuffle_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed + 1);
   auto draw_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed + 2);
-  int64_t first_epoch = 0;
   if (resume_from != nullptr) {
-    first_epoch = resume_from->epochs_done;
-    result.resumed_after_epoch = first_epoch;
-    try {
-      shuffle_generator.set_state(resume_from->shuffle_generator_state);
-      draw_generator.set_state(resume_from->draw_generator_state);
-      torch::serialize::InputArchive archive;
-      archive.load_from(resume_from->optimizer_state.data(), resume_from->optimizer_state.size());
-      optimizer.load(archive);
-      // Adam checks the number of parameters only; moments of another shape would fail (or
-      // worse) in the first step.
-      for (const torch::Tensor& parameter : parameters) {
-        const auto state =
-            optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
-        if (state != optimizer.state().end() &&
-            static_cast<const torch::optim::AdamParamState&>(*state->second).exp_avg().sizes() !=
-                parameter.sizes()) {
-          Fail(
-              "the training state to resume from does not fit this model and run: its Adam "
-              "moments have other shapes than the parameters");
-        }
-      }
-    } catch (const c10::Error& e) {
-      Fail(std::string("the training state to resume from does not fit this model and run: ") +
-           e.what_without_backtrace());
-    }
+    RestoreState(*resume_from, parameters, shuffle_generator, draw_generator, optimizer);
+    result.resumed_after_epoch = resume_from->epochs_done;
   }
 
   const int64_t n = split.train.size();
@@ -364,7 +386,7 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
     return true;
   };
 
-  for (int64_t epoch = first_epoch; epoch < config.epochs; ++epoch) {
+  for (int64_t epoch = result.resumed_after_epoch; epoch < config.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
     EpochReport report;
     report.epoch = epoch + 1;
@@ -420,17 +442,8 @@ TrainingResult Train(torch::jit::Module& module, const DatasetSplit& split,
     report.samples_per_second =
         training_seconds > 0.0 ? static_cast<double>(n) / training_seconds : 0.0;
     if (callbacks.on_training_state) {
-      TrainingState state;
-      state.epochs_done = epoch + 1;
-      state.whitening = result.whitening;
-      state.shuffle_generator_state = shuffle_generator.get_state();
-      state.draw_generator_state = draw_generator.get_state();
-      torch::serialize::OutputArchive archive;
-      optimizer.save(archive);
-      std::ostringstream bytes;
-      archive.save_to(bytes);
-      state.optimizer_state = bytes.str();
-      callbacks.on_training_state(state);
+      callbacks.on_training_state(
+          CaptureState(epoch + 1, result.whitening, shuffle_generator, draw_generator, optimizer));
     }
     if (!finish_report(report, epoch_start)) break;
   }
