@@ -130,17 +130,17 @@ nlohmann::json SummarizeTrainingInputs(const torch::jit::Module& module, const t
   return summary;
 }
 
-void RunFit(const FitFlags& f) {
-  dm::ConfigureComputeThreads(f.common.threads, 1);
-  torch::manual_seed(f.trainer.seed);
-  const torch::Dtype dtype = ParseDtype(f.common.dtype);
-  DataSelection selection = f.data;
-  selection.jacobian = ValueOrThrow(ParseJacobianFiles(f.jacobian));
-  selection.dtype = dtype;
-  dt::Dataset data = ValueOrThrow(LoadDataset(selection));
-
+// The model a fresh run starts from and its metadata: --init-model's, or a new network of
+// --architecture on the data (and --bases).
+struct StartingModel {
   torch::jit::Module module;
   nlohmann::json metadata;
+};
+
+StartingModel BuildStartingModel(const FitFlags& f, const dt::Dataset& data, torch::Dtype dtype) {
+  StartingModel start;
+  torch::jit::Module& module = start.module;
+  nlohmann::json& metadata = start.metadata;
   if (!f.init_model.empty()) {
     // Training continues from a model file: its architecture, bases and weights (and, for a
     // DIPNet, its whitening) stay; its training record goes under "initial_model".
@@ -209,6 +209,17 @@ void RunFit(const FitFlags& f) {
       summary["mesh"].is_number_integer()) {
     metadata["problem"] = {{"name", summary["problem"]}, {"mesh_cells", summary["mesh"]}};
   }
+  return start;
+}
+
+void RunFit(const FitFlags& f) {
+  dm::ConfigureComputeThreads(f.common.threads, 1);
+  torch::manual_seed(f.trainer.seed);
+  const torch::Dtype dtype = ParseDtype(f.common.dtype);
+  DataSelection selection = f.data;
+  selection.jacobian = ValueOrThrow(ParseJacobianFiles(f.jacobian));
+  selection.dtype = dtype;
+  dt::Dataset data = ValueOrThrow(LoadDataset(selection));
 
   dt::TrainerConfig config = f.trainer;
   config.loss.jacobian_loss = dt::ParseJacobianLoss(f.loss);
@@ -230,7 +241,11 @@ void RunFit(const FitFlags& f) {
                               {"train_samples", data.size()},
                               {"dtype", f.common.dtype}};
   std::optional<TrainingStateFile> resume;
+  torch::jit::Module module;
+  nlohmann::json metadata;
   if (f.resume) {
+    // The model comes from the checkpoint, its metadata from the run's state: nothing is
+    // built or loaded for a fresh start.
     if (f.checkpoint.empty()) {
       throw std::invalid_argument(
           "--resume needs --checkpoint: the model file of the run to continue");
@@ -255,6 +270,10 @@ void RunFit(const FitFlags& f) {
     std::fprintf(stderr, "resuming after epoch %lld of %lld from %s\n",
                  static_cast<long long>(resume->state.epochs_done),
                  static_cast<long long>(config.epochs), f.checkpoint.c_str());
+  } else {
+    StartingModel start = BuildStartingModel(f, data, dtype);
+    module = std::move(start.module);
+    metadata = std::move(start.metadata);
   }
 
   std::string out = f.out;
