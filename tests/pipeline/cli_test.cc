@@ -42,6 +42,18 @@ CommandResult DinoTrain(const std::string& args, const ScratchDir& scratch) {
   return run;
 }
 
+// Starts dino-train with `args` (shell words, redirections included) in a child process, to be
+// interrupted by the test.
+pid_t SpawnDinoTrain(const std::string& args) {
+  const pid_t child = fork();
+  if (child == 0) {
+    const std::string command = "exec " + std::string(DINO_TRAIN_BINARY) + " " + args;
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return child;
+}
+
 TEST(DinoTrain, GeneratesDataAndBases) {
   ScratchDir scratch;
   const std::string data = scratch / "data";
@@ -148,14 +160,9 @@ TEST(DinoTrain, ResumesAfterSigint) {
       "generate --problem reaction_diffusion --samples 200 --mesh 24 "
       "--jacobian svd --rank 5 --chunk-size 16 --out " +
       data;
-  const pid_t child = fork();
+  const pid_t child = SpawnDinoTrain(args + " --threads 1 > " + (scratch / "out1.txt") + " 2> " +
+                                     (scratch / "err1.txt"));
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    const std::string command = std::string(DINO_TRAIN_BINARY) + " " + args + " --threads 1 > " +
-                                (scratch / "out1.txt") + " 2> " + (scratch / "err1.txt");
-    execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Wait for the first chunk, then interrupt.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   bool chunk_seen = false;
@@ -215,15 +222,9 @@ TEST(DinoTrain, FitResumesFromItsCheckpointExactly) {
   };
   const std::string fit = fit_with("3e-3");
   const std::string checkpoint = scratch / "checkpoint.pt";
-  const pid_t child = fork();
+  const pid_t child = SpawnDinoTrain(fit + "--checkpoint " + checkpoint + " --out " +
+                                     (scratch / "stopped.pt") + " 2> " + (scratch / "err1.txt"));
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    const std::string command = std::string(DINO_TRAIN_BINARY) + " " + fit + "--checkpoint " +
-                                checkpoint + " --out " + (scratch / "stopped.pt") + " 2> " +
-                                (scratch / "err1.txt");
-    execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Interrupt once the first epochs are checkpointed.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!std::filesystem::exists(checkpoint + ".state") &&
@@ -251,7 +252,9 @@ TEST(DinoTrain, FitResumesFromItsCheckpointExactly) {
   const std::string resumed = scratch / "resumed.pt", whole = scratch / "whole.pt";
   run = DinoTrain(fit + "--checkpoint " + checkpoint + " --resume --out " + resumed, scratch);
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
-  if (interrupted) EXPECT_THAT(run.stderr_text, HasSubstr("resuming after epoch "));
+  if (interrupted) {
+    EXPECT_THAT(run.stderr_text, HasSubstr("resuming after epoch "));
+  }
   run = DinoTrain(fit + "--out " + whole, scratch);
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   const CommandResult resumed_metrics =

@@ -62,6 +62,13 @@ TrainerConfig QuickConfig(JacobianLoss loss, int64_t epochs) {
   return config;
 }
 
+// A copy of the module's parameters, to compare runs.
+std::vector<torch::Tensor> Weights(const torch::jit::Module& module) {
+  std::vector<torch::Tensor> weights;
+  for (const auto& p : module.parameters()) weights.push_back(p.detach().clone());
+  return weights;
+}
+
 void ExpectTrainedWell(const TrainingResult& result, double min_l2, double min_h1) {
   ASSERT_TRUE(result.initial_validation_accuracy.has_value());
   ASSERT_TRUE(result.validation_accuracy.has_value());
@@ -148,9 +155,7 @@ TEST(Training, IsDeterministicForASeed) {
     config.seed = seed;
     config.evaluation_interval = 0;
     Train(module, TheTrainingProblem().data, config);
-    std::vector<torch::Tensor> weights;
-    for (const auto& p : module.parameters()) weights.push_back(p.detach().clone());
-    return weights;
+    return Weights(module);
   };
   const auto first = run(3), second = run(3), other = run(4);
   bool differs = false;
@@ -170,12 +175,6 @@ TEST(Training, ResumedRunEndsWithTheUninterruptedRunsWeights) {
   config.schedule = LearningRateSchedule::kCosine;
   config.final_learning_rate = 1e-4;
   config.evaluation_interval = 0;
-  auto weights = [](const torch::jit::Module& module) {
-    std::vector<torch::Tensor> w;
-    for (const auto& p : module.parameters()) w.push_back(p.detach().clone());
-    return w;
-  };
-
   torch::jit::Module uninterrupted = TrainingDipnet();
   Train(uninterrupted, TheTrainingProblem().data, config);
 
@@ -204,8 +203,8 @@ TEST(Training, ResumedRunEndsWithTheUninterruptedRunsWeights) {
   two_more.epochs = 2;
   Train(weights_only, TheTrainingProblem().data, two_more);
 
-  const auto expected = weights(uninterrupted), got = weights(resumed),
-             restarted = weights(weights_only);
+  const auto expected = Weights(uninterrupted), got = Weights(resumed),
+             restarted = Weights(weights_only);
   ASSERT_EQ(expected.size(), got.size());
   bool restart_differs = false;
   for (size_t i = 0; i < expected.size(); ++i) {
