@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   int exit_code = dino::pipeline::kExitSuccess;
   dino::pipeline::AddGenerateCommand(app, &exit_code);
   dino::pipeline::AddBasesCommand(app, &exit_code);
-  dino::pipeline::AddFitCommand(app, &exit_code);
+  dino::pipeline::AddFitCommand(app, &exit_code, {argv, argv + argc});
   dino::pipeline::AddEvaluateCommand(app, &exit_code);
   dino::pipeline::AddTrainingInputsCommand(app, &exit_code);
   dino::pipeline::AddTrustedSetCommand(app, &exit_code);

@@ -11,7 +11,10 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <string>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -96,6 +99,7 @@ struct FitFlags {
   std::string description;
   std::string progress = "auto";
   std::string test_data;
+  std::vector<std::string> command_line;  // argv, for the metadata's "command"
 };
 
 // DIR/generate.json of a data directory (what `dino-train generate` made it from), or an empty
@@ -130,6 +134,13 @@ nlohmann::json SummarizeTrainingInputs(const torch::jit::Module& module, const t
   return summary;
 }
 
+// How the model was made, exactly: the arguments as given and the folder they are relative to.
+nlohmann::json CommandRecord(const std::vector<std::string>& command_line) {
+  std::error_code error;
+  const std::filesystem::path cwd = std::filesystem::current_path(error);
+  return {{"argv", command_line}, {"cwd", error ? "" : cwd.string()}};
+}
+
 // The model a fresh run starts from and its metadata: --init-model's, or a new network of
 // --architecture on the data (and --bases).
 struct StartingModel {
@@ -143,7 +154,8 @@ StartingModel BuildStartingModel(const FitFlags& f, const dt::Dataset& data, tor
   nlohmann::json& metadata = start.metadata;
   if (!f.init_model.empty()) {
     // Training continues from a model file: its architecture, bases and weights (and, for a
-    // DIPNet, its whitening) stay; its training record goes under "initial_model".
+    // DIPNet, its whitening) stay; its training record goes under "initial_model", which
+    // keeps that model's own "initial_model": a model trained in stages records every stage.
     dm::LoadedModelFile file = dm::LoadModelFile(f.init_model);
     for (const auto& parameter : file.module.parameters()) {
       if (parameter.scalar_type() != dtype) {
@@ -156,7 +168,8 @@ StartingModel BuildStartingModel(const FitFlags& f, const dt::Dataset& data, tor
     module = file.module;
     metadata = file.metadata;
     nlohmann::json initial = {{"file", f.init_model}};
-    for (const char* key : {"training", "metrics", "data", "description"}) {
+    for (const char* key :
+         {"training", "metrics", "data", "description", "command", "initial_model"}) {
       if (metadata.contains(key)) {
         initial[key] = metadata[key];
         metadata.erase(key);
@@ -266,7 +279,8 @@ void RunFit(const FitFlags& f) {
           " (the run ended between the two writes, or in its L-BFGS finish): they do not resume");
     }
     module = checkpoint.module;
-    metadata = resume->model_metadata;
+    metadata = resume->model_metadata;  // with the interrupted run's "command"
+    metadata["resume_command"] = CommandRecord(f.command_line);
     std::fprintf(stderr, "resuming after epoch %lld of %lld from %s\n",
                  static_cast<long long>(resume->state.epochs_done),
                  static_cast<long long>(config.epochs), f.checkpoint.c_str());
@@ -274,6 +288,7 @@ void RunFit(const FitFlags& f) {
     StartingModel start = BuildStartingModel(f, data, dtype);
     module = std::move(start.module);
     metadata = std::move(start.metadata);
+    metadata["command"] = CommandRecord(f.command_line);
   }
 
   std::string out = f.out;
@@ -520,9 +535,10 @@ void AddDataOptions(CLI::App* cmd, DataSelection* data, std::string* jacobian,
 
 }  // namespace
 
-CLI::App* AddFitCommand(CLI::App& app, int* exit_code) {
+CLI::App* AddFitCommand(CLI::App& app, int* exit_code, std::vector<std::string> command_line) {
   auto flags = std::make_shared<FitFlags>();
   FitFlags& f = *flags;
+  f.command_line = std::move(command_line);
   CLI::App* cmd = app.add_subcommand(
       "fit", "Train a DINO (DIPNet or generic network) on a data directory (paper §3.2)");
   AddDataOptions(cmd, &f.data, &f.jacobian, &f.common);

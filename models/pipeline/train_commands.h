@@ -2,6 +2,9 @@
 // registered like the data subcommands in commands.h.
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace CLI {
 class App;
 }  // namespace CLI
@@ -9,8 +12,9 @@ class App;
 namespace dino::pipeline {
 
 // `fit`: trains a DIPNet or generic network on a data directory and writes a model file
-// (optionally straight into a model repository) with its training metrics in its metadata.
-CLI::App* AddFitCommand(CLI::App& app, int* exit_code);
+// (optionally straight into a model repository) with its training metrics in its metadata,
+// and `command_line` (the program's argv) with the working directory as its "command".
+CLI::App* AddFitCommand(CLI::App& app, int* exit_code, std::vector<std::string> command_line);
 // `evaluate`: the paper's accuracies (3.6a–c) of a model file on a data directory.
 CLI::App* AddEvaluateCommand(CLI::App& app, int* exit_code);
 // `training-inputs`: adds the training-input summary (the trust score's reference,

@@ -9,10 +9,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "tests/pipeline/test_util.h"
 
@@ -119,6 +121,28 @@ TEST(DinoTrain, FitsThenFinishesWithLbfgsFromTheModelFile) {
   run = DinoTrain("evaluate --data " + test + " --model " + finished, scratch);
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   EXPECT_THAT(run.stdout_text, HasSubstr("\"basis_h1_accuracy\""));
+
+  // A third stage: its metadata holds every stage's command, the newest outermost.
+  const std::string third_report = scratch / "third.json";
+  run = DinoTrain("fit --data " + train + " --init-model " + finished +
+                      " --epochs 1 --progress none --metrics-json " + third_report + " --out " +
+                      (scratch / "third.pt"),
+                  scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  const nlohmann::json third = nlohmann::json::parse(FileContents(third_report));
+  const auto argv_of = [](const nlohmann::json& stage) {
+    return stage.at("command").at("argv").get<std::vector<std::string>>();
+  };
+  EXPECT_EQ(argv_of(third).back(), scratch / "third.pt");
+  EXPECT_EQ(third["command"]["cwd"], std::filesystem::current_path().string());
+  const nlohmann::json& second = third.at("initial_model");
+  EXPECT_EQ(second["file"], finished);
+  EXPECT_THAT(argv_of(second), ::testing::Contains("--lbfgs-iterations"));
+  const nlohmann::json& first = second.at("initial_model");
+  EXPECT_EQ(first["file"], adam);
+  EXPECT_EQ(argv_of(first).back(), adam);
+  EXPECT_EQ(first["training"]["epochs"], 3);
+  EXPECT_FALSE(first.contains("initial_model"));
 
   run = DinoTrain("fit --data " + train + " --init-model " + adam +
                       " --dtype fp32 --epochs 0 --lbfgs-iterations 1 --out " + finished,
@@ -250,10 +274,19 @@ TEST(DinoTrain, FitResumesFromItsCheckpointExactly) {
   EXPECT_THAT(run.stderr_text, HasSubstr("--resume needs --checkpoint"));
 
   const std::string resumed = scratch / "resumed.pt", whole = scratch / "whole.pt";
-  run = DinoTrain(fit + "--checkpoint " + checkpoint + " --resume --out " + resumed, scratch);
+  const std::string resumed_report = scratch / "resumed.json";
+  run = DinoTrain(fit + "--checkpoint " + checkpoint + " --resume --metrics-json " +
+                      resumed_report + " --out " + resumed,
+                  scratch);
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   if (interrupted) {
     EXPECT_THAT(run.stderr_text, HasSubstr("resuming after epoch "));
+    // The metadata names the interrupted run's command and the one that finished it.
+    const nlohmann::json metadata = nlohmann::json::parse(FileContents(resumed_report));
+    const auto argv = metadata["command"]["argv"].get<std::vector<std::string>>();
+    EXPECT_THAT(argv, ::testing::Not(::testing::Contains("--resume")));
+    EXPECT_THAT(metadata["resume_command"]["argv"].get<std::vector<std::string>>(),
+                ::testing::Contains("--resume"));
   }
   run = DinoTrain(fit + "--out " + whole, scratch);
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
