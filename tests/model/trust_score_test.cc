@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -245,19 +247,25 @@ TEST(TrustSignalTest, ModelsWithoutASummaryRefuseIt) {
   EXPECT_THAT((*generic)->Run(query).status().message(), HasSubstr("only reduced-basis"));
 }
 
-// The bundled Poisson DIPNet on prior samples (the acceptance numbers).
-class BundledModelTest : public ::testing::Test {
+// A bundled DIPNet and the prior its training inputs were drawn from.
+struct BundledModel {
+  std::string version_folder;  // <name>/<version> in models/repository
+  pde::PriorConfig (*prior)();
+};
+
+// The bundled DIPNets on prior samples (the acceptance numbers).
+class BundledModelTest : public ::testing::TestWithParam<BundledModel> {
  protected:
-  static void SetUpTestSuite() {
-    auto loaded = SurrogateModel::Load(
-        std::string(DINO_SOURCE_DIR) + "/models/repository/poisson_dipnet/3/model.pt", {});
+  void SetUp() override {
+    auto loaded = SurrogateModel::Load(std::string(DINO_SOURCE_DIR) + "/models/repository/" +
+                                           GetParam().version_folder + "/model.pt",
+                                       {});
     ASSERT_TRUE(loaded.ok()) << loaded.status();
-    model_ = new std::shared_ptr<const SurrogateModel>(*loaded);
+    model_ = *loaded;
   }
-  static void TearDownTestSuite() { delete model_; }
 
   // The share of `count` samples of `config` (mean + scale·(sample − mean)) flagged.
-  static double FlagRate(const pde::PriorConfig& config, double scale, int count, uint64_t seed) {
+  double FlagRate(const pde::PriorConfig& config, double scale, int count, uint64_t seed) const {
     const pde::BiLaplacianPrior prior(pde::StructuredTriMesh(64), config);
     pde::NormalRng rng(seed);
     torch::Tensor m = torch::empty({count, prior.dim()}, torch::kFloat64);
@@ -269,22 +277,22 @@ class BundledModelTest : public ::testing::Test {
     Query query;
     query.m = m;
     query.want_trust = true;
-    auto answer = (*model_)->Run(query);
+    auto answer = model_->Run(query);
     EXPECT_TRUE(answer.ok()) << answer.status();
-    return static_cast<double>(answer->trust->flagged) / count;
+    return answer.ok() ? static_cast<double>(answer->trust->flagged) / count : 1.0;
   }
 
-  static std::shared_ptr<const SurrogateModel>* model_;
+  std::shared_ptr<const SurrogateModel> model_;
 };
-std::shared_ptr<const SurrogateModel>* BundledModelTest::model_ = nullptr;
 
-TEST_F(BundledModelTest, FlagsFewFreshPriorSamplesAndAlmostAllWiderOnes) {
-  ASSERT_TRUE((*model_)->info().has_trust_score);
+TEST_P(BundledModelTest, FlagsFewFreshPriorSamplesAndAlmostAllWiderOnes) {
+  ASSERT_TRUE(model_->info().has_trust_score);
+  const pde::PriorConfig training_prior = GetParam().prior();
   // Seeds other than the training data's (dino-train generate --seed 1 draws from its own
   // streams), so these are fresh samples.
-  const double fresh = FlagRate(pde::PoissonPrior(), 1.0, 2000, 77);
-  const double wider = FlagRate(pde::PoissonPrior(), std::sqrt(3.0), 500, 78);
-  pde::PriorConfig longer = pde::PoissonPrior();
+  const double fresh = FlagRate(training_prior, 1.0, 2000, 77);
+  const double wider = FlagRate(training_prior, std::sqrt(3.0), 500, 78);
+  pde::PriorConfig longer = training_prior;
   // Correlation length ∝ √(γ/δ), pointwise variance ∝ 1/(γδ): twice the length, same variance.
   longer.gamma *= 2.0;
   longer.delta /= 2.0;
@@ -292,11 +300,22 @@ TEST_F(BundledModelTest, FlagsFewFreshPriorSamplesAndAlmostAllWiderOnes) {
   RecordProperty("fresh_prior_flag_rate", std::to_string(fresh));
   RecordProperty("three_times_variance_flag_rate", std::to_string(wider));
   RecordProperty("twice_correlation_length_flag_rate", std::to_string(smoother));
-  std::printf("flag rates: fresh prior %.4f, 3x variance %.4f, 2x correlation length %.4f\n", fresh,
-              wider, smoother);
+  std::printf("%s flag rates: fresh prior %.4f, 3x variance %.4f, 2x correlation length %.4f\n",
+              GetParam().version_folder.c_str(), fresh, wider, smoother);
   EXPECT_LE(fresh, 0.005);
   EXPECT_GE(wider, 0.99);
 }
+
+INSTANTIATE_TEST_SUITE_P(Repository, BundledModelTest,
+                         ::testing::Values(BundledModel{"poisson_dipnet/3", pde::PoissonPrior},
+                                           BundledModel{"poisson_dipnet/4", pde::PoissonPrior},
+                                           BundledModel{"reaction_diffusion_dipnet/1",
+                                                        pde::ReactionDiffusionPrior}),
+                         [](const ::testing::TestParamInfo<BundledModel>& info) {
+                           std::string name = info.param.version_folder;
+                           std::replace(name.begin(), name.end(), '/', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace dino::serving
