@@ -528,13 +528,16 @@ std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& n
   return {value, jacobian};
 }
 
-std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(const Network& network,
-                                                                        const torch::Tensor& m) {
+std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(
+    const Network& network, const torch::Tensor& m, torch::Tensor* reduced_inputs) {
   torch::NoGradGuard no_grad;
-  if (!network.layers_) {
-    return ReducedValueAndJacobian(network, network.ProjectInput(m), /*create_graph=*/false);
+  if (network.layers_ && reduced_inputs == nullptr) {
+    return PropagateInChunks(*network.layers_, network.FirstLayerAtInputs(m));
   }
-  return PropagateInChunks(*network.layers_, network.FirstLayerAtInputs(m));
+  const torch::Tensor z = network.ProjectInput(m);
+  if (reduced_inputs != nullptr) *reduced_inputs = z;
+  if (!network.layers_) return ReducedValueAndJacobian(network, z, /*create_graph=*/false);
+  return PropagateInChunks(*network.layers_, FirstLayer(*network.layers_, z));
 }
 
 std::pair<torch::Tensor, torch::Tensor> ValueAndLeftProducts(const Network& network,

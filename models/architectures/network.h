@@ -125,7 +125,7 @@ class Network {
                                                                          const torch::Tensor&,
                                                                          bool);
   friend std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(
-      const Network&, const torch::Tensor&);
+      const Network&, const torch::Tensor&, torch::Tensor*);
 };
 
 // a·b for a b with few columns (an input basis V: d_M × r_M, d_M ≫ r_M), the product every
@@ -156,9 +156,11 @@ std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobian(const Network& n
 
 // φ(mV) [B, r_Q] and J_φ(mV) [B, r_Q, r_M] at inputs m [B, d_M], without gradients (serving):
 // ReducedValueAndJacobian of ProjectInput(m), except that kLayerPropagation starts from
-// FirstLayerAtInputs(m) and writes every chunk of points straight into the results.
-std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(const Network& network,
-                                                                        const torch::Tensor& m);
+// FirstLayerAtInputs(m) and writes every chunk of points straight into the results. With
+// `reduced_inputs`, the projection z = mV is made and stored there (the trust score needs
+// it), and the first layer starts from it: one projection instead of the folded one and z.
+std::pair<torch::Tensor, torch::Tensor> ReducedValueAndJacobianAtInputs(
+    const Network& network, const torch::Tensor& m, torch::Tensor* reduced_inputs = nullptr);
 
 // f(m) [B, d_Q] and the left products W_bᵀ ∇f(m_b) [B, k, d_M] for per-sample factors
 // `left` [B, d_Q, k], or one factor [d_Q, k] shared by all samples (the identity gives the

@@ -215,7 +215,7 @@ class ReducedBasisModel final : public SurrogateModel {
         answers[trusted_evaluation_index[j]].values = q.narrow(0, row, rows);
         row += rows;
       }
-      AttachTrustAtReduced(trusted_evaluations, trusted_evaluation_index, z, answers);
+      AttachTrust(trusted_evaluations, trusted_evaluation_index, z, answers);
     }
     if (!hessians.queries.empty()) {
       // ⟨s, f(m)⟩ = ⟨Uᵀs, φ(Vᵀm)⟩ + ⟨s, b⟩, so its Hessian is V ∇²_z⟨Uᵀs, φ(z)⟩ Vᵀ: the
@@ -227,17 +227,24 @@ class ReducedBasisModel final : public SurrogateModel {
           SecondOrderAction([this](const torch::Tensor& x) { return network_.ReducedForward(x); },
                             z, reduced_cotangents, reduced_directions);
       hessians.Scatter(torch::mm(reduced_actions, v.t()), answers);
-      AttachTrust(hessians.queries, hessians.index,
-                  Stack(hessians.queries, [](const PreparedQuery& p) { return p.points; }),
-                  answers);
+      if (AnyWantsTrust(hessians.queries)) {
+        // z above repeats each point once per direction: the points' own projection.
+        AttachTrust(hessians.queries, hessians.index,
+                    network_.ProjectInput(
+                        Stack(hessians.queries, [](const PreparedQuery& p) { return p.points; })),
+                    answers);
+      }
     }
     if (derivatives.empty()) return answers;
 
     // One projection of all points, one J_φ computation: [P, r_Q], [P, r_Q, r_M].
     const torch::Tensor points =
         Stack(derivatives, [](const PreparedQuery& p) { return p.points; });
-    auto [phi, jacobians] = dm::ReducedValueAndJacobianAtInputs(network_, points);
-    AttachTrust(derivatives, derivative_index, points, answers);
+    // The trust score needs z = mV: then the Jacobians start from it too, one projection.
+    torch::Tensor z;
+    auto [phi, jacobians] = dm::ReducedValueAndJacobianAtInputs(
+        network_, points, AnyWantsTrust(derivatives) ? &z : nullptr);
+    AttachTrust(derivatives, derivative_index, z, answers);
     // q = φ Uᵀ + b only where a query returns it.
     const bool any_q = std::any_of(derivatives.begin(), derivatives.end(), [](const auto* p) {
       return p->want_q || p->method == Method::kReducedJacobian;
@@ -333,20 +340,15 @@ class ReducedBasisModel final : public SurrogateModel {
   }
 
  private:
-  // The trust signal of the queries that ask for it (Prepare admits them only when the model
-  // has a training-input summary), at all `queries`' points stacked in order: `points`
-  // [P, d_M]. The projection z = mV is made only when one of them asks.
-  void AttachTrust(const std::vector<const PreparedQuery*>& queries,
-                   const std::vector<size_t>& index, const torch::Tensor& points,
-                   std::vector<Answer>& answers) const {
-    if (std::none_of(queries.begin(), queries.end(), [](const auto* p) { return p->want_trust; }))
-      return;
-    AttachTrustAtReduced(queries, index, network_.ProjectInput(points), answers);
+  static bool AnyWantsTrust(const std::vector<const PreparedQuery*>& queries) {
+    return std::any_of(queries.begin(), queries.end(), [](const auto* p) { return p->want_trust; });
   }
-  // The same from the reduced coordinates z [P, r_M] of the stacked points.
-  void AttachTrustAtReduced(const std::vector<const PreparedQuery*>& queries,
-                            const std::vector<size_t>& index, const torch::Tensor& z,
-                            std::vector<Answer>& answers) const {
+  // The trust signal of the queries that ask for it (Prepare admits them only when the model
+  // has a training-input summary), from the reduced coordinates z [P, r_M] of all `queries`'
+  // points stacked in order (undefined when none asks).
+  void AttachTrust(const std::vector<const PreparedQuery*>& queries,
+                   const std::vector<size_t>& index, const torch::Tensor& z,
+                   std::vector<Answer>& answers) const {
     int64_t row = 0;
     for (size_t j = 0; j < queries.size(); ++j) {
       const int64_t points = queries[j]->points_count();
