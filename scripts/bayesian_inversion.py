@@ -409,8 +409,14 @@ def training_cost(args, client):
     train = meta["data"]["train"]
     history = meta.get("training", {}).get("history", [])
     fit_seconds = float(sum(h.get("seconds", 0.0) for h in history))
-    # A model trained on from another model file (fit --init-model) also cost that training.
-    fit_seconds += float(meta.get("initial_model", {}).get("training", {}).get("seconds", 0.0))
+    epochs = len(history)
+    # A model trained on from other model files (fit --init-model, stage after stage) also
+    # cost their training: each stage's record nests the one before under "initial_model".
+    stage = meta.get("initial_model")
+    while stage:
+        fit_seconds += float(stage.get("training", {}).get("seconds", 0.0))
+        epochs += int(stage.get("training", {}).get("epochs", 0))
+        stage = stage.get("initial_model")
     generated_by = train.get("generated_by")
     if generated_by is None:
         # Models written by `dino-train fit` name the problem and the data's form, not the
@@ -441,7 +447,7 @@ def training_cost(args, client):
             "timed_samples": n_timed, "timed_command": " ".join(full),
             "generate_seconds_timed": gen_seconds, "generate_seconds_per_sample": per_sample,
             "generate_seconds_estimated": per_sample * n_total if per_sample else None,
-            "fit_seconds_metadata": fit_seconds, "epochs": len(history),
+            "fit_seconds_metadata": fit_seconds, "epochs": epochs,
             "bases_note": "the bases computation (dino-train bases) is not counted"}
     info["total_seconds"] = (info["generate_seconds_estimated"] or 0.0) + fit_seconds
     save(args.out, "training_cost", None, info)
