@@ -306,16 +306,18 @@ TEST_P(BundledModelTest, FlagsFewFreshPriorSamplesAndAlmostAllWiderOnes) {
   EXPECT_GE(wider, 0.99);
 }
 
-INSTANTIATE_TEST_SUITE_P(Repository, BundledModelTest,
-                         ::testing::Values(BundledModel{"poisson_dipnet/3", pde::PoissonPrior},
-                                           BundledModel{"poisson_dipnet/4", pde::PoissonPrior},
-                                           BundledModel{"reaction_diffusion_dipnet/1",
-                                                        pde::ReactionDiffusionPrior}),
-                         [](const ::testing::TestParamInfo<BundledModel>& info) {
-                           std::string name = info.param.version_folder;
-                           std::replace(name.begin(), name.end(), '/', '_');
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Repository, BundledModelTest,
+    ::testing::Values(BundledModel{"poisson_dipnet/3", pde::PoissonPrior},
+                      BundledModel{"poisson_dipnet/4", pde::PoissonPrior},
+                      BundledModel{"poisson_dipnet/5", pde::PoissonPrior},
+                      BundledModel{"reaction_diffusion_dipnet/1", pde::ReactionDiffusionPrior},
+                      BundledModel{"reaction_diffusion_dipnet/2", pde::ReactionDiffusionPrior}),
+    [](const ::testing::TestParamInfo<BundledModel>& info) {
+      std::string name = info.param.version_folder;
+      std::replace(name.begin(), name.end(), '/', '_');
+      return name;
+    });
 
 }  // namespace
 }  // namespace dino::serving
