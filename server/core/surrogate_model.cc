@@ -135,15 +135,22 @@ torch::Tensor SecondOrderAction(const std::function<torch::Tensor(const torch::T
 struct HessianQueries {
   std::vector<const PreparedQuery*> queries;
   std::vector<size_t> index;
-  torch::Tensor Points() const {
-    return Stack(queries, [](const PreparedQuery& p) {
-      return p.points.repeat_interleave(p.vectors.size(1), 0);
-    });
+  // The queries' points [P, d_M], stacked in order, once each.
+  torch::Tensor PointsOnce() const {
+    return Stack(queries, [](const PreparedQuery& p) { return p.points; });
   }
+  // Rows [P, ·] of a per-point tensor (such as PointsOnce() or a function of it), each
+  // repeated once per direction of its point: the rows of this batch.
+  torch::Tensor PerDirection(const torch::Tensor& per_point) const {
+    std::vector<int64_t> repeats;
+    for (const PreparedQuery* query : queries) {
+      repeats.insert(repeats.end(), query->points_count(), query->vectors.size(1));
+    }
+    return per_point.repeat_interleave(torch::tensor(repeats, torch::kLong), 0);
+  }
+  torch::Tensor Points() const { return PerDirection(PointsOnce()); }
   torch::Tensor Cotangents() const {
-    return Stack(queries, [](const PreparedQuery& p) {
-      return p.cotangents.repeat_interleave(p.vectors.size(1), 0);
-    });
+    return PerDirection(Stack(queries, [](const PreparedQuery& p) { return p.cotangents; }));
   }
   torch::Tensor Directions() const {
     return Stack(queries, [](const PreparedQuery& p) { return p.vectors.flatten(0, 1); });
@@ -220,20 +227,16 @@ class ReducedBasisModel final : public SurrogateModel {
     if (!hessians.queries.empty()) {
       // ⟨s, f(m)⟩ = ⟨Uᵀs, φ(Vᵀm)⟩ + ⟨s, b⟩, so its Hessian is V ∇²_z⟨Uᵀs, φ(z)⟩ Vᵀ: the
       // double backward runs on the reduced network only, r_M inputs per point.
-      torch::Tensor z = network_.ProjectInput(hessians.Points());
+      // Each point projected once (its directions share it), then repeated in reduced space.
+      const torch::Tensor point_z = network_.ProjectInput(hessians.PointsOnce());
+      torch::Tensor z = hessians.PerDirection(point_z);
       torch::Tensor reduced_cotangents = torch::mm(hessians.Cotangents(), u);
       torch::Tensor reduced_directions = network_.ProjectInput(hessians.Directions());
       torch::Tensor reduced_actions =
           SecondOrderAction([this](const torch::Tensor& x) { return network_.ReducedForward(x); },
                             z, reduced_cotangents, reduced_directions);
       hessians.Scatter(torch::mm(reduced_actions, v.t()), answers);
-      if (AnyWantsTrust(hessians.queries)) {
-        // z above repeats each point once per direction: the points' own projection.
-        AttachTrust(hessians.queries, hessians.index,
-                    network_.ProjectInput(
-                        Stack(hessians.queries, [](const PreparedQuery& p) { return p.points; })),
-                    answers);
-      }
+      AttachTrust(hessians.queries, hessians.index, point_z, answers);
     }
     if (derivatives.empty()) return answers;
 
