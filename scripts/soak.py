@@ -37,6 +37,7 @@ got while measuring):
 Smoke (about a minute): add --short.
 """
 import argparse
+import collections
 import json
 import multiprocessing
 import os
@@ -103,11 +104,14 @@ class Server:
             f.write(TOKEN + "\n")
         self.process = subprocess.Popen(
             [os.path.join(bin_dir, "dino-server"), "--model_repository=" + repository,
-             "--port=0", "--host=127.0.0.1", "--metrics_port=-1",
+             "--port=0", "--host=127.0.0.1", "--metrics_port=0",
              "--repository_poll_seconds=1", "--admin_token_file=" + token_file,
              *extra_flags], stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.started = time.time()
+        self.metrics_url = None
         for line in self.process.stdout:
+            if match := re.search(r"metrics on (http://\S+)", line):
+                self.metrics_url = match.group(1)
             match = re.search(r"listening on .*:(\d+)", line)
             if match:
                 self.target = "127.0.0.1:" + match.group(1)
@@ -134,6 +138,42 @@ class Server:
                 self.process.wait()
         self.log.close()
         return self.process.returncode
+
+
+METRIC_LINE = re.compile(r'^(dino_requests_total|dino_request_latency_seconds_bucket)'
+                         r'\{([^}]*)\} (\S+)$')
+
+
+def scrape(url):
+    """The server's own count of calls by gRPC code and its latency histogram (time from
+    receiving a request to answering it), summed over models, from its /metrics."""
+    import urllib.request
+    codes, buckets = {}, {}
+    with urllib.request.urlopen(url, timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            match = METRIC_LINE.match(line)
+            if not match:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            value = float(match.group(3))
+            if match.group(1) == "dino_requests_total":
+                codes[labels["code"]] = codes.get(labels["code"], 0) + value
+            else:
+                buckets[labels["le"]] = buckets.get(labels["le"], 0) + value
+    return {"codes": codes, "latency_buckets": buckets}
+
+
+def server_side(before, after):
+    """What the server itself answered between two scrapes: calls by code and the upper
+    bound of the latency bucket holding the 99th percentile."""
+    codes = {c: after["codes"][c] - before["codes"].get(c, 0) for c in after["codes"]}
+    codes = {c: int(n) for c, n in codes.items() if n > 0}
+    bounds = sorted(after["latency_buckets"], key=lambda b: float(b))
+    counts = [after["latency_buckets"][b] - before["latency_buckets"].get(b, 0) for b in bounds]
+    p99 = None
+    if counts and counts[-1] > 0:
+        p99 = next(float(b) for b, n in zip(bounds, counts) if n >= 0.99 * counts[-1])
+    return {"codes": codes, "latency_p99_s_at_most": p99}
 
 
 def proc_sample(pid):
@@ -175,13 +215,20 @@ class Reference:
         torch.set_num_threads(1)
         self.torch = torch
         self.repository, self.pool = repository, pool
-        self.cache, self.lock = {}, threading.Lock()
+        self.cache, self.lock = collections.OrderedDict(), threading.Lock()
+
+    # Every publish is a new version and each reference holds the pool's full Jacobians
+    # (~14 MB at d_M = 1089): keep the versions in use, recompute one that comes back.
+    KEEP = 8
 
     def get(self, name, version):
         key = (name, version)
         with self.lock:
             if key not in self.cache:
                 self.cache[key] = self.compute(name, version)
+                while len(self.cache) > self.KEEP:
+                    self.cache.popitem(last=False)
+            self.cache.move_to_end(key)
             return self.cache[key]
 
     def compute(self, name, version):
@@ -194,9 +241,13 @@ class Reference:
         # gives that component's gradient at every pool point.
         jac = torch.stack([torch.autograd.grad(q[:, j].sum(), m, retain_graph=True)[0]
                            for j in range(q.shape[1])], dim=1)
-        return {"q": q.detach().numpy(), "J": jac.numpy(),
-                "U": module.output_basis.detach().numpy(),
-                "V": module.input_basis.detach().numpy()}
+        U = module.output_basis.detach()
+        V = module.input_basis.detach()
+        # Uᵀ J V once per version here, not per checked reply: numpy's batched product of a
+        # [B, d_Q, d_M] stack takes ~0.7 s at B = 64, which made the checking callback, and
+        # with it every answer on the client's channel, fall seconds behind.
+        reduced = torch.einsum("qa,nqd,db->nab", U, jac, V)
+        return {"q": q.detach().numpy(), "J": jac.numpy(), "reduced": reduced.numpy()}
 
 
 def make_pool(d_m, count, seed):
@@ -295,8 +346,7 @@ class Traffic:
                                                 output_dtype=wire_out)
 
             def expected(r):
-                return {"q": r["q"][index],
-                        "reduced_jacobian": r["U"].T @ r["J"][index] @ r["V"]}
+                return {"q": r["q"][index], "reduced_jacobian": r["reduced"][index]}
         return method, name, request, expected, tolerance, out_dtype
 
     def output_dim(self, name):
@@ -611,15 +661,22 @@ def stage_models(args):
                  base, *common)
         run_tool(args, "dino-train", "generate", "--samples", "256", "--seed", "3", "--out",
                  tune, *common)
-        run_tool(args, "dino-train", "bases", "--data", base, "--input-rank", "16",
-                 "--output-rank", "16", "--threads", "2")
+        run_tool(args, "dino-train", "bases", "--data", base, "--input-rank",
+                 str(args.input_rank), "--output-rank", "16", "--threads", "2")
         for name, dtype in ((MODEL, "fp64"), (MODEL32, "fp32")):
             run_tool(args, "dino-train", "fit", "--data", base, "--architecture", "dipnet",
-                     "--loss", "h1", "--hidden", "32,32", "--dtype", dtype, "--epochs", "30",
+                     "--loss", "h1", "--hidden", args.hidden, "--dtype", dtype, "--epochs", "30",
                      "--batch-size", "16", "--threads", "1", "--progress", "none", "--out",
                      os.path.join(folder, name + ".pt"))
         with open(done, "w") as f:
-            json.dump({"mesh": args.mesh}, f)
+            json.dump({"mesh": args.mesh, "hidden": args.hidden, "input_rank": args.input_rank},
+                      f)
+    with open(done) as f:
+        made = json.load(f)
+    wanted = {"mesh": args.mesh, "hidden": args.hidden, "input_rank": args.input_rank}
+    if any(made.get(k) != v for k, v in wanted.items()):
+        raise SystemExit(f"{folder} holds models made with {made}, not {wanted}: use another "
+                         "--out or delete it")
     with np.load(os.path.join(folder, "tune", "mq_data.npz")) as f:
         data = {"m": f["m_data"], "q": f["q_data"]}
     return folder, data
@@ -813,6 +870,7 @@ def stage_soak(args, models, data, pool, saturation):
                                    "p99_ms": row.get("p99_us", 0) / 1e3,
                                    "send_lag_p99_ms":
                                        row.get("send_lag_us", {}).get("p99_us", 0) / 1e3,
+                                   "sent": row.get("requests", 0),
                                    "seconds": row.get("wall_s", length)})
                     stream_windows.append(window)
             threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(STREAMS))]
@@ -840,9 +898,11 @@ def stage_soak(args, models, data, pool, saturation):
         # and allocator arenas exist before the first snapshot.
         warm_windows, warm_skipped = run_phase(args.warmup, "warmup")
         before = quiescent_snapshot(server.pid, args.quiescent_seconds)
+        scraped_before = scrape(server.metrics_url)
         soak_started = time.time() - started
         windows, skipped = run_phase(args.duration, "soak")
         soak_ended = time.time() - started
+        scraped_after = scrape(server.metrics_url)
         after = quiescent_snapshot(server.pid, args.quiescent_seconds)
         listing = control.listing(MODEL)
         control.close()
@@ -864,6 +924,10 @@ def stage_soak(args, models, data, pool, saturation):
         mine = [w for w in soak_streams if w["stream"] == i and not w.get("not_started")]
         per_stream.append({
             "name": s["name"], "offered_per_s": rates[i],
+            # Each window's own length: a stream's windows need not cover the whole
+            # phase (start-up, a retried window), so dividing by the phase would undercount.
+            "sent_per_s": sum(w["sent"] for w in mine) / max(sum(w["seconds"] for w in mine),
+                                                              1e-9),
             "ok": sum(w["ok"] for w in mine), "refused": sum(w["refused"] for w in mine),
             "p99_ms_worst_window": max((w["p99_ms"] for w in mine), default=None),
             "p99_ms_median_window": float(np.median([w["p99_ms"] for w in mine]))
@@ -877,6 +941,7 @@ def stage_soak(args, models, data, pool, saturation):
         "soak_started_s": soak_started,
         "saturation_requests_per_s": saturation["requests_per_s"],
         "offered_per_s": sum(rates) + args.python_rate,
+        "server_side": server_side(scraped_before, scraped_after),
         "ok": total("ok", soak_streams, python), "refused": total("refused", soak_streams, python),
         "wrong": total("wrong", stream_windows, python) + python_warm["wrong"],
         "unexpected": total("unexpected", stream_windows, python) + python_warm["unexpected"]
@@ -1126,7 +1191,24 @@ def report(args, saturation, soak, crashes):
             f"{len(soak['stream_windows'])} (then retried at once)", "")
         row("offered load", f"{soak['offered_per_s']:,.0f} requests/s = "
             f"{soak['offered_per_s'] / soak['saturation_requests_per_s']:.1f} x saturation "
-            f"({soak['saturation_requests_per_s']:,.0f}/s)", "2 x")
+            f"({soak['saturation_requests_per_s']:,.0f}/s)", f"{args.overload:g} x")
+        if "server_side" in soak:
+            # Whether the generators kept their schedule: an open-loop sender that falls
+            # behind offers less than it claims, and then the soak did not test 2x.
+            py = soak["python"]
+            sent = sum(s["sent_per_s"] for s in soak["streams"]) + (
+                py["ok"] + py["refused"] + sum(
+                    m["wrong"] + m["unexpected"] for m in py["by_method"].values())
+            ) / soak["duration_s"]
+            ratio = sent / soak["saturation_requests_per_s"]
+            row("load the generators actually sent", f"{sent:,.0f} requests/s = "
+                f"{ratio:.2f} x saturation", f">= {0.9 * args.overload:.1f} x",
+                ratio >= 0.9 * args.overload)
+            server = soak["server_side"]
+            row("the server's own answers (its /metrics, soak phase)", ", ".join(
+                f"{c} {n:,}" for c, n in sorted(server["codes"].items())) +
+                (f"; latency p99 <= {server['latency_p99_s_at_most']:g} s (receipt to answer)"
+                 if server["latency_p99_s_at_most"] is not None else ""), "")
         row("RSS growth after warm-up (quiescent)",
             f"{b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB ({100 * soak['rss_growth']:+.1f} %)",
             "< 5 %", soak["rss_growth"] < 0.05)
@@ -1210,6 +1292,11 @@ def main():
     p.add_argument("--window", type=float, default=30.0,
                    help="seconds per dino-bench run (one p99 point per stream)")
     p.add_argument("--mesh", type=int, default=32, help="Poisson mesh cells per side")
+    p.add_argument("--hidden", default="256,256,256",
+                   help="hidden widths of the soak's DIPNets (their compute per call, against "
+                        "the bytes a call carries, decides whether the server or the "
+                        "generators saturate first)")
+    p.add_argument("--input_rank", type=int, default=64, help="r_M of the soak's DIPNets")
     p.add_argument("--finetune_samples", type=int, default=64)
     p.add_argument("--finetune_epochs", type=int, default=2)
     p.add_argument("--publish_pause", type=float, default=5.0, help="seconds between jobs")
@@ -1227,6 +1314,7 @@ def main():
     if args.short:
         args.duration, args.warmup, args.saturation_seconds = 12.0, 6.0, 3.0
         args.mesh, args.crash_loops, args.swap_seconds, args.window = 16, 3, 2.0, 4.0
+        args.hidden, args.input_rank = "32,32", 16
         args.publish_pause, args.python_rate, args.quiescent_seconds = 0.5, 30.0, 3.0
     args.server_flags = [f"--training_nice={args.training_nice}"] + args.extra_server_flags
     os.makedirs(args.out, exist_ok=True)
