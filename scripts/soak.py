@@ -142,15 +142,20 @@ class Server:
 
 METRIC_LINE = re.compile(r'^(dino_requests_total|dino_request_latency_seconds_bucket)'
                          r'\{([^}]*)\} (\S+)$')
+HEAP_LINE = re.compile(r'^dino_process_heap_(in_use|free)_bytes (\S+)$')
 
 
 def scrape(url):
     """The server's own count of calls by gRPC code and its latency histogram (time from
-    receiving a request to answering it), summed over models, from its /metrics."""
+    receiving a request to answering it), summed over models, and what its malloc holds (in
+    use and free, MiB), from its /metrics."""
     import urllib.request
-    codes, buckets = {}, {}
+    codes, buckets, heap = {}, {}, {}
     with urllib.request.urlopen(url, timeout=30) as response:
         for line in response.read().decode().splitlines():
+            if match := HEAP_LINE.match(line):
+                heap[match.group(1) + "_mib"] = float(match.group(2)) / 2**20
+                continue
             match = METRIC_LINE.match(line)
             if not match:
                 continue
@@ -160,7 +165,7 @@ def scrape(url):
                 codes[labels["code"]] = codes.get(labels["code"], 0) + value
             else:
                 buckets[labels["le"]] = buckets.get(labels["le"], 0) + value
-    return {"codes": codes, "latency_buckets": buckets}
+    return {"codes": codes, "latency_buckets": buckets, "heap": heap}
 
 
 def server_side(before, after):
@@ -899,11 +904,13 @@ def stage_soak(args, models, data, pool, saturation):
         warm_windows, warm_skipped = run_phase(args.warmup, "warmup")
         before = quiescent_snapshot(server.pid, args.quiescent_seconds)
         scraped_before = scrape(server.metrics_url)
+        before["heap"] = scraped_before["heap"]
         soak_started = time.time() - started
         windows, skipped = run_phase(args.duration, "soak")
         soak_ended = time.time() - started
         scraped_after = scrape(server.metrics_url)
         after = quiescent_snapshot(server.pid, args.quiescent_seconds)
+        after["heap"] = scrape(server.metrics_url)["heap"]
         listing = control.listing(MODEL)
         control.close()
     finally:
@@ -1212,6 +1219,14 @@ def report(args, saturation, soak, crashes):
         row("RSS growth after warm-up (quiescent)",
             f"{b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB ({100 * soak['rss_growth']:+.1f} %)",
             "< 5 %", soak["rss_growth"] < 0.05)
+        if b.get("heap") and a.get("heap"):
+            # Where the resident growth is: memory still allocated (a leak, or state that
+            # grows with versions) or freed memory the heap cannot return (fragmentation).
+            hb, ha = b["heap"], a["heap"]
+            row("malloc's heap (quiescent): in use; free but kept",
+                f"{hb['in_use_mib']:.0f} -> {ha['in_use_mib']:.0f} MiB "
+                f"({ha['in_use_mib'] - hb['in_use_mib']:+.1f}); {hb['free_mib']:.0f} -> "
+                f"{ha['free_mib']:.0f} MiB ({ha['free_mib'] - hb['free_mib']:+.1f})", "")
         row("open fds (quiescent)", f"{b['fds']} -> {a['fds']}", "no growth",
             a["fds"] <= b["fds"])
         row("threads (quiescent)", f"{b['threads']} -> {a['threads']}", "no growth",

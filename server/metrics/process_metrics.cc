@@ -1,6 +1,7 @@
 #include "server/metrics/process_metrics.h"
 
 #include <dirent.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -88,11 +89,26 @@ std::optional<ProcessSnapshot> ReadProcessSnapshot() {
   return snapshot;
 }
 
+HeapSnapshot ReadHeapSnapshot() {
+  const struct mallinfo2 info = ::mallinfo2();
+  HeapSnapshot heap;
+  heap.in_use_bytes = static_cast<double>(info.uordblks + info.hblkhd);
+  heap.free_bytes = static_cast<double>(info.fordblks);
+  return heap;
+}
+
 std::vector<prometheus::MetricFamily> ProcessMetrics::Collect() const {
   const auto snapshot = ReadProcessSnapshot();
   if (!snapshot) return {};
+  const HeapSnapshot heap = ReadHeapSnapshot();
   using prometheus::MetricType;
   return {
+      Family("dino_process_heap_in_use_bytes",
+             "Bytes allocated by malloc and not yet freed (mallinfo2, all arenas).",
+             MetricType::Gauge, heap.in_use_bytes),
+      Family("dino_process_heap_free_bytes",
+             "Free bytes malloc keeps in its heaps for reuse (mallinfo2, all arenas).",
+             MetricType::Gauge, heap.free_bytes),
       Family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
              MetricType::Counter, snapshot->cpu_seconds),
       Family("process_resident_memory_bytes", "Resident memory size in bytes.", MetricType::Gauge,

@@ -43,6 +43,9 @@ class SoakAccounting(unittest.TestCase):
                 after = soak.scrape(url)
         finally:
             server.stop()
+        for scraped in (before, after):  # What the server's malloc holds, in MiB.
+            self.assertGreater(scraped["heap"]["in_use_mib"], 1.0, scraped["heap"])
+            self.assertGreaterEqual(scraped["heap"]["free_mib"], 0.0, scraped["heap"])
         side = soak.server_side(before, after)
         self.assertEqual(side["codes"], {"OK": 3, "INVALID_ARGUMENT": 1})
         # Four calls answered in well under a second on any machine: the bucket holding the
