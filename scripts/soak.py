@@ -182,13 +182,18 @@ def server_side(before, after):
 
 
 def proc_sample(pid):
-    """RSS (MiB), open fds, threads and CPU seconds of a process, from /proc."""
+    """RSS (MiB; with its anonymous and file-backed parts), open fds, threads and CPU seconds
+    of a process, from /proc."""
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024.0,
+            # Library pages count in RSS once touched (LibTorch's code paths a new batch
+            # size or a first fine-tune runs): shared and reclaimable, unlike anonymous memory.
+            "rss_anon_mib": int(status["RssAnon"].split()[0]) / 1024.0,
+            "rss_file_mib": int(status["RssFile"].split()[0]) / 1024.0,
             "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": int(status["Threads"]),
             "cpu_s": (int(fields[11]) + int(fields[12])) / ticks}
@@ -1219,6 +1224,11 @@ def report(args, saturation, soak, crashes):
         row("RSS growth after warm-up (quiescent)",
             f"{b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB ({100 * soak['rss_growth']:+.1f} %)",
             "< 5 %", soak["rss_growth"] < 0.05)
+        if "rss_anon_mib" in b:
+            row("RSS (quiescent): anonymous; file-backed (libraries)",
+                f"{b['rss_anon_mib']:.0f} -> {a['rss_anon_mib']:.0f} MiB "
+                f"({a['rss_anon_mib'] - b['rss_anon_mib']:+.1f}); {b['rss_file_mib']:.0f} -> "
+                f"{a['rss_file_mib']:.0f} MiB ({a['rss_file_mib'] - b['rss_file_mib']:+.1f})", "")
         if b.get("heap") and a.get("heap"):
             # Where the resident growth is: memory still allocated (a leak, or state that
             # grows with versions) or freed memory the heap cannot return (fragmentation).
