@@ -910,12 +910,16 @@ def stage_soak(args, models, data, pool, saturation):
         before = quiescent_snapshot(server.pid, args.quiescent_seconds)
         scraped_before = scrape(server.metrics_url)
         before["heap"] = scraped_before["heap"]
+        # Each loaded version holds its weights (twice: the module and the fast path's
+        # copies), so a different number loaded at the two snapshots moves the heap in use.
+        before["loaded"] = {name: control.listing(name)[0] for name in (MODEL, MODEL32)}
         soak_started = time.time() - started
         windows, skipped = run_phase(args.duration, "soak")
         soak_ended = time.time() - started
         scraped_after = scrape(server.metrics_url)
         after = quiescent_snapshot(server.pid, args.quiescent_seconds)
         after["heap"] = scrape(server.metrics_url)["heap"]
+        after["loaded"] = {name: control.listing(name)[0] for name in (MODEL, MODEL32)}
         listing = control.listing(MODEL)
         control.close()
     finally:
@@ -1233,10 +1237,15 @@ def report(args, saturation, soak, crashes):
             # Where the resident growth is: memory still allocated (a leak, or state that
             # grows with versions) or freed memory the heap cannot return (fragmentation).
             hb, ha = b["heap"], a["heap"]
+            loaded = ""
+            if "loaded" in b:
+                count = [sum(len(v) for v in x["loaded"].values()) for x in (b, a)]
+                loaded = f"; versions loaded {count[0]} -> {count[1]}"
             row("malloc's heap (quiescent): in use; free but kept",
                 f"{hb['in_use_mib']:.0f} -> {ha['in_use_mib']:.0f} MiB "
                 f"({ha['in_use_mib'] - hb['in_use_mib']:+.1f}); {hb['free_mib']:.0f} -> "
-                f"{ha['free_mib']:.0f} MiB ({ha['free_mib'] - hb['free_mib']:+.1f})", "")
+                f"{ha['free_mib']:.0f} MiB ({ha['free_mib'] - hb['free_mib']:+.1f})" + loaded,
+                "")
         row("open fds (quiescent)", f"{b['fds']} -> {a['fds']}", "no growth",
             a["fds"] <= b["fds"])
         row("threads (quiescent)", f"{b['threads']} -> {a['threads']}", "no growth",
