@@ -278,7 +278,8 @@ class Traffic:
         from dino_serve import from_tensor, to_tensor
         self.from_tensor, self.to_tensor = from_tensor, to_tensor
         self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", 1 << 26), ("grpc.max_receive_message_length", 1 << 26)])
+            ("grpc.max_send_message_length", 1 << 26),
+            ("grpc.max_receive_message_length", 1 << 26)])
         self.stub = pb_grpc.SurrogateStub(self.channel)
         self.reference = Reference(repository, pool)
         self.pool, self.models = pool, models
