@@ -1350,7 +1350,9 @@ def main():
         args.duration, args.warmup, args.saturation_seconds = 12.0, 6.0, 3.0
         args.mesh, args.crash_loops, args.swap_seconds, args.window = 16, 3, 2.0, 4.0
         args.hidden, args.input_rank = "32,32", 16
-        args.publish_pause, args.python_rate, args.quiescent_seconds = 0.5, 30.0, 3.0
+        # The server trims its heap after 2 s without requests, polled every 2 s: a quiescent
+        # window shorter than ~5 s would compare an untrimmed heap with a trimmed one.
+        args.publish_pause, args.python_rate, args.quiescent_seconds = 0.5, 30.0, 6.0
     args.server_flags = [f"--training_nice={args.training_nice}"] + args.extra_server_flags
     os.makedirs(args.out, exist_ok=True)
     stubs(args.gen_dir)
