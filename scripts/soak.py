@@ -907,20 +907,21 @@ def stage_soak(args, models, data, pool, saturation):
 
         # Warm-up: the same traffic, publishes and swaps, so that lazily made threads, caches
         # and allocator arenas exist before the first snapshot.
+        def settled():
+            """The quiescent snapshot, what malloc holds and the versions loaded (each holds
+            its weights twice: the module and the fast path's copies), and the server's
+            metrics at that moment (no load in flight: its counts are final)."""
+            snapshot = quiescent_snapshot(server.pid, args.quiescent_seconds)
+            scraped = scrape(server.metrics_url)
+            snapshot["heap"] = scraped["heap"]
+            snapshot["loaded"] = {name: control.listing(name)[0] for name in (MODEL, MODEL32)}
+            return snapshot, scraped
         warm_windows, warm_skipped = run_phase(args.warmup, "warmup")
-        before = quiescent_snapshot(server.pid, args.quiescent_seconds)
-        scraped_before = scrape(server.metrics_url)
-        before["heap"] = scraped_before["heap"]
-        # Each loaded version holds its weights (twice: the module and the fast path's
-        # copies), so a different number loaded at the two snapshots moves the heap in use.
-        before["loaded"] = {name: control.listing(name)[0] for name in (MODEL, MODEL32)}
+        before, scraped_before = settled()
         soak_started = time.time() - started
         windows, skipped = run_phase(args.duration, "soak")
         soak_ended = time.time() - started
-        scraped_after = scrape(server.metrics_url)
-        after = quiescent_snapshot(server.pid, args.quiescent_seconds)
-        after["heap"] = scrape(server.metrics_url)["heap"]
-        after["loaded"] = {name: control.listing(name)[0] for name in (MODEL, MODEL32)}
+        after, scraped_after = settled()
         listing = control.listing(MODEL)
         control.close()
     finally:
@@ -959,6 +960,10 @@ def stage_soak(args, models, data, pool, saturation):
         "saturation_requests_per_s": saturation["requests_per_s"],
         "offered_per_s": sum(rates) + args.python_rate,
         "server_side": server_side(scraped_before, scraped_after),
+        # Whether the generators kept their schedule: an open-loop sender that falls behind
+        # offers less than it claims, and then the soak did not test the overload.
+        "sent_per_s": sum(s["sent_per_s"] for s in per_stream) + sum(
+            python[k] for k in ("ok", "refused", "wrong", "unexpected")) / seconds,
         "ok": total("ok", soak_streams, python), "refused": total("refused", soak_streams, python),
         "wrong": total("wrong", stream_windows, python) + python_warm["wrong"],
         "unexpected": total("unexpected", stream_windows, python) + python_warm["unexpected"]
@@ -1209,14 +1214,8 @@ def report(args, saturation, soak, crashes):
         row("offered load", f"{soak['offered_per_s']:,.0f} requests/s = "
             f"{soak['offered_per_s'] / soak['saturation_requests_per_s']:.1f} x saturation "
             f"({soak['saturation_requests_per_s']:,.0f}/s)", f"{args.overload:g} x")
-        if "server_side" in soak:
-            # Whether the generators kept their schedule: an open-loop sender that falls
-            # behind offers less than it claims, and then the soak did not test 2x.
-            py = soak["python"]
-            sent = sum(s["sent_per_s"] for s in soak["streams"]) + (
-                py["ok"] + py["refused"] + sum(
-                    m["wrong"] + m["unexpected"] for m in py["by_method"].values())
-            ) / soak["duration_s"]
+        if "sent_per_s" in soak:
+            sent = soak["sent_per_s"]
             ratio = sent / soak["saturation_requests_per_s"]
             row("load the generators actually sent", f"{sent:,.0f} requests/s = "
                 f"{ratio:.2f} x saturation", f">= {0.9 * args.overload:.1f} x",
@@ -1229,24 +1228,21 @@ def report(args, saturation, soak, crashes):
         row("RSS growth after warm-up (quiescent)",
             f"{b['rss_mib']:.0f} -> {a['rss_mib']:.0f} MiB ({100 * soak['rss_growth']:+.1f} %)",
             "< 5 %", soak["rss_growth"] < 0.05)
+        def mib(before, after, key):
+            return f"{before[key]:.0f} -> {after[key]:.0f} MiB ({after[key] - before[key]:+.1f})"
         if "rss_anon_mib" in b:
             row("RSS (quiescent): anonymous; file-backed (libraries)",
-                f"{b['rss_anon_mib']:.0f} -> {a['rss_anon_mib']:.0f} MiB "
-                f"({a['rss_anon_mib'] - b['rss_anon_mib']:+.1f}); {b['rss_file_mib']:.0f} -> "
-                f"{a['rss_file_mib']:.0f} MiB ({a['rss_file_mib'] - b['rss_file_mib']:+.1f})", "")
-        if b.get("heap") and a.get("heap"):
-            # Where the resident growth is: memory still allocated (a leak, or state that
-            # grows with versions) or freed memory the heap cannot return (fragmentation).
-            hb, ha = b["heap"], a["heap"]
+                f"{mib(b, a, 'rss_anon_mib')}; {mib(b, a, 'rss_file_mib')}", "")
+        if "heap" in b:
+            # Where the resident growth is: memory still allocated (a leak, or more versions
+            # loaded) or freed memory the heap cannot return (fragmentation).
             loaded = ""
-            if "loaded" in b:
+            if "loaded" in b:  # Recorded since the sixth round.
                 count = [sum(len(v) for v in x["loaded"].values()) for x in (b, a)]
                 loaded = f"; versions loaded {count[0]} -> {count[1]}"
             row("malloc's heap (quiescent): in use; free but kept",
-                f"{hb['in_use_mib']:.0f} -> {ha['in_use_mib']:.0f} MiB "
-                f"({ha['in_use_mib'] - hb['in_use_mib']:+.1f}); {hb['free_mib']:.0f} -> "
-                f"{ha['free_mib']:.0f} MiB ({ha['free_mib'] - hb['free_mib']:+.1f})" + loaded,
-                "")
+                f"{mib(b['heap'], a['heap'], 'in_use_mib')}; "
+                f"{mib(b['heap'], a['heap'], 'free_mib')}" + loaded, "")
         row("open fds (quiescent)", f"{b['fds']} -> {a['fds']}", "no growth",
             a["fds"] <= b["fds"])
         row("threads (quiescent)", f"{b['threads']} -> {a['threads']}", "no growth",
