@@ -130,20 +130,32 @@ class InvarianceTest(unittest.TestCase):
             lg.V, lg.U, lg.b, lambda z: np.tanh(z @ lg.A.T),
             lambda z: (1 - np.tanh(z @ lg.A.T) ** 2)[:, :, None] * lg.A[None])
         problem = bayes.BayesianProblem(model, lg.prior, lg.data, 0.5)
-        for rank in (None, 2):
-            kernel = bayes.MMALA(bayes.ReducedGaussNewton(problem, rank=rank), h=0.7)
+        # With a subspace S that cuts the metric's range (the whitened span of V plus a
+        # random direction, then only 3 of those 5 directions) and its own complement step:
+        # N(μ(x), Σ(x)) with Σ = (1−ρ²) P K_S P + (1−ρ⊥²)(I − P), P = S Sᵀ, K_S from the
+        # metric restricted to span(S), and μ = ρ P x + ρ⊥ (I − P) x + the drift in span(S).
+        whitened_v = np.linalg.qr(lg.prior.L.T @ lg.V)[0]
+        extra = np.random.default_rng(6).standard_normal((D_M, 1))
+        subspace = np.linalg.qr(np.hstack([whitened_v, extra]))[0]
+        cases = [(None, None, None), (2, None, None), (None, subspace, 0.05),
+                 (None, subspace[:, :3], 2.5)]
+        for rank, s_basis, complement_h in cases:
+            kernel = bayes.MMALA(bayes.ReducedGaussNewton(problem, rank=rank), h=0.7,
+                                 subspace=s_basis, complement_h=complement_h)
             state = kernel.init(np.random.default_rng(1).standard_normal((5, D_M)))
             proposal, log_ratio = kernel.propose(state, np.random.default_rng(2))
+            P = np.eye(D_M) if s_basis is None else s_basis @ s_basis.T
 
             def log_q(origin, target):
                 out = []
                 for b in range(len(target)):
                     g = origin.geometry
                     W = g.basis @ g.coeffs[b]
-                    K = np.eye(D_M) - W @ np.diag(g.eigenvalues[b] / (1 + g.eigenvalues[b])) @ W.T
-                    grad_term = W @ (g.eigenvalues[b] * (W.T @ origin.x[b])) - g.gradient[b]
-                    mu = kernel.rho * origin.x[b] + (1 - kernel.rho) * K @ grad_term
-                    cov = (1 - kernel.rho ** 2) * K
+                    K = P - W @ np.diag(g.eigenvalues[b] / (1 + g.eigenvalues[b])) @ W.T
+                    grad_term = W @ (g.eigenvalues[b] * (W.T @ origin.x[b])) - P @ g.gradient[b]
+                    mu = (kernel.rho * P @ origin.x[b] + kernel.rho_c * (origin.x[b] - P @ origin.x[b])
+                          + (1 - kernel.rho) * K @ grad_term)
+                    cov = (1 - kernel.rho ** 2) * K + (1 - kernel.rho_c ** 2) * (np.eye(D_M) - P)
                     r = target[b] - mu
                     out.append(-0.5 * r @ np.linalg.solve(cov, r)
                                - 0.5 * np.linalg.slogdet(cov)[1])
@@ -155,6 +167,31 @@ class InvarianceTest(unittest.TestCase):
             dense = (log_post(proposal.x) - log_post(state.x) + log_q(proposal, state.x)
                      - log_q(state, proposal.x))
             np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
+
+    def test_mmala_split_step_subspace(self):
+        # A subspace containing the data-informed directions (the whitened span of V) plus
+        # one more: within it the exact metric, outside it pCN on the prior, so for the
+        # linear-Gaussian problem every proposal is accepted whatever the two steps.
+        lg = self.lg
+        subspace = np.linalg.qr(np.hstack([lg.prior.L.T @ lg.V, np.eye(D_M)[:, :1]]))[0]
+        for geometry in (bayes.ReducedGaussNewton(lg.problem),
+                         bayes.AdjointGaussNewton(bayes.BayesianProblem(
+                             bayes.LinearModel(lg.J, lg.b), lg.prior, lg.data, lg.sigma))):
+            kernel = bayes.MMALA(geometry, h=2.0, subspace=subspace, complement_h=0.3)
+            result = self.run_kernel(kernel, chains=64, steps=1000)
+            self.assertEqual(result.acceptance_rate, 1.0)
+            self.assert_posterior(result)
+        # A subspace that misses data-informed directions: they move with the complement's
+        # pCN step, which the data reject at times, and the chain stays exact.
+        kernel = bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0,
+                             subspace=subspace[:, 1:3], complement_h=0.05)
+        result = self.run_kernel(kernel, chains=64, steps=3000)
+        self.assertTrue(0.1 < result.acceptance_rate < 0.9, result.acceptance_rate)
+        self.assert_posterior(result, min_ess=150)
+        with self.assertRaisesRegex(ValueError, "complement_h needs a subspace"):
+            bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0, complement_h=0.1)
+        with self.assertRaisesRegex(ValueError, "orthonormal"):
+            bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0, subspace=2 * subspace)
 
     def test_dino_mmala_truncated_metric(self):
         # Rank 2 of 3: proposals that are wrong in one direction are rejected often.

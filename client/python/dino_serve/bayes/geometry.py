@@ -58,6 +58,19 @@ class LocalGeometry:
         """H v per row."""
         return self.lift(self.eigenvalues * self.project(v))
 
+    def restrict(self, subspace: np.ndarray) -> "LocalGeometry":
+        """The metric and gradient seen within span(S) for an orthonormal ``subspace`` S
+        [d, s]: H_S = S Sᵀ H S Sᵀ (eigenpairs from the SVD of Sᵀ W diag(√λ), s × k per
+        point) and S Sᵀ ∇Φ; misfit and q unchanged."""
+        if self.vectors is not None:
+            sw = np.einsum("ds,bdk->bsk", subspace, self.vectors)        # Sᵀ W [B, s, k]
+        else:
+            sw = (subspace.T @ self.basis) @ self.coeffs
+        u, sv, _ = np.linalg.svd(sw * np.sqrt(self.eigenvalues)[:, None, :],
+                                 full_matrices=False)
+        return LocalGeometry(self.misfit, self.q, (self.gradient @ subspace) @ subspace.T,
+                             sv * sv, basis=subspace, coeffs=u)
+
     def select(self, mask: np.ndarray, other: "LocalGeometry") -> "LocalGeometry":
         """Rows of self where mask, else of other (the same storage kind)."""
         def pick(a, b):

@@ -18,6 +18,13 @@ Kernels work in prior-whitened coordinates x (m = m0 + L x), where the prior is 
   inner products with the drift and the k eigenvectors (dimension-robust, no cancellation
   of large numbers). For a linear-Gaussian problem with the exact metric the proposal is
   reversible with respect to the posterior: every proposal is accepted.
+  With a ``subspace`` S (orthonormal, fixed; e.g. the leading Gauss–Newton eigenvectors at
+  the MAP, a likelihood-informed subspace as in DILI, Cui, Law & Marzouk 2016) the metric
+  and gradient are restricted to span(S) and its complement gets its own time step: there
+  the proposal is pCN, y⊥ = ρ⊥ x⊥ + √(1 − ρ⊥²) ξ⊥, reversible with respect to the prior, so
+  the ratio above is unchanged. A nonlinear map forces a small h on every direction the
+  proposal moves; the split keeps the small step where the data say little and lets the
+  few data-informed directions take large ones.
 * :class:`DelayedAcceptance` — Christen & Fox (2005): stage 1 is a kernel on a surrogate
   problem; a proposal that passes it is accepted with probability
   min(1, exp(−Φ(y) + Φ̃(y) + Φ(x) − Φ̃(x))) on the exact problem, so the chain targets the
@@ -118,22 +125,53 @@ class MMALA(MetropolisKernel):
     """Manifold MALA with time step ``h`` > 0 (module doc) and the metric of ``geometry``
     (a ReducedGaussNewton or AdjointGaussNewton, or any callable x -> LocalGeometry). The
     chain targets ``problem`` (default: the geometry's); when that differs from the
-    geometry's problem, each step also evaluates the target's misfit (one more call)."""
+    geometry's problem, each step also evaluates the target's misfit (one more call).
+    ``subspace`` S [d, s] (orthonormal columns) and ``complement_h``: the split proposal of
+    the module doc (mMALA with h in span(S), pCN with complement_h outside it)."""
 
     def __init__(self, geometry: Callable[[np.ndarray], LocalGeometry], h: float,
-                 problem: BayesianProblem | None = None) -> None:
-        if not h > 0:
-            raise ValueError("h must be > 0")
+                 problem: BayesianProblem | None = None, subspace: Any = None,
+                 complement_h: float | None = None) -> None:
         self.geometry = geometry
         self.problem = problem if problem is not None else geometry.problem
         self._same = self.problem is getattr(geometry, "problem", None)
-        self.h = float(h)
+        if subspace is None:
+            if complement_h is not None:
+                raise ValueError("complement_h needs a subspace")
+            self.subspace = None
+        else:
+            self.subspace = np.asarray(subspace, dtype=np.float64)
+            if (self.subspace.ndim != 2 or self.subspace.shape[0] != self.problem.dim
+                    or not np.allclose(self.subspace.T @ self.subspace,
+                                       np.eye(self.subspace.shape[1]), atol=1e-8)):
+                raise ValueError("subspace must be [%d, s] with orthonormal columns"
+                                 % self.problem.dim)
+        self.set_step(h, complement_h)
+
+    def set_step(self, h: float, complement_h: float | None = None,
+                 state: ChainState | None = None) -> None:
+        """Sets h (and the complement's step; default h). The drift at ``state``'s points
+        depends on h: it is recomputed (no model call)."""
+        if not h > 0:
+            raise ValueError("h must be > 0")
+        complement_h = h if complement_h is None else complement_h
+        if not complement_h > 0:
+            raise ValueError("complement_h must be > 0")
+        self.h, self.complement_h = float(h), float(complement_h)
         self.rho = (4.0 - h) / (4.0 + h)
         self.scale = math.sqrt(1.0 - self.rho ** 2)   # √(1 − ρ²)
+        self.rho_c = (4.0 - complement_h) / (4.0 + complement_h)
+        self.scale_c = math.sqrt(1.0 - self.rho_c ** 2)
+        if state is not None:
+            state.drift = self._drift(state.x, state.geometry)
+
+    def _geometry(self, x: np.ndarray) -> LocalGeometry:
+        geo = self.geometry(x)
+        return geo if self.subspace is None else geo.restrict(self.subspace)
 
     def init(self, x):
         x = np.array(x, dtype=np.float64, ndmin=2)
-        geo = self.geometry(x)
+        geo = self._geometry(x)
         misfit = geo.misfit if self._same else self.problem.misfit(x)[0]
         return ChainState(x, misfit, geo, self._drift(x, geo))
 
@@ -162,7 +200,11 @@ class MMALA(MetropolisKernel):
         lam = geo.eigenvalues
         k_sqrt_xi = xi + geo.lift((1.0 / np.sqrt(1.0 + lam) - 1.0) * geo.project(xi))
         y = self.rho * state.x + state.drift + self.scale * k_sqrt_xi
-        geo_y = self.geometry(y)
+        if self.subspace is not None and self.complement_h != self.h:
+            # Outside span(S), K^{1/2} ξ = ξ: swap the mMALA step for the complement's.
+            v = (self.rho_c - self.rho) * state.x + (self.scale_c - self.scale) * xi
+            y += v - (v @ self.subspace) @ self.subspace.T
+        geo_y = self._geometry(y)
         misfit_y = geo_y.misfit if self._same else self.problem.misfit(y)[0]
         proposal = ChainState(y, misfit_y, geo_y, self._drift(y, geo_y))
         log_ratio = (state.misfit - misfit_y + self._log_transition(proposal, state.x)
