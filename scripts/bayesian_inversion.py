@@ -57,6 +57,7 @@ LABELS = {"reference": "PDE mMALA (reference)", "pde_pcn": "PDE pCN",
           "pde_mmala": "PDE mMALA", "dino_pcn": "DINO pCN", "dino_mmala": "DINO-mMALA",
           "da_dino_mmala": "DA-DINO-mMALA"}
 TARGET_ACCEPTANCE = {"pcn": 0.25, "mmala": 0.6}
+SUBSPACE_STEPS = [0.25, 0.5, 1.0, 2.0, 4.0]   # split mMALA's candidate h in the subspace
 
 
 def log(*args):
@@ -112,18 +113,31 @@ def load(out, name):
 
 # Chains ----------------------------------------------------------------------------------------
 
-def set_step(kernel, state, value):
-    """Sets pCN's β or mMALA's h (inside delayed acceptance too); mMALA's drift at the
-    current states depends on h, so it is recomputed (no model call)."""
+def inner_kernel(kernel):
     from dino_serve import bayes
-    inner = kernel.kernel if isinstance(kernel, bayes.DelayedAcceptance) else kernel
+    return kernel.kernel if isinstance(kernel, bayes.DelayedAcceptance) else kernel
+
+
+def set_step(kernel, state, value, complement=None):
+    """Sets pCN's β or mMALA's h (and the complement's step of a split mMALA; inside
+    delayed acceptance too), recomputing the drift at the current states (no model call)."""
+    from dino_serve import bayes
+    inner = inner_kernel(kernel)
     if isinstance(inner, bayes.PCN):
         inner.beta = float(min(value, 1.0))
     else:
-        inner.h = float(value)
-        inner.rho = (4.0 - value) / (4.0 + value)
-        inner.scale = math.sqrt(1.0 - inner.rho ** 2)
-        state.drift = inner._drift(state.x, state.geometry)
+        inner.set_step(value, complement, state)
+
+
+def step_label(kernel):
+    """"β = …", "h = …" or, for a split mMALA, "h = … / h⊥ = …"."""
+    from dino_serve import bayes
+    inner = inner_kernel(kernel)
+    if isinstance(inner, bayes.PCN):
+        return "β = %.3g" % inner.beta
+    if inner.subspace is None:
+        return "h = %.3g" % inner.h
+    return "h = %.3g / h⊥ = %.3g" % (inner.h, inner.complement_h)
 
 
 def pde_solves(counts):
@@ -165,11 +179,47 @@ def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_s
     return state, out, wall, steps
 
 
-def pilot(kernel, state, rng, kind, step0, seconds, min_steps):
+def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenvalues=None):
     """Tunes the step size for the target acceptance rate of ``kind`` (pCN 0.25, mMALA 0.6;
     stage 1 for delayed acceptance) by stochastic approximation on log(step):
     log s ← log s + (ā − target)/√(k+1), ā the mean acceptance over chains at step k; the
-    result is exp of the mean log s over the second half. The pilot is also the burn-in."""
+    result is exp of the mean log s over the second half. The pilot is also the burn-in.
+    A split mMALA (a subspace S) tunes this common step in the first half of the pilot and
+    keeps it as the complement's h⊥; in the second half it tries the subspace steps
+    SUBSPACE_STEPS in turn and keeps the one with the largest expected squared jump in S
+    (jumps measured in the Laplace standard deviations of S's directions,
+    Σᵢ (1 + λᵢ)(sᵢᵀΔx)² with ``subspace_eigenvalues`` λ, so that every data-informed
+    direction counts alike)."""
+    split = kind == "mmala" and inner_kernel(kernel).subspace is not None
+    state, best, wall, k, history = _acceptance_pilot(
+        kernel, state, rng, kind, step0, seconds / 2 if split else seconds,
+        max(min_steps // 2, 4) if split else min_steps)
+    if not split:
+        return state, best, wall, k, history
+    inner = inner_kernel(kernel)
+    S, weights = inner.subspace, np.sqrt(1.0 + np.asarray(subspace_eigenvalues))
+    slice_seconds = seconds / 2 / len(SUBSPACE_STEPS)
+    esjd = []
+    for h_s in SUBSPACE_STEPS:
+        set_step(kernel, state, h_s, best)
+        jumps, start, n = [], time.perf_counter(), 0
+        while time.perf_counter() - start < slice_seconds or n < 3:
+            x_old = state.x
+            state, info = kernel.step(state, rng)
+            jumps.append(np.sum(((state.x - x_old) @ S * weights) ** 2, axis=1).mean())
+            history.append((h_s, float(info["accepted"].mean())))
+            n += 1
+        k += n
+        wall += time.perf_counter() - start
+        esjd.append(float(np.mean(jumps)))
+    h_s = SUBSPACE_STEPS[int(np.argmax(esjd))]
+    log("pilot: subspace steps %s, ESJD %s -> h = %g, h⊥ = %.3g"
+        % (SUBSPACE_STEPS, np.array2string(np.array(esjd), precision=3), h_s, best))
+    set_step(kernel, state, h_s, best)
+    return state, h_s, wall, k, history
+
+
+def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps):
     from dino_serve import bayes
     target = TARGET_ACCEPTANCE[kind]
     log_s = math.log(step0)
@@ -194,9 +244,12 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps):
 
 
 def burn_in(kernel, state, rng, step, seconds):
-    """pilot()'s counterpart at a fixed step size: steps for ``seconds`` (at least 2)."""
+    """pilot()'s counterpart at a fixed step size ("h" or, for a split mMALA, "h:h⊥"):
+    steps for ``seconds`` (at least 2)."""
     from dino_serve import bayes
-    set_step(kernel, state, step)
+    step, _, complement = str(step).partition(":")
+    step = float(step)
+    set_step(kernel, state, step, float(complement) if complement else None)
     history, start, k = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds or k < 2:
         state, info = kernel.step(state, rng)
@@ -240,10 +293,16 @@ def main():
     p.add_argument("--directions", type=int, default=10,
                    help="leading GN eigenvectors at the MAP whose projections ESS is taken of")
     p.add_argument("--records", type=int, default=400, help="kept states per chain (moments)")
+    p.add_argument("--subspace_rank", type=int, default=10,
+                   help="mMALA methods: split proposal with the leading GN eigenvectors at "
+                        "the MAP as the subspace (0: one h for every direction)")
+    p.add_argument("--prior_directions", type=int, default=5,
+                   help="leading prior (KL) directions whose projections ESS is also taken of")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--fixed_steps", default="",
                    help="extra runs at a given step size, no pilot (a burn-in of "
-                        "--pilot_seconds instead), e.g. pde_mmala=0.1,da_dino_mmala=0.1: "
+                        "--pilot_seconds instead), e.g. pde_pcn=0.01,da_dino_mmala=1:0.003 "
+                        "(a split mMALA's h:h⊥): "
                         "stages <method>@<step>, a step-size sensitivity check")
     p.add_argument("--fixed_budget_seconds", type=float, default=None,
                    help="budget of the --fixed_steps runs (default --budget_seconds)")
@@ -252,6 +311,7 @@ def main():
     if args.smoke:
         args.chains, args.budget_seconds, args.reference_seconds = 4, 1.5, 2.0
         args.pilot_seconds, args.directions, args.records = 0.5, 4, 50
+        args.subspace_rank, args.prior_directions = 3, 2
     tmp = None
     if args.out is None:
         if args.smoke:
@@ -327,28 +387,57 @@ def run(args, target):
         info["misfit"], info["iterations"], np.array2string(arrays["eigenvalues"][:6],
                                                             precision=3)))
 
+    # Leading prior directions: the top eigenvectors v of C (randomized, two power
+    # iterations); in whitened coordinates v·(m − m0) = √μ uᵀx with u = Lᵀv/√μ, unit norm.
+    stage = load(args.out, "prior_directions")
+    if stage is None:
+        k = args.prior_directions
+        omega = np.random.default_rng(3).standard_normal((k + 10, prior.dim))
+        y = prior.apply_cov(omega)
+        for _ in range(2):
+            y = prior.apply_cov(np.linalg.qr(y.T)[0].T)
+        q = np.linalg.qr(y.T)[0]                                     # [d, k + 10]
+        mu, e = np.linalg.eigh(q.T @ prior.apply_cov(q.T).T)
+        order = np.argsort(-mu)[:k]
+        v = (q @ e[:, order]).T                                      # [k, d]
+        u = prior.apply_sqrt_cov(v, transpose=True) / np.sqrt(mu[order])[:, None]
+        save(args.out, "prior_directions", {"U": u.T, "eigenvalues": mu[order]},
+             {"note": "whitened directions of the leading prior eigenvectors"})
+        stage = load(args.out, "prior_directions")
+    U_prior = stage[0]["U"]
+    log("prior directions: eigenvalues %s, |u| %s" % (
+        np.array2string(stage[0]["eigenvalues"], precision=3),
+        np.array2string(np.linalg.norm(U_prior, axis=0), precision=3)))
+
     # Training cost of the DINO ----------------------------------------------------------------
     if load(args.out, "training_cost") is None:
         training_cost(args, client)
 
     # Chains -----------------------------------------------------------------------------------
+    # Split mMALA: the leading GN eigenvectors at the MAP as the subspace (the same for the
+    # PDE and the DINO methods), one more step size for its complement.
+    k_s = args.subspace_rank
+    split = {"subspace": W_all[:, :k_s], "complement_h": 0.1} if k_s else {}
+
     def kernel_for(name):
         if name in ("reference", "pde_mmala"):
-            return bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1), "mmala", 0.1
+            return bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1, **split), "mmala", 0.1
         if name == "pde_pcn":
             return bayes.PCN(exact, 0.02), "pcn", 0.02
         if name == "dino_pcn":
             return bayes.PCN(surrogate, 0.02), "pcn", 0.02
         if name == "dino_mmala":
-            return bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1), "mmala", 0.1
+            return (bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), "mmala",
+                    0.1)
         if name == "da_dino_mmala":
             return (bayes.DelayedAcceptance(
-                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1), exact), "mmala", 0.1)
+                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), exact),
+                "mmala", 0.1)
         raise ValueError(name)
 
     names = ["reference"] + [m for m in args.methods.split(",") if m]
     fixed = [f.split("=") for f in args.fixed_steps.split(",") if f]
-    names += ["%s@%g" % (m, float(v)) for m, v in fixed]
+    names += ["%s@%s" % (m, v) for m, v in fixed]
     for i, name in enumerate(names):
         if load(args.out, name) is not None:
             log(name, "done already")
@@ -372,17 +461,21 @@ def run(args, target):
         if fixed_step:
             log(name, "burn-in at the fixed step %s for %g s" % (fixed_step, args.pilot_seconds))
             state, step, pilot_wall, pilot_steps, history = burn_in(
-                kernel, state, rng, float(fixed_step), args.pilot_seconds)
+                kernel, state, rng, fixed_step, args.pilot_seconds)
         else:
             log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
             state, step, pilot_wall, pilot_steps, history = pilot(
-                kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20)
+                kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20,
+                lam_map[:k_s])
         mid = [dict(m.counts) for m in models]
-        log(name, "step %.4g after %d pilot steps (%.1f s); running %g s"
-            % (step, pilot_steps, pilot_wall, seconds))
+        log(name, "%s after %d pilot steps (%.1f s); running %g s"
+            % (step_label(kernel), pilot_steps, pilot_wall, seconds))
         step_time = pilot_wall / pilot_steps
         thin = max(1, int(math.ceil(seconds / step_time / args.records)))
-        state, rec, wall, steps = run_chains(kernel, state, rng, seconds, W, thin, args.records)
+        state, rec, wall, steps = run_chains(kernel, state, rng, seconds,
+                                             np.hstack([W, U_prior]), thin, args.records)
+        rec["z_prior"] = rec["z"][..., W.shape[1]:]
+        rec["z"] = rec["z"][..., :W.shape[1]]
         after = [dict(m.counts) for m in models]
         diff = lambda a, b: {k: a[k] - b.get(k, 0) for k in a if a[k] != b.get(k, 0)}  # noqa
         counts = {"exact": diff(after[0], mid[0]), "dino": diff(after[1], mid[1]),
@@ -393,7 +486,8 @@ def run(args, target):
             % (steps, wall, rec["accepted"].mean(), time.perf_counter() - t))
         save(args.out, name, dict(rec, chain_means=means, chain_variances=variances,
                                   pilot_history=np.array(history)),
-             {"step": step, "kind": kind, "steps": steps, "wall": wall, "thin": thin,
+             {"step": step, "step_label": step_label(kernel), "kind": kind, "steps": steps,
+              "wall": wall, "thin": thin,
               "pilot_wall": pilot_wall, "pilot_steps": pilot_steps, "init_wall": init_wall,
               "counts": counts, "chains": chains})
     client.close()
@@ -487,10 +581,20 @@ def report(args, n_cells):
         se_mean = cm.std(axis=0, ddof=1) / math.sqrt(c)
         se_var = cv.std(axis=0, ddof=1) / math.sqrt(c)
         norm_mean, norm_var = np.linalg.norm(ref_mean), np.linalg.norm(ref_var)
-        r = {"label": label(name), "step": i["step"], "kind": i["kind"], "steps": i["steps"],
+        if "z_prior" in a and a["z_prior"].shape[-1]:
+            ess_prior = np.atleast_1d(bayes.ess(a["z_prior"]))
+            ess_prior_min = float(np.nanmin(ess_prior))
+        else:
+            ess_prior, ess_prior_min = np.zeros(0), float("nan")
+        step_text = i.get("step_label") or "%s = %s" % ("β" if i["kind"] == "pcn" else "h",
+                                                       fmt(i["step"]))
+        r = {"label": label(name), "step": i["step"], "step_label": step_text,
+             "kind": i["kind"], "steps": i["steps"],
+             "ess_prior": ess_prior.tolist(), "ess_prior_min": ess_prior_min,
              "wall": wall, "chains": c, "acceptance": float(a["accepted"].mean()),
              "ess_min": float(all_ess.min()), "ess_median": float(np.median(all_ess)),
              "ess_directions": ess_dir.tolist(), "ess_misfit": ess_misfit,
+             "ess_prior_per_s_min": ess_prior_min / wall,
              "rhat_max": float(np.nanmax(np.append(np.atleast_1d(bayes.split_rhat(z)),
                                                    bayes.split_rhat(misfit)))),
              "forward_solves": fwd, "adjoint_solves": lin, "pde_solves": fwd + lin,
@@ -540,7 +644,8 @@ def fixed_stages(out):
 
 def label(name):
     base, _, step = name.partition("@")
-    return LABELS[base] + (" (fixed %s = %s)" % ("β" if "pcn" in base else "h", step)
+    return LABELS[base] + (" (fixed %s = %s)" % ("β" if "pcn" in base else "h",
+                                                 step.replace(":", " / h⊥ = "))
                            if step else "")
 
 
@@ -554,11 +659,12 @@ def fmt(v, digits=3):
 
 def make_table(results, cost, data_i, map_i):
     lines = ["| method | step | chains × steps | acceptance | ESS min / median | "
-             "ESS/s min / median | PDE solves (fwd + adj) | ESS per 1000 PDE solves | "
+             "ESS/s min / median | ESS min, prior directions (per s) | "
+             "PDE solves (fwd + adj) | ESS per 1000 PDE solves | "
              "s to 100 ESS | speed-up vs PDE mMALA / pCN | rel. error mean (MC) | "
              "rel. error variance (MC) | max split-R̂ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| ---: |"]
+             "| ---: | ---: |"]
     for name, r in results.items():
         acc = fmt(r["acceptance"], 2)
         if "stage1_acceptance" in r:
@@ -571,11 +677,12 @@ def make_table(results, cost, data_i, map_i):
                  if "mean_rel_error" in r else "–")
         err_v = ("%s (%s)" % (fmt(r["var_rel_error"], 2), fmt(r["var_mc_error"], 2))
                  if "var_rel_error" in r else "–")
-        lines.append("| %s | %s = %s | %d × %d | %s | %s / %s | %s / %s | %d + %d | %s | %s | "
-                     "%s | %s | %s | %s |" % (
-                         r["label"], "β" if r["kind"] == "pcn" else "h", fmt(r["step"]),
+        lines.append("| %s | %s | %d × %d | %s | %s / %s | %s / %s | %s (%s) | %d + %d | %s | "
+                     "%s | %s | %s | %s | %s |" % (
+                         r["label"], r["step_label"],
                          r["chains"], r["steps"], acc, fmt(r["ess_min"]), fmt(r["ess_median"]),
                          fmt(r["ess_per_s_min"]), fmt(r["ess_per_s_median"]),
+                         fmt(r["ess_prior_min"]), fmt(r["ess_prior_per_s_min"]),
                          r["forward_solves"], r["adjoint_solves"], per_solve,
                          fmt(r["seconds_to_100"]), sp, err_m, err_v, fmt(r["rhat_max"])))
     lines.append("")
