@@ -153,7 +153,8 @@ class InvarianceTest(unittest.TestCase):
                     W = g.basis @ g.coeffs[b]
                     K = P - W @ np.diag(g.eigenvalues[b] / (1 + g.eigenvalues[b])) @ W.T
                     grad_term = W @ (g.eigenvalues[b] * (W.T @ origin.x[b])) - P @ g.gradient[b]
-                    mu = (kernel.rho * P @ origin.x[b] + kernel.rho_c * (origin.x[b] - P @ origin.x[b])
+                    x = origin.x[b]
+                    mu = (kernel.rho * P @ x + kernel.rho_c * (x - P @ x)
                           + (1 - kernel.rho) * K @ grad_term)
                     cov = (1 - kernel.rho ** 2) * K + (1 - kernel.rho_c ** 2) * (np.eye(D_M) - P)
                     r = target[b] - mu

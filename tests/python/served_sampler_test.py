@@ -6,7 +6,9 @@ the served path at the real size: d_M in the thousands, batched requests for all
 usage: served_sampler_test.py <bin folder> <repository> <generated Python folder>
 """
 import os
+import subprocess
 import sys
+import tempfile
 import unittest
 
 import numpy as np
@@ -117,6 +119,24 @@ class ServedSamplerTest(unittest.TestCase):
         start = self.problem.cost(np.zeros((1, self.problem.dim)))[0]
         self.assertLess(result.cost, start)
         self.assertEqual(len(result.history), result.iterations)
+
+    def test_posterior_example(self):
+        # README's command 3 at toy size: it runs against the served models and writes its
+        # posterior and plot.
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "client", "python", "posterior_example.py")
+        with tempfile.TemporaryDirectory(prefix="posterior-example-") as out:
+            env = dict(os.environ, PYTHONPATH=os.path.dirname(script),
+                       DINO_PYTHON_GEN_DIR=GENERATED)
+            run = subprocess.run([sys.executable, script, "--server", self.server.target,
+                                  "--out", out, "--seconds", "2", "--chains", "4"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+            self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+            self.assertRegex(run.stdout, r"steps x 4 chains in \d+ s; acceptance")
+            posterior = np.load(os.path.join(out, "posterior.npz"))
+            self.assertEqual(posterior["mean"].shape, (self.problem.dim,))
+            self.assertTrue(np.all(np.isfinite(posterior["variance"])))
+            self.assertGreater(os.path.getsize(os.path.join(out, "posterior.png")), 10000)
 
 
 if __name__ == "__main__":
