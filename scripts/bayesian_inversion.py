@@ -184,29 +184,26 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenval
     stage 1 for delayed acceptance) by stochastic approximation on log(step):
     log s ← log s + (ā − target)/√(k+1), ā the mean acceptance over chains at step k; the
     result is exp of the mean log s over the second half. The pilot is also the burn-in.
-    A split mMALA (a subspace S) runs three phases of a third of the pilot each: (1) the
-    common step as above; (2) with that as h⊥, the subspace steps SUBSPACE_STEPS in turn,
-    keeping the one with the largest expected squared jump in S (jumps measured in the
-    Laplace standard deviations of S's directions, Σᵢ (1 + λᵢ)(sᵢᵀΔx)² with
-    ``subspace_eigenvalues`` λ, so that every data-informed direction counts alike);
-    (3) with that h, h⊥ again by stochastic approximation, now for pCN's 0.25: outside S
-    the proposal is pCN, whose efficiency peaks near that rate (Roberts, Gelman & Gilks
-    1997), while mMALA's 0.6 holds the complement at a needlessly small step."""
+    A split mMALA (a subspace S) tunes this common step in the first half of the pilot and
+    keeps it as the complement's h⊥; in the second half it tries the subspace steps
+    SUBSPACE_STEPS in turn and keeps the one with the largest expected squared jump in S
+    (jumps measured in the Laplace standard deviations of S's directions,
+    Σᵢ (1 + λᵢ)(sᵢᵀΔx)² with ``subspace_eigenvalues`` λ, so that every data-informed
+    direction counts alike)."""
     split = kind == "mmala" and inner_kernel(kernel).subspace is not None
-    target = TARGET_ACCEPTANCE[kind]
+    state, best, wall, k, history = _acceptance_pilot(
+        kernel, state, rng, kind, step0, seconds / 2 if split else seconds,
+        max(min_steps // 2, 4) if split else min_steps)
     if not split:
-        return _acceptance_pilot(kernel, state, rng, target, step0, seconds, min_steps,
-                                 lambda st, v: set_step(kernel, st, v), kind == "pcn")
-    phase_seconds, phase_steps = seconds / 3, max(min_steps // 2, 4)
-    state, common, wall, k, history = _acceptance_pilot(
-        kernel, state, rng, target, step0, phase_seconds, phase_steps,
-        lambda st, v: set_step(kernel, st, v))
-    S, weights = inner_kernel(kernel).subspace, np.sqrt(1.0 + np.asarray(subspace_eigenvalues))
+        return state, best, wall, k, history
+    inner = inner_kernel(kernel)
+    S, weights = inner.subspace, np.sqrt(1.0 + np.asarray(subspace_eigenvalues))
+    slice_seconds = seconds / 2 / len(SUBSPACE_STEPS)
     esjd = []
     for h_s in SUBSPACE_STEPS:
-        set_step(kernel, state, h_s, common)
+        set_step(kernel, state, h_s, best)
         jumps, start, n = [], time.perf_counter(), 0
-        while time.perf_counter() - start < phase_seconds / len(SUBSPACE_STEPS) or n < 3:
+        while time.perf_counter() - start < slice_seconds or n < 3:
             x_old = state.x
             state, info = kernel.step(state, rng)
             jumps.append(np.sum(((state.x - x_old) @ S * weights) ** 2, axis=1).mean())
@@ -216,36 +213,33 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenval
         wall += time.perf_counter() - start
         esjd.append(float(np.mean(jumps)))
     h_s = SUBSPACE_STEPS[int(np.argmax(esjd))]
-    state, h_c, wall_c, k_c, history_c = _acceptance_pilot(
-        kernel, state, rng, TARGET_ACCEPTANCE["pcn"], common, phase_seconds, phase_steps,
-        lambda st, v: set_step(kernel, st, h_s, v))
-    log("pilot: common h %.3g; subspace steps %s, ESJD %s -> h = %g; h⊥ = %.3g"
-        % (common, SUBSPACE_STEPS, np.array2string(np.array(esjd), precision=3), h_s, h_c))
-    return state, h_s, wall + wall_c, k + k_c, history + history_c
+    log("pilot: subspace steps %s, ESJD %s -> h = %g, h⊥ = %.3g"
+        % (SUBSPACE_STEPS, np.array2string(np.array(esjd), precision=3), h_s, best))
+    set_step(kernel, state, h_s, best)
+    return state, h_s, wall, k, history
 
 
-def _acceptance_pilot(kernel, state, rng, target, step0, seconds, min_steps, apply,
-                      at_most_one=False):
-    """pilot()'s stochastic approximation of one step size, set by apply(state, value)."""
+def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps):
     from dino_serve import bayes
+    target = TARGET_ACCEPTANCE[kind]
     log_s = math.log(step0)
     history = []
     start = time.perf_counter()
     k = 0
     while time.perf_counter() - start < seconds or k < min_steps:
-        apply(state, math.exp(log_s))
+        set_step(kernel, state, math.exp(log_s))
         state, info = kernel.step(state, rng)
         a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
                  else "accepted"].mean()
         log_s += (a - target) / math.sqrt(k + 1.0)
-        if at_most_one:
+        if kind == "pcn":
             log_s = min(log_s, 0.0)
         history.append((math.exp(log_s), float(a)))
         k += 1
     wall = time.perf_counter() - start
     steps = np.array([h[0] for h in history])
     best = float(np.exp(np.mean(np.log(steps[len(steps) // 2:]))))
-    apply(state, best)
+    set_step(kernel, state, best)
     return state, best, wall, k, history
 
 
