@@ -12,7 +12,7 @@ Writes <out>/posterior.npz (mean, variance, true parameter, misfit trace) and
 nodes).
 
 usage: posterior_example.py [--server localhost:50051] [--out posterior] [--seconds 60]
-           [--chains 16] [--h 4] [--complement_h 0.01]
+           [--chains 16] [--h 1] [--complement_h 0.005]
 """
 import argparse
 import os
@@ -29,9 +29,10 @@ def main():
     p.add_argument("--out", default="posterior")
     p.add_argument("--seconds", type=float, default=60.0, help="sampling wall-clock time")
     p.add_argument("--chains", type=int, default=16)
-    p.add_argument("--h", type=float, default=4.0,
+    p.add_argument("--h", type=float, default=1.0,
                    help="mMALA step in the data-informed subspace (docs/bayesian_inversion.md)")
-    p.add_argument("--complement_h", type=float, default=0.01, help="mMALA step outside it")
+    p.add_argument("--complement_h", type=float, default=0.005,
+                   help="pCN step outside it (both: the experiment's pilot for DA-DINO-mMALA)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
