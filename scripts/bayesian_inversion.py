@@ -18,8 +18,9 @@ step-size pilot:
                  stage-1 survivors only (the exact posterior)
 
 Writes <out>/<stage>.npz / .json (a stage that has its file is skipped, so an interrupted run
-continues), then the table docs/bayesian_inversion_table.md (with --docs) and the plots
-docs/bayesian_inversion_*.png.
+continues; a stage cut short continues from <out>/<stage>.partial.*, its checkpoint every
+--checkpoint_seconds), then the table docs/bayesian_inversion_table.md (with --docs) and the
+plots docs/bayesian_inversion_*.png.
 
 usage:
   scripts/bayesian_inversion.py [--bin build/bin] [--repository models/repository]
@@ -58,6 +59,7 @@ LABELS = {"reference": "PDE mMALA (reference)", "pde_pcn": "PDE pCN",
           "da_dino_mmala": "DA-DINO-mMALA"}
 TARGET_ACCEPTANCE = {"pcn": 0.25, "mmala": 0.6}
 SUBSPACE_STEPS = [0.25, 0.5, 1.0, 2.0, 4.0]   # split mMALA's candidate h in the subspace
+PARTIAL = ".partial"   # <stage>.partial.npz/.json: the last checkpoint of an unfinished stage
 
 
 def log(*args):
@@ -148,35 +150,46 @@ def pde_solves(counts):
 
 
 def run_chains(kernel, state, rng, seconds, directions, thin, max_records, max_steps=None,
-               min_steps=4):
+               min_steps=4, resume=None, checkpoint=None, checkpoint_seconds=60.0):
     """Steps all chains until ``seconds`` pass, and at least ``min_steps`` times (the
     diagnostics need a few states per chain even when a loaded machine slows the solves
     down). Records every step the projections
     z = x·W of the whitened states on ``directions`` W [d, K], the target's misfit and the
-    acceptance, and every ``thin``-th step x (float32, for the mean and variance of m)."""
+    acceptance, and every ``thin``-th step x (float32, for the mean and variance of m).
+    ``resume``: (records, steps, wall) of an interrupted run of the same chains, continued;
+    ``checkpoint(state, records, wall, steps)`` is called every ``checkpoint_seconds``."""
     from dino_serve import bayes
     delayed = isinstance(kernel, bayes.DelayedAcceptance)
-    z, misfit, accepted, stage1, kept = [], [], [], [], []
-    start = time.perf_counter()
-    steps = 0
-    while ((time.perf_counter() - start < seconds or steps < min_steps)
+    names = ["z", "misfit", "accepted", "kept_x"] + (["stage1"] if delayed else [])
+    lists = {k: [] for k in names}
+    done, steps, wall0 = ({k: None for k in names}, 0, 0.0) if resume is None else resume
+
+    def records():
+        out = {}
+        for k in names:
+            parts = [p for p in ([done[k]] if done[k] is not None else []) if p.size] + (
+                [np.stack(lists[k], axis=1)] if lists[k] else [])
+            out[k] = (np.concatenate(parts, axis=1) if parts else
+                      np.zeros((len(state.x), 0, 0), np.float32))
+        return out
+
+    start = last = time.perf_counter()
+    while ((wall0 + time.perf_counter() - start < seconds or steps < min_steps)
            and (max_steps is None or steps < max_steps)):
         state, info = kernel.step(state, rng)
         steps += 1
-        z.append(state.x @ directions)
-        misfit.append(np.array(state.exact_misfit if delayed else state.misfit))
-        accepted.append(info["accepted"])
+        lists["z"].append(state.x @ directions)
+        lists["misfit"].append(np.array(state.exact_misfit if delayed else state.misfit))
+        lists["accepted"].append(info["accepted"])
         if delayed:
-            stage1.append(info["stage1_accepted"])
-        if steps % thin == 0 and len(kept) < max_records:
-            kept.append(state.x.astype(np.float32))
-    wall = time.perf_counter() - start
-    out = {"z": np.stack(z, axis=1), "misfit": np.stack(misfit, axis=1),
-           "accepted": np.stack(accepted, axis=1),
-           "kept_x": np.stack(kept, axis=1) if kept else np.zeros((len(state.x), 0, 0))}
-    if delayed:
-        out["stage1"] = np.stack(stage1, axis=1)
-    return state, out, wall, steps
+            lists["stage1"].append(info["stage1_accepted"])
+        kept = len(lists["kept_x"]) + (0 if done["kept_x"] is None else done["kept_x"].shape[1])
+        if steps % thin == 0 and kept < max_records:
+            lists["kept_x"].append(state.x.astype(np.float32))
+        if checkpoint is not None and time.perf_counter() - last >= checkpoint_seconds:
+            checkpoint(state, records(), wall0 + time.perf_counter() - start, steps)
+            last = time.perf_counter()
+    return state, records(), wall0 + time.perf_counter() - start, steps
 
 
 def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenvalues=None):
@@ -306,6 +319,8 @@ def main():
                         "stages <method>@<step>, a step-size sensitivity check")
     p.add_argument("--fixed_budget_seconds", type=float, default=None,
                    help="budget of the --fixed_steps runs (default --budget_seconds)")
+    p.add_argument("--checkpoint_seconds", type=float, default=60.0,
+                   help="save an unfinished stage's chains this often (resumed on restart)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for the tests")
     args = p.parse_args()
     if args.smoke:
@@ -449,47 +464,85 @@ def run(args, target):
         rng = np.random.default_rng(1000 + i)
         kernel, kind, step0 = kernel_for(base)
         models = [exact_model, dino_model]
-        before = [dict(m.counts) for m in models]
-        # Every method starts from the same kind of points: draws from the Laplace
-        # approximation N(x_map, (I + H_GN(x_map))⁻¹) (the exact GN Hessian at the MAP,
-        # whitened), so the pilot (also the burn-in) starts near stationarity.
-        xi = rng.standard_normal((chains, x_map.size))
-        x0 = x_map + xi + ((xi @ W_all) * (1.0 / np.sqrt(1.0 + lam_map) - 1.0)) @ W_all.T
-        t = time.perf_counter()
-        state = kernel.init(x0)
-        init_wall = time.perf_counter() - t
-        if fixed_step:
-            log(name, "burn-in at the fixed step %s for %g s" % (fixed_step, args.pilot_seconds))
-            state, step, pilot_wall, pilot_steps, history = burn_in(
-                kernel, state, rng, fixed_step, args.pilot_seconds)
+        diff = lambda a, b: {k: a[k] - b.get(k, 0) for k in a if a[k] != b.get(k, 0)}  # noqa
+        add = lambda a, b: {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}  # noqa
+        partial = load(args.out, name + PARTIAL)
+        if partial is not None:
+            # An interrupted run: its chains continue from their last checkpoint (the
+            # states, the step sizes and the random generator), and its records grow.
+            arrays, info = partial
+            state = kernel.init(arrays["x"])
+            set_step(kernel, state, info["step"], info["complement_h"])
+            rng.bit_generator.state = info["rng"]
+            step, thin, history = info["step"], info["thin"], arrays["pilot_history"].tolist()
+            pilot_wall, pilot_steps, init_wall = (info["pilot_wall"], info["pilot_steps"],
+                                                  info["init_wall"])
+            done = {k: arrays[k] for k in ("z", "misfit", "accepted", "kept_x", "stage1")
+                    if k in arrays}
+            resume, counts_before = (done, info["steps"], info["wall"]), info["counts"]
+            log(name, "resuming at step %d (%.0f s of %g s run)" % (info["steps"], info["wall"],
+                                                                   seconds))
         else:
-            log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
-            state, step, pilot_wall, pilot_steps, history = pilot(
-                kernel, state, rng, kind, step0, args.pilot_seconds, 8 if args.smoke else 20,
-                lam_map[:k_s])
-        mid = [dict(m.counts) for m in models]
-        log(name, "%s after %d pilot steps (%.1f s); running %g s"
-            % (step_label(kernel), pilot_steps, pilot_wall, seconds))
-        step_time = pilot_wall / pilot_steps
-        thin = max(1, int(math.ceil(seconds / step_time / args.records)))
-        state, rec, wall, steps = run_chains(kernel, state, rng, seconds,
-                                             np.hstack([W, U_prior]), thin, args.records)
+            before = [dict(m.counts) for m in models]
+            # Every method starts from the same kind of points: draws from the Laplace
+            # approximation N(x_map, (I + H_GN(x_map))⁻¹) (the exact GN Hessian at the MAP,
+            # whitened), so the pilot (also the burn-in) starts near stationarity.
+            xi = rng.standard_normal((chains, x_map.size))
+            x0 = x_map + xi + ((xi @ W_all) * (1.0 / np.sqrt(1.0 + lam_map) - 1.0)) @ W_all.T
+            t = time.perf_counter()
+            state = kernel.init(x0)
+            init_wall = time.perf_counter() - t
+            if fixed_step:
+                log(name, "burn-in at the fixed step %s for %g s"
+                    % (fixed_step, args.pilot_seconds))
+                state, step, pilot_wall, pilot_steps, history = burn_in(
+                    kernel, state, rng, fixed_step, args.pilot_seconds)
+            else:
+                log(name, "pilot: %s from %g for %g s" % (kind, step0, args.pilot_seconds))
+                state, step, pilot_wall, pilot_steps, history = pilot(
+                    kernel, state, rng, kind, step0, args.pilot_seconds,
+                    8 if args.smoke else 20, lam_map[:k_s])
+            log(name, "%s after %d pilot steps (%.1f s); running %g s"
+                % (step_label(kernel), pilot_steps, pilot_wall, seconds))
+            thin = max(1, int(math.ceil(seconds / (pilot_wall / pilot_steps) / args.records)))
+            now = [dict(m.counts) for m in models]
+            resume, counts_before = None, {"exact": {}, "dino": {},
+                                           "exact_pilot": diff(now[0], before[0]),
+                                           "dino_pilot": diff(now[1], before[1])}
+        mid = [dict(m.counts) for m in models]   # after the pilot, or after a resume's init
+
+        def run_info(wall, steps):
+            now = [dict(m.counts) for m in models]
+            counts = dict(counts_before, exact=add(counts_before["exact"], diff(now[0], mid[0])),
+                          dino=add(counts_before["dino"], diff(now[1], mid[1])))
+            inner = inner_kernel(kernel)
+            return {"step": step, "step_label": step_label(kernel), "kind": kind,
+                    "steps": steps, "wall": wall, "thin": thin, "pilot_wall": pilot_wall,
+                    "pilot_steps": pilot_steps, "init_wall": init_wall, "counts": counts,
+                    "chains": chains, "complement_h": getattr(inner, "complement_h", None)
+                    if getattr(inner, "subspace", None) is not None else None}
+
+        def checkpoint(state, records, wall, steps):
+            info = dict(run_info(wall, steps), rng=rng.bit_generator.state)
+            save(args.out, name + PARTIAL,
+                 dict(records, x=state.x, pilot_history=np.array(history)), info)
+
+        state, rec, wall, steps = run_chains(
+            kernel, state, rng, seconds, np.hstack([W, U_prior]), thin, args.records,
+            resume=resume, checkpoint=checkpoint, checkpoint_seconds=args.checkpoint_seconds)
         rec["z_prior"] = rec["z"][..., W.shape[1]:]
         rec["z"] = rec["z"][..., :W.shape[1]]
-        after = [dict(m.counts) for m in models]
-        diff = lambda a, b: {k: a[k] - b.get(k, 0) for k in a if a[k] != b.get(k, 0)}  # noqa
-        counts = {"exact": diff(after[0], mid[0]), "dino": diff(after[1], mid[1]),
-                  "exact_pilot": diff(mid[0], before[0]), "dino_pilot": diff(mid[1], before[1])}
         t = time.perf_counter()
         means, variances = chain_moments(prior, rec.pop("kept_x"))
         log(name, "%d steps in %.1f s, acceptance %.3f; moments in %.1f s"
             % (steps, wall, rec["accepted"].mean(), time.perf_counter() - t))
+        info = run_info(wall, steps)
+        info.pop("complement_h")
         save(args.out, name, dict(rec, chain_means=means, chain_variances=variances,
-                                  pilot_history=np.array(history)),
-             {"step": step, "step_label": step_label(kernel), "kind": kind, "steps": steps,
-              "wall": wall, "thin": thin,
-              "pilot_wall": pilot_wall, "pilot_steps": pilot_steps, "init_wall": init_wall,
-              "counts": counts, "chains": chains})
+                                  pilot_history=np.array(history)), info)
+        for ext in (".json", ".npz"):
+            if os.path.exists(os.path.join(args.out, name + PARTIAL + ext)):
+                os.remove(os.path.join(args.out, name + PARTIAL + ext))
     client.close()
     report(args, n_cells)
 
@@ -639,7 +692,8 @@ def report(args, n_cells):
 
 
 def fixed_stages(out):
-    return sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json") and "@" in f)
+    return sorted(f[:-5] for f in os.listdir(out)
+                  if f.endswith(".json") and "@" in f and not f.endswith(PARTIAL + ".json"))
 
 
 def label(name):
