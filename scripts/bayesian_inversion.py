@@ -487,8 +487,8 @@ def run(args, target):
             # Every method starts from the same kind of points: draws from the Laplace
             # approximation N(x_map, (I + H_GN(x_map))⁻¹) (the exact GN Hessian at the MAP,
             # whitened), so the pilot (also the burn-in) starts near stationarity.
-            xi = rng.standard_normal((chains, x_map.size))
-            x0 = x_map + xi + ((xi @ W_all) * (1.0 / np.sqrt(1.0 + lam_map) - 1.0)) @ W_all.T
+            x0 = bayes.laplace_draws(x_map, W_all, lam_map,
+                                     rng.standard_normal((chains, x_map.size)))
             t = time.perf_counter()
             state = kernel.init(x0)
             init_wall = time.perf_counter() - t
@@ -516,11 +516,11 @@ def run(args, target):
             counts = dict(counts_before, exact=add(counts_before["exact"], diff(now[0], mid[0])),
                           dino=add(counts_before["dino"], diff(now[1], mid[1])))
             inner = inner_kernel(kernel)
+            split = getattr(inner, "subspace", None) is not None
             return {"step": step, "step_label": step_label(kernel), "kind": kind,
                     "steps": steps, "wall": wall, "thin": thin, "pilot_wall": pilot_wall,
                     "pilot_steps": pilot_steps, "init_wall": init_wall, "counts": counts,
-                    "chains": chains, "complement_h": getattr(inner, "complement_h", None)
-                    if getattr(inner, "subspace", None) is not None else None}
+                    "chains": chains, "complement_h": inner.complement_h if split else None}
 
         def checkpoint(state, records, wall, steps):
             info = dict(run_info(wall, steps), rng=rng.bit_generator.state)
@@ -536,10 +536,8 @@ def run(args, target):
         means, variances = chain_moments(prior, rec.pop("kept_x"))
         log(name, "%d steps in %.1f s, acceptance %.3f; moments in %.1f s"
             % (steps, wall, rec["accepted"].mean(), time.perf_counter() - t))
-        info = run_info(wall, steps)
-        info.pop("complement_h")
         save(args.out, name, dict(rec, chain_means=means, chain_variances=variances,
-                                  pilot_history=np.array(history)), info)
+                                  pilot_history=np.array(history)), run_info(wall, steps))
         for ext in (".json", ".npz"):
             if os.path.exists(os.path.join(args.out, name + PARTIAL + ext)):
                 os.remove(os.path.join(args.out, name + PARTIAL + ext))

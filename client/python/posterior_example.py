@@ -59,8 +59,7 @@ def main():
     kernel = bayes.DelayedAcceptance(
         bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=args.h, subspace=W[:, :10],
                     complement_h=args.complement_h), exact)
-    xi = rng.standard_normal((args.chains, x_map.size))
-    x0 = x_map + xi + ((xi @ W) * (1.0 / np.sqrt(1.0 + lam) - 1.0)) @ W.T
+    x0 = bayes.laplace_draws(x_map, W, lam, rng.standard_normal((args.chains, x_map.size)))
     # Steps in blocks until the time is up (bayes.sample takes a step count).
     start, runs, state = time.perf_counter(), [], x0
     while time.perf_counter() - start < args.seconds:

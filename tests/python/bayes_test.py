@@ -169,6 +169,17 @@ class InvarianceTest(unittest.TestCase):
                      - log_q(state, proposal.x))
             np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
 
+    def test_laplace_draws(self):
+        # With ξ = the identity rows, the draws minus the center are the rows of the
+        # symmetric K^{1/2}, whose square is K = (I + W diag(λ) Wᵀ)⁻¹.
+        W = np.linalg.qr(np.random.default_rng(2).standard_normal((D_M, 3)))[0]
+        lam = np.array([1e4, 10.0, 0.5])
+        center = np.arange(D_M, dtype=float)
+        root = bayes.laplace_draws(center, W, lam, np.eye(D_M)) - center
+        np.testing.assert_allclose(root, root.T, atol=1e-12)
+        np.testing.assert_allclose(root @ root, np.linalg.inv(np.eye(D_M) + (W * lam) @ W.T),
+                                   atol=1e-12)
+
     def test_mmala_split_step_subspace(self):
         # A subspace containing the data-informed directions (the whitened span of V) plus
         # one more: within it the exact metric, outside it pCN on the prior, so for the

@@ -18,7 +18,7 @@ served model (:class:`ServedModel`, through a DinoClient) or an in-process NumPy
 from .diagnostics import (acceptance_rate, autocorrelation, ess, ess_batch_means, ess_bulk,
                           ess_tail, integrated_autocorrelation_time, project,
                           rank_normalized_rhat, split_rhat, summary)
-from .geometry import AdjointGaussNewton, LocalGeometry, ReducedGaussNewton
+from .geometry import AdjointGaussNewton, LocalGeometry, ReducedGaussNewton, laplace_draws
 from .map import MapResult, gauss_newton_cg, lbfgs
 from .mcmc import (MMALA, PCN, ChainState, DelayedAcceptance, Kernel, MCMCResult,
                    MetropolisKernel, sample)
@@ -31,7 +31,7 @@ __all__ = [
     "ForwardModel", "FunctionModel", "LinearModel", "ReducedBasisModel", "ReducedBases",
     "ServedModel", "Prior", "DenseGaussianPrior", "DiagonalGaussianPrior",
     "ServedPrior", "BayesianProblem",
-    "LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton", "Kernel",
+    "LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton", "laplace_draws", "Kernel",
     "MetropolisKernel", "ChainState", "PCN", "MMALA", "DelayedAcceptance", "MCMCResult",
     "sample", "ess", "ess_batch_means", "ess_bulk", "ess_tail",
     "integrated_autocorrelation_time", "autocorrelation", "split_rhat",

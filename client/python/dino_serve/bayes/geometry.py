@@ -26,7 +26,7 @@ import numpy as np
 
 from .problem import BayesianProblem
 
-__all__ = ["LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton"]
+__all__ = ["LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton", "laplace_draws"]
 
 
 @dataclasses.dataclass
@@ -82,6 +82,16 @@ class LocalGeometry:
                              pick(self.eigenvalues, other.eigenvalues),
                              pick(self.vectors, other.vectors), self.basis,
                              pick(self.coeffs, other.coeffs))
+
+
+def laplace_draws(center: Any, vectors: Any, eigenvalues: Any, xi: Any) -> np.ndarray:
+    """Rows center + K^{1/2} ξ with K = (I + W diag(λ) Wᵀ)⁻¹ for orthonormal W [d, k]: draws
+    from the Laplace approximation N(center, K) in whitened coordinates (e.g. at the MAP with
+    its Gauss–Newton eigenpairs) from standard normal rows ξ [n, d]."""
+    W = np.asarray(vectors, dtype=np.float64)
+    xi = np.atleast_2d(np.asarray(xi, dtype=np.float64))
+    shrink = 1.0 / np.sqrt(1.0 + np.asarray(eigenvalues, dtype=np.float64)) - 1.0
+    return np.asarray(center, dtype=np.float64) + xi + ((xi @ W) * shrink) @ W.T
 
 
 def _top(eigenvalues: np.ndarray, vectors: np.ndarray, rank: int | None
