@@ -652,6 +652,20 @@ def swapper(control, repository, args, stop, events, errors, rng):
             errors.append(f"{action} {version}: {e.code()}: {e.details()}")
 
 
+def serve_canonical_versions(control, timeout=60.0):
+    """Unpins the default and puts LABEL back on version 1 (where BENCH_LABEL stays), then
+    waits until the server has unloaded every other version but the latest: the state the soak
+    starts from, whatever the swapper did."""
+    control.pin(0)
+    control.label(1)
+    deadline = time.time() + timeout
+    while True:
+        versions = control.listing(MODEL)[0]
+        if len(versions) <= 2 or time.time() > deadline:
+            return versions
+        time.sleep(0.5)
+
+
 # -- stages ----------------------------------------------------------------------------------
 
 def run_tool(args, *command):
@@ -910,7 +924,12 @@ def stage_soak(args, models, data, pool, saturation):
         def settled():
             """The quiescent snapshot, what malloc holds and the versions loaded (each holds
             its weights twice: the module and the fast path's copies), and the server's
-            metrics at that moment (no load in flight: its counts are final)."""
+            metrics at that moment (no load in flight: its counts are final). Both snapshots
+            are taken in the same served state — default unpinned (the latest version), the
+            label back on version 1 — so that they compare the same set of loaded versions
+            (two of `poisson`, one of `poisson32`): a version the swapper happened to keep
+            loaded is memory the operator asked for, not growth."""
+            serve_canonical_versions(control)
             snapshot = quiescent_snapshot(server.pid, args.quiescent_seconds)
             scraped = scrape(server.metrics_url)
             snapshot["heap"] = scraped["heap"]

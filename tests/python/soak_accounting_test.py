@@ -8,7 +8,9 @@ usage: soak_accounting_test.py <bin folder> <model repository> <generated Python
 """
 import math
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import unittest
 
@@ -81,6 +83,29 @@ class SoakAccounting(unittest.TestCase):
                          right["samples"])
         self.assertEqual(set(right["by_method"]), set(soak.METHODS))
         self.assertEqual((wrong["ok"], wrong["wrong"]), (0, 40), wrong["samples"])
+
+    def test_snapshots_are_taken_in_one_served_state_whatever_the_swapper_did(self):
+        # The RSS comparison is only fair between snapshots that serve the same versions.
+        with tempfile.TemporaryDirectory() as tmp:
+            repository = os.path.join(tmp, "repository")
+            for version in (1, 2, 3, 4):
+                shutil.copytree(os.path.join(REPOSITORY, MODEL, "4"),
+                                os.path.join(repository, soak.MODEL, str(version)))
+            token = os.path.join(tmp, "token")
+            with open(token, "w") as f:
+                f.write(soak.TOKEN)
+            server = ServerProcess(BIN, repository, "--admin_token_file=" + token)
+            try:
+                control = soak.Control(server.target, GENERATED)
+                control.label(1, soak.BENCH_LABEL)
+                control.label(2)   # What the swapper may leave behind: the label moved,
+                control.pin(3)     # the default pinned, and the latest version loaded too.
+                self.assertEqual(control.listing()[0], [1, 2, 3, 4])
+                self.assertEqual(soak.serve_canonical_versions(control), [1, 4])
+                self.assertEqual(control.listing(), ([1, 4], [4]))
+                control.close()
+            finally:
+                server.stop()
 
     def test_an_empty_interval_has_no_codes_and_no_percentile(self):
         empty = {"codes": {"OK": 5.0}, "latency_buckets": {"0.001": 5.0, "+Inf": 5.0}}
