@@ -654,15 +654,19 @@ def swapper(control, repository, args, stop, events, errors, rng):
 
 def serve_canonical_versions(control, timeout=60.0):
     """Unpins the default and puts LABEL back on version 1 (where BENCH_LABEL stays), then
-    waits until the server has unloaded every other version but the latest: the state the soak
-    starts from, whatever the swapper did."""
+    waits until the server serves exactly version 1 and the latest: the state the soak starts
+    from, whatever the swapper did. Raises if it does not get there (the snapshots would then
+    compare different sets of loaded versions)."""
     control.pin(0)
     control.label(1)
     deadline = time.time() + timeout
     while True:
         versions = control.listing(MODEL)[0]
-        if len(versions) <= 2 or time.time() > deadline:
+        if versions == sorted({1, max(versions)}):
             return versions
+        if time.time() > deadline:
+            raise RuntimeError("%s still serves versions %s %g s after unpinning and moving "
+                               "the label" % (MODEL, versions, timeout))
         time.sleep(0.5)
 
 

@@ -95,6 +95,7 @@ class SoakAccounting(unittest.TestCase):
             with open(token, "w") as f:
                 f.write(soak.TOKEN)
             server = ServerProcess(BIN, repository, "--admin_token_file=" + token)
+            control = None
             try:
                 control = soak.Control(server.target, GENERATED)
                 control.label(1, soak.BENCH_LABEL)
@@ -103,8 +104,9 @@ class SoakAccounting(unittest.TestCase):
                 self.assertEqual(control.listing()[0], [1, 2, 3, 4])
                 self.assertEqual(soak.serve_canonical_versions(control), [1, 4])
                 self.assertEqual(control.listing(), ([1, 4], [4]))
-                control.close()
             finally:
+                if control is not None:
+                    control.close()
                 server.stop()
 
     def test_an_empty_interval_has_no_codes_and_no_percentile(self):
