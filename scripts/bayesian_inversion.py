@@ -16,6 +16,8 @@ step-size pilot:
                  (the surrogate posterior)
   da_dino_mmala  DINO-mMALA as stage 1 of delayed acceptance, stage 2 on poisson_pde for the
                  stage-1 survivors only (the exact posterior)
+  dac_dino_mmala the same with stage 1 on the DINO corrected by the PDE's error at the
+                 current point (offset_correction: no solve more per step)
 
 Writes <out>/<stage>.npz / .json (a stage that has its file is skipped, so an interrupted run
 continues; a stage cut short continues from <out>/<stage>.partial.*, its checkpoint every
@@ -53,10 +55,10 @@ sys.path.insert(0, os.path.join(ROOT, "client", "python"))
 TRUE_SEED = 9          # SamplePrior seed of the true parameter (training data: 1, test: 2).
 NOISE_SEED = 11        # the observation noise
 EXACT, DINO = "poisson_pde", "poisson_dipnet"
-METHODS = ["pde_pcn", "pde_mmala", "dino_pcn", "dino_mmala", "da_dino_mmala"]
+METHODS = ["pde_pcn", "pde_mmala", "dino_pcn", "dino_mmala", "da_dino_mmala", "dac_dino_mmala"]
 LABELS = {"reference": "PDE mMALA (reference)", "pde_pcn": "PDE pCN",
           "pde_mmala": "PDE mMALA", "dino_pcn": "DINO pCN", "dino_mmala": "DINO-mMALA",
-          "da_dino_mmala": "DA-DINO-mMALA"}
+          "da_dino_mmala": "DA-DINO-mMALA", "dac_dino_mmala": "DA-DINO-mMALA, corrected"}
 TARGET_ACCEPTANCE = {"pcn": 0.25, "mmala": 0.6}
 SUBSPACE_STEPS = [0.25, 0.5, 1.0, 2.0, 4.0]   # split mMALA's candidate h in the subspace
 PARTIAL = ".partial"   # <stage>.partial.npz/.json: the last checkpoint of an unfinished stage
@@ -444,10 +446,10 @@ def run(args, target):
         if name == "dino_mmala":
             return (bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), "mmala",
                     0.1)
-        if name == "da_dino_mmala":
+        if name in ("da_dino_mmala", "dac_dino_mmala"):
             return (bayes.DelayedAcceptance(
-                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), exact),
-                "mmala", 0.1)
+                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), exact,
+                offset_correction=name == "dac_dino_mmala"), "mmala", 0.1)
         raise ValueError(name)
 
     names = ["reference"] + [m for m in args.methods.split(",") if m]
@@ -672,7 +674,7 @@ def report(args, n_cells):
             if base in results:
                 b = results[base]
                 r["speedup_vs_" + base] = r["ess_per_s_min"] / b["ess_per_s_min"]
-                if name.startswith("dino") or name.startswith("da_"):
+                if "dino" in name:
                     gain = 1.0 / b["ess_per_s_min"] - 1.0 / r["ess_per_s_min"]
                     r["break_even_ess_vs_" + base] = train / gain if gain > 0 else float("inf")
     summary = {k: {kk: vv for kk, vv in v.items() if kk not in ("mean", "std")}
@@ -769,7 +771,8 @@ def plots(args, results, m_true, n_cells):
     def field(v):
         return np.asarray(v).reshape(n, n)  # node (i, j) has index n·j + i: rows are y
 
-    show = [k for k in ("reference", "dino_mmala", "da_dino_mmala") if k in results]
+    show = [k for k in ("reference", "dino_mmala", "da_dino_mmala", "dac_dino_mmala")
+            if k in results]
     fig, axes = plt.subplots(len(show), 3, figsize=(9, 2.8 * len(show)), squeeze=False)
     for row, k in enumerate(show):
         r = results[k]

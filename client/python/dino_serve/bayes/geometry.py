@@ -33,7 +33,10 @@ __all__ = ["LocalGeometry", "ReducedGaussNewton", "AdjointGaussNewton", "laplace
 class LocalGeometry:
     """Misfit data and H ≈ W diag(eigenvalues) Wᵀ at B points. W is stored either dense
     (``vectors`` [B, d, k]) or as a shared orthonormal ``basis`` [d, r] times per-point
-    orthogonal ``coeffs`` [B, r, k]."""
+    orthogonal ``coeffs`` [B, r, k]. ``gradient_map`` (where the provider sets it): the
+    linear map from a weighted residual w = Γ⁻¹(q − d) to the gradient, Lᵀ Jᵀ w — in the
+    coordinates of ``basis`` when there is one, else dense — so the gradient for another
+    residual (an error-corrected q) costs no model call."""
     misfit: np.ndarray          # Φ [B]
     q: np.ndarray               # f(m) [B, d_Q]
     gradient: np.ndarray        # ∇ₓΦ [B, d]
@@ -41,6 +44,7 @@ class LocalGeometry:
     vectors: np.ndarray | None = None   # W [B, d, k]
     basis: np.ndarray | None = None     # Q [d, r] (shared)
     coeffs: np.ndarray | None = None    # E [B, r, k], W = Q E
+    gradient_map: np.ndarray | None = None  # [B, r, d_Q] (with basis) or [B, d, d_Q]
 
     def project(self, v: np.ndarray) -> np.ndarray:
         """Wᵀ v per row: [B, d] -> [B, k]."""
@@ -58,18 +62,33 @@ class LocalGeometry:
         """H v per row."""
         return self.lift(self.eigenvalues * self.project(v))
 
+    def gradient_for(self, weighted_residual: np.ndarray) -> np.ndarray:
+        """Lᵀ Jᵀ w per row for weighted residuals w [B, d_Q]: the gradient this geometry's
+        Jacobian gives another residual (``gradient`` is the one for its own q)."""
+        if self.gradient_map is None:
+            raise ValueError("this geometry has no gradient_map: its provider cannot "
+                             "re-evaluate the gradient for another residual")
+        c = np.einsum("brp,bp->br", self.gradient_map, weighted_residual)
+        return c if self.basis is None else c @ self.basis.T
+
     def restrict(self, subspace: np.ndarray) -> "LocalGeometry":
         """The metric and gradient seen within span(S) for an orthonormal ``subspace`` S
         [d, s]: H_S = S Sᵀ H S Sᵀ (eigenpairs from the SVD of Sᵀ W diag(√λ), s × k per
         point) and S Sᵀ ∇Φ; misfit and q unchanged."""
+        gradient_map = None
         if self.vectors is not None:
             sw = np.einsum("ds,bdk->bsk", subspace, self.vectors)        # Sᵀ W [B, s, k]
+            if self.gradient_map is not None:
+                gradient_map = np.einsum("ds,bdp->bsp", subspace, self.gradient_map)
         else:
-            sw = (subspace.T @ self.basis) @ self.coeffs
+            sq = subspace.T @ self.basis                                 # Sᵀ Q [s, r]
+            sw = sq @ self.coeffs
+            if self.gradient_map is not None:
+                gradient_map = sq @ self.gradient_map
         u, sv, _ = np.linalg.svd(sw * np.sqrt(self.eigenvalues)[:, None, :],
                                  full_matrices=False)
         return LocalGeometry(self.misfit, self.q, (self.gradient @ subspace) @ subspace.T,
-                             sv * sv, basis=subspace, coeffs=u)
+                             sv * sv, basis=subspace, coeffs=u, gradient_map=gradient_map)
 
     def select(self, mask: np.ndarray, other: "LocalGeometry") -> "LocalGeometry":
         """Rows of self where mask, else of other (the same storage kind)."""
@@ -81,7 +100,8 @@ class LocalGeometry:
                              pick(self.gradient, other.gradient),
                              pick(self.eigenvalues, other.eigenvalues),
                              pick(self.vectors, other.vectors), self.basis,
-                             pick(self.coeffs, other.coeffs))
+                             pick(self.coeffs, other.coeffs),
+                             pick(self.gradient_map, other.gradient_map))
 
 
 def laplace_draws(center: Any, vectors: Any, eigenvalues: Any, xi: Any) -> np.ndarray:
@@ -153,12 +173,16 @@ class ReducedGaussNewton:
         A = jr @ self.R.T                                            # [B, r_Q, r_M]
         _, s, vt = np.linalg.svd(self._M @ A, full_matrices=False)
         lam, E = _top(s * s, vt.transpose(0, 2, 1), self.rank)
+        # The gradient Q Aᵀ Uᵀ w is linear in w = Γ⁻¹(q − d): keep its map Aᵀ Uᵀ (in Q's
+        # coordinates) for residuals other than this q's.
+        gradient_map = np.einsum("bqi,pq->bip", A, self.U)              # [B, r_M, d_Q]
         if self.exact_gradient and self._client is not None:
             gradient, _ = p.misfit_gradient(x, q)
+            gradient_map = None   # the map above is the projected J's, not this gradient's
         else:
-            c = np.einsum("bqi,bq->bi", A, p.weighted_residual(q) @ self.U)
-            gradient = c @ self.Q.T
-        return LocalGeometry(misfit, q, gradient, lam, basis=self.Q, coeffs=E)
+            gradient = np.einsum("bip,bp->bi", gradient_map, p.weighted_residual(q)) @ self.Q.T
+        return LocalGeometry(misfit, q, gradient, lam, basis=self.Q, coeffs=E,
+                             gradient_map=gradient_map)
 
 
 class AdjointGaussNewton:

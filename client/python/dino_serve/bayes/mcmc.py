@@ -29,6 +29,14 @@ Kernels work in prior-whitened coordinates x (m = m0 + L x), where the prior is 
   problem; a proposal that passes it is accepted with probability
   min(1, exp(−Φ(y) + Φ̃(y) + Φ(x) − Φ̃(x))) on the exact problem, so the chain targets the
   exact posterior while the exact model only sees stage-1 survivors.
+  With ``offset_correction`` the surrogate is corrected at the current point by the error
+  the exact model shows there, f̃_x(z) = f̃(z) + f(x) − f̃(x) (Christen & Fox's state-
+  dependent approximation, Cui, Fox & O'Sullivan 2011): exact at x, so stage 1 judges only
+  how the surrogate's error changes between x and y, and the proposal's drift uses the
+  exact residual at x. The stage-2 ratio then carries both stage-1 probabilities,
+      α₂ = min(1, π(y) q(y→x) α₁(y→x) / (π(x) q(x→y) α₁(x→y))),
+  with α₁(y→x) computed from the surrogate corrected at y — which needs f(y), known once
+  stage 2 has evaluated it — so the chain stays exact.
 
 :func:`sample` runs a kernel; seeds (numpy Generators) make runs reproducible.
 """
@@ -57,6 +65,8 @@ class ChainState:
     geometry: LocalGeometry | None = None  # mMALA: the metric at x
     drift: np.ndarray | None = None        # mMALA: (1 − ρ) K(x) g(x)
     exact_misfit: np.ndarray | None = None  # delayed acceptance: the exact Φ(x)
+    q: np.ndarray | None = None            # the kernel's model output f(x) [C, d_Q]
+    exact_q: np.ndarray | None = None      # delayed acceptance: the exact f(x)
 
     def select(self, mask: np.ndarray, other: "ChainState") -> "ChainState":
         """Rows of self where mask, else of other."""
@@ -67,7 +77,8 @@ class ChainState:
         geometry = None if self.geometry is None else self.geometry.select(mask, other.geometry)
         return ChainState(pick(self.x, other.x), pick(self.misfit, other.misfit), geometry,
                           pick(self.drift, other.drift),
-                          pick(self.exact_misfit, other.exact_misfit))
+                          pick(self.exact_misfit, other.exact_misfit),
+                          pick(self.q, other.q), pick(self.exact_q, other.exact_q))
 
 
 class Kernel(abc.ABC):
@@ -93,6 +104,17 @@ class MetropolisKernel(Kernel):
                 ) -> tuple[ChainState, np.ndarray]:
         """(proposed state, log Metropolis–Hastings ratio [C])."""
 
+    @abc.abstractmethod
+    def log_transition_ratio(self, origin: ChainState, target: ChainState) -> np.ndarray:
+        """log q(target → origin) − log q(origin → target) [C], up to the terms that
+        cancel with the prior's in the Metropolis–Hastings ratio."""
+
+    @abc.abstractmethod
+    def with_output(self, state: ChainState, q: np.ndarray) -> ChainState:
+        """The state at the same points for the target whose model output there is ``q``
+        [C, d_Q] instead of ``state.q`` (misfit, and for mMALA gradient and drift, from q;
+        no model call): the error-corrected surrogate of delayed acceptance."""
+
     def step(self, state, rng):
         proposal, log_ratio = self.propose(state, rng)
         log_u = np.log(rng.random(len(state.x)))
@@ -112,13 +134,20 @@ class PCN(MetropolisKernel):
 
     def init(self, x):
         x = np.array(x, dtype=np.float64, ndmin=2)
-        return ChainState(x, self.problem.misfit(x)[0])
+        misfit, q = self.problem.misfit(x)
+        return ChainState(x, misfit, q=q)
 
     def propose(self, state, rng):
         xi = rng.standard_normal(state.x.shape)
         y = math.sqrt(1.0 - self.beta ** 2) * state.x + self.beta * xi
-        misfit, _ = self.problem.misfit(y)
-        return ChainState(y, misfit), state.misfit - misfit
+        misfit, q = self.problem.misfit(y)
+        return ChainState(y, misfit, q=q), state.misfit - misfit
+
+    def log_transition_ratio(self, origin, target):
+        return np.zeros(len(origin.x))   # pCN is reversible with respect to the prior
+
+    def with_output(self, state, q):
+        return dataclasses.replace(state, misfit=self.problem.misfit_from_q(q))
 
 
 class MMALA(MetropolisKernel):
@@ -169,11 +198,13 @@ class MMALA(MetropolisKernel):
         geo = self.geometry(x)
         return geo if self.subspace is None else geo.restrict(self.subspace)
 
+    def _state(self, x: np.ndarray, geo: LocalGeometry) -> ChainState:
+        misfit, q = (geo.misfit, geo.q) if self._same else self.problem.misfit(x)
+        return ChainState(x, misfit, geo, self._drift(x, geo), q=q)
+
     def init(self, x):
         x = np.array(x, dtype=np.float64, ndmin=2)
-        geo = self._geometry(x)
-        misfit = geo.misfit if self._same else self.problem.misfit(x)[0]
-        return ChainState(x, misfit, geo, self._drift(x, geo))
+        return self._state(x, self._geometry(x))
 
     def _drift(self, x: np.ndarray, geo: LocalGeometry) -> np.ndarray:
         """(1 − ρ) K g with g = H x − ∇Φ and K = (I + H)⁻¹ = I − W diag(λ/(1+λ)) Wᵀ."""
@@ -204,45 +235,86 @@ class MMALA(MetropolisKernel):
             # Outside span(S), K^{1/2} ξ = ξ: swap the mMALA step for the complement's.
             v = (self.rho_c - self.rho) * state.x + (self.scale_c - self.scale) * xi
             y += v - (v @ self.subspace) @ self.subspace.T
-        geo_y = self._geometry(y)
-        misfit_y = geo_y.misfit if self._same else self.problem.misfit(y)[0]
-        proposal = ChainState(y, misfit_y, geo_y, self._drift(y, geo_y))
-        log_ratio = (state.misfit - misfit_y + self._log_transition(proposal, state.x)
-                     - self._log_transition(state, y))
+        proposal = self._state(y, self._geometry(y))
+        log_ratio = (state.misfit - proposal.misfit
+                     + self.log_transition_ratio(state, proposal))
         return proposal, log_ratio
+
+    def log_transition_ratio(self, origin, target):
+        return (self._log_transition(target, origin.x)
+                - self._log_transition(origin, target.x))
+
+    def with_output(self, state, q):
+        if not self._same:
+            raise ValueError("with_output needs the geometry's problem as the target")
+        problem = self.geometry.problem
+        misfit = problem.misfit_from_q(q)
+        # A restricted geometry's gradient map is restricted too: the gradient stays in S.
+        gradient = state.geometry.gradient_for(problem.weighted_residual(q))
+        geo = dataclasses.replace(state.geometry, misfit=misfit, gradient=gradient)
+        return dataclasses.replace(state, misfit=misfit, geometry=geo,
+                                   drift=self._drift(state.x, geo))
 
 
 class DelayedAcceptance(Kernel):
     """Two-stage delayed acceptance (module doc): ``kernel`` targets a surrogate problem;
     ``exact`` is the problem with the exact model (same prior and data), evaluated in one
-    batched call per step for the chains that pass stage 1 only."""
+    batched call per step for the chains that pass stage 1 only. ``offset_correction``:
+    stage 1 uses the surrogate corrected by the exact model's error at the current point
+    (module doc); it costs no model call more (f(x) is known from the step that accepted x)."""
 
-    def __init__(self, kernel: MetropolisKernel, exact: BayesianProblem) -> None:
+    def __init__(self, kernel: MetropolisKernel, exact: BayesianProblem,
+                 offset_correction: bool = False) -> None:
         self.kernel = kernel
         self.problem = exact
+        self.offset_correction = bool(offset_correction)
 
     def init(self, x):
         state = self.kernel.init(x)
-        state.exact_misfit = self.problem.misfit(state.x)[0]
+        state.exact_misfit, state.exact_q = self.problem.misfit(state.x)
+        if self.offset_correction:
+            return self.kernel.with_output(state, state.exact_q)
         return state
 
     def step(self, state, rng):
         proposal, log_ratio = self.kernel.propose(state, rng)
         c = len(state.x)
         log_u1, log_u2 = np.log(rng.random(c)), np.log(rng.random(c))
+        if self.offset_correction:
+            # α₁(x→y) on the surrogate corrected at x (state is, so state.misfit = Φ(x)).
+            at_x = self.kernel.with_output(proposal, proposal.q + state.exact_q - state.q)
+            log_ratio = np.minimum(0.0, state.misfit - at_x.misfit
+                                   + self.kernel.log_transition_ratio(state, at_x))
         stage1 = log_u1 < log_ratio
         accepted = np.zeros(c, dtype=bool)
-        exact = np.array(state.exact_misfit)
+        exact_misfit, exact_q = np.array(state.exact_misfit), np.array(state.exact_q)
         if stage1.any():
             idx = np.flatnonzero(stage1)
-            exact_y, _ = self.problem.misfit(proposal.x[idx])
-            log_ratio2 = (-exact_y + proposal.misfit[idx]
-                          + state.exact_misfit[idx] - state.misfit[idx])
+            exact_y, q_y = self.problem.misfit(proposal.x[idx])
+            if self.offset_correction:
+                q_y_all = np.array(proposal.q)
+                q_y_all[idx] = q_y
+                exact_misfit_y = np.array(proposal.misfit)
+                exact_misfit_y[idx] = exact_y
+                proposal.exact_q, proposal.exact_misfit = q_y_all, exact_misfit_y
+                # The proposal as a state (corrected at y), and x seen from y: the reverse
+                # move's stage-1 probability α₁(y→x) uses the surrogate corrected at y.
+                proposal = self.kernel.with_output(proposal, q_y_all)
+                from_y = self.kernel.with_output(state, state.q + q_y_all - proposal.q)
+                log_exact = (state.misfit - proposal.misfit
+                             + self.kernel.log_transition_ratio(state, proposal))
+                log_reverse = np.minimum(0.0, proposal.misfit - from_y.misfit
+                                         + self.kernel.log_transition_ratio(proposal, from_y))
+                log_ratio2 = (log_exact + log_reverse - log_ratio)[idx]
+            else:
+                log_ratio2 = (-exact_y + proposal.misfit[idx]
+                              + state.exact_misfit[idx] - state.misfit[idx])
             ok = log_u2[idx] < log_ratio2
             accepted[idx[ok]] = True
-            exact[idx[ok]] = exact_y[ok]
+            exact_misfit[idx[ok]] = exact_y[ok]
+            exact_q[idx[ok]] = q_y[ok]
         new = proposal.select(accepted, state)
-        new.exact_misfit = exact
+        new.exact_misfit, new.exact_q = exact_misfit, exact_q
         return new, {"accepted": accepted, "stage1_accepted": stage1}
 
 
