@@ -292,11 +292,8 @@ class DelayedAcceptance(Kernel):
             idx = np.flatnonzero(stage1)
             exact_y, q_y = self.problem.misfit(proposal.x[idx])
             if self.offset_correction:
-                q_y_all = np.array(proposal.q)
+                q_y_all = np.array(proposal.q)   # rows outside idx are not used
                 q_y_all[idx] = q_y
-                exact_misfit_y = np.array(proposal.misfit)
-                exact_misfit_y[idx] = exact_y
-                proposal.exact_q, proposal.exact_misfit = q_y_all, exact_misfit_y
                 # The proposal as a state (corrected at y), and x seen from y: the reverse
                 # move's stage-1 probability α₁(y→x) uses the surrogate corrected at y.
                 proposal = self.kernel.with_output(proposal, q_y_all)
