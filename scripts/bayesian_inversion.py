@@ -354,6 +354,7 @@ def main():
 def run(args, target):
     import dino_serve
     from dino_serve import bayes
+    bayes.set_blas_threads(1)   # the client's small batched SVDs (bayes/threads.py says why)
     client = dino_serve.DinoClient(target, timeout=600, gen_dir=args.gen_dir)
     log("server", target, "out", args.out)
     exact_model = bayes.ServedModel(client, EXACT)

@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gen_dir", help="folder of the generated gRPC Python code")
     args = parser.parse_args()
+    bayes.set_blas_threads(1)  # small batched SVDs: faster on one thread (bayes/threads.py)
     rng = np.random.default_rng(args.seed)
 
     with DinoClient(args.server, gen_dir=args.gen_dir) as client:

@@ -36,6 +36,7 @@ def main():
                    help="pCN step outside it (both: the experiment's pilot for DA-DINO-mMALA)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    bayes.set_blas_threads(1)  # small batched SVDs: faster on one thread (bayes/threads.py)
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
 

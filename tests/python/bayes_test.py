@@ -418,6 +418,23 @@ class DiagnosticsTest(unittest.TestCase):
         np.testing.assert_allclose(rho[:4], 0.8 ** np.arange(4), atol=0.03)
 
 
+class BlasThreadsTest(unittest.TestCase):
+    def test_set_blas_threads(self):
+        # make test installs libopenblas0-pthread: numpy's BLAS is OpenBLAS, whose own
+        # getter must then report the count set, and the count it had once restored.
+        import ctypes
+        get = ctypes.CDLL("libblas.so.3").openblas_get_num_threads
+        before = get()
+        try:
+            self.assertTrue(bayes.set_blas_threads(1))
+            self.assertEqual(get(), 1)
+        finally:
+            self.assertTrue(bayes.set_blas_threads(before))
+        self.assertEqual(get(), before)
+        with self.assertRaisesRegex(ValueError, "threads must be >= 1"):
+            bayes.set_blas_threads(0)
+
+
 class MapTest(unittest.TestCase):
     def test_linear_gaussian_map(self):
         lg = LinearGaussian()

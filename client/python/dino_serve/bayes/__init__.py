@@ -26,6 +26,7 @@ from .models import (ForwardModel, FunctionModel, LinearModel, ReducedBases,
                      ReducedBasisModel, ServedModel)
 from .prior import DenseGaussianPrior, DiagonalGaussianPrior, Prior, ServedPrior
 from .problem import BayesianProblem
+from .threads import set_blas_threads
 
 __all__ = [
     "ForwardModel", "FunctionModel", "LinearModel", "ReducedBasisModel", "ReducedBases",
@@ -36,5 +37,5 @@ __all__ = [
     "sample", "ess", "ess_batch_means", "ess_bulk", "ess_tail",
     "integrated_autocorrelation_time", "autocorrelation", "split_rhat",
     "rank_normalized_rhat", "project", "acceptance_rate", "summary", "MapResult",
-    "gauss_newton_cg", "lbfgs",
+    "gauss_newton_cg", "lbfgs", "set_blas_threads",
 ]
