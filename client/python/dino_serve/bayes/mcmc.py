@@ -100,14 +100,24 @@ class MetropolisKernel(Kernel):
     """A kernel defined by a proposal and its log acceptance ratio."""
 
     @abc.abstractmethod
-    def propose(self, state: ChainState, rng: np.random.Generator
-                ) -> tuple[ChainState, np.ndarray]:
-        """(proposed state, log Metropolis–Hastings ratio [C])."""
+    def move(self, state: ChainState, rng: np.random.Generator) -> ChainState:
+        """The proposed state (its target misfit evaluated)."""
 
     @abc.abstractmethod
     def log_transition_ratio(self, origin: ChainState, target: ChainState) -> np.ndarray:
         """log q(target → origin) − log q(origin → target) [C], up to the terms that
         cancel with the prior's in the Metropolis–Hastings ratio."""
+
+    def log_ratio(self, origin: ChainState, target: ChainState) -> np.ndarray:
+        """The log Metropolis–Hastings ratio of the move origin → target [C] for the target
+        misfits the two states carry."""
+        return origin.misfit - target.misfit + self.log_transition_ratio(origin, target)
+
+    def propose(self, state: ChainState, rng: np.random.Generator
+                ) -> tuple[ChainState, np.ndarray]:
+        """(proposed state, log Metropolis–Hastings ratio [C])."""
+        proposal = self.move(state, rng)
+        return proposal, self.log_ratio(state, proposal)
 
     @abc.abstractmethod
     def with_output(self, state: ChainState, q: np.ndarray) -> ChainState:
@@ -137,11 +147,11 @@ class PCN(MetropolisKernel):
         misfit, q = self.problem.misfit(x)
         return ChainState(x, misfit, q=q)
 
-    def propose(self, state, rng):
+    def move(self, state, rng):
         xi = rng.standard_normal(state.x.shape)
         y = math.sqrt(1.0 - self.beta ** 2) * state.x + self.beta * xi
         misfit, q = self.problem.misfit(y)
-        return ChainState(y, misfit, q=q), state.misfit - misfit
+        return ChainState(y, misfit, q=q)
 
     def log_transition_ratio(self, origin, target):
         return np.zeros(len(origin.x))   # pCN is reversible with respect to the prior
@@ -225,7 +235,7 @@ class MMALA(MetropolisKernel):
                 + np.sum(lam * c * c, axis=1))
         return 0.5 * np.sum(np.log1p(lam), axis=1) - quad / (2.0 * self.scale ** 2)
 
-    def propose(self, state, rng):
+    def move(self, state, rng):
         geo = state.geometry
         xi = rng.standard_normal(state.x.shape)
         lam = geo.eigenvalues
@@ -235,10 +245,7 @@ class MMALA(MetropolisKernel):
             # Outside span(S), K^{1/2} ξ = ξ: swap the mMALA step for the complement's.
             v = (self.rho_c - self.rho) * state.x + (self.scale_c - self.scale) * xi
             y += v - (v @ self.subspace) @ self.subspace.T
-        proposal = self._state(y, self._geometry(y))
-        log_ratio = (state.misfit - proposal.misfit
-                     + self.log_transition_ratio(state, proposal))
-        return proposal, log_ratio
+        return self._state(y, self._geometry(y))
 
     def log_transition_ratio(self, origin, target):
         return (self._log_transition(target, origin.x)
@@ -277,14 +284,16 @@ class DelayedAcceptance(Kernel):
         return state
 
     def step(self, state, rng):
-        proposal, log_ratio = self.kernel.propose(state, rng)
-        c = len(state.x)
-        log_u1, log_u2 = np.log(rng.random(c)), np.log(rng.random(c))
+        kernel = self.kernel
         if self.offset_correction:
             # α₁(x→y) on the surrogate corrected at x (state is, so state.misfit = Φ(x)).
-            at_x = self.kernel.with_output(proposal, proposal.q + state.exact_q - state.q)
-            log_ratio = np.minimum(0.0, state.misfit - at_x.misfit
-                                   + self.kernel.log_transition_ratio(state, at_x))
+            proposal = kernel.move(state, rng)
+            at_x = kernel.with_output(proposal, proposal.q + state.exact_q - state.q)
+            log_ratio = np.minimum(0.0, kernel.log_ratio(state, at_x))
+        else:
+            proposal, log_ratio = kernel.propose(state, rng)
+        c = len(state.x)
+        log_u1, log_u2 = np.log(rng.random(c)), np.log(rng.random(c))
         stage1 = log_u1 < log_ratio
         accepted = np.zeros(c, dtype=bool)
         exact_misfit, exact_q = np.array(state.exact_misfit), np.array(state.exact_q)
@@ -296,13 +305,10 @@ class DelayedAcceptance(Kernel):
                 q_y_all[idx] = q_y
                 # The proposal as a state (corrected at y), and x seen from y: the reverse
                 # move's stage-1 probability α₁(y→x) uses the surrogate corrected at y.
-                proposal = self.kernel.with_output(proposal, q_y_all)
-                from_y = self.kernel.with_output(state, state.q + q_y_all - proposal.q)
-                log_exact = (state.misfit - proposal.misfit
-                             + self.kernel.log_transition_ratio(state, proposal))
-                log_reverse = np.minimum(0.0, proposal.misfit - from_y.misfit
-                                         + self.kernel.log_transition_ratio(proposal, from_y))
-                log_ratio2 = (log_exact + log_reverse - log_ratio)[idx]
+                proposal = kernel.with_output(proposal, q_y_all)
+                from_y = kernel.with_output(state, state.q + q_y_all - proposal.q)
+                log_reverse = np.minimum(0.0, kernel.log_ratio(proposal, from_y))
+                log_ratio2 = (kernel.log_ratio(state, proposal) + log_reverse - log_ratio)[idx]
             else:
                 log_ratio2 = (-exact_y + proposal.misfit[idx]
                               + state.exact_misfit[idx] - state.misfit[idx])
