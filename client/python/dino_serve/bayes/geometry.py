@@ -48,15 +48,16 @@ class LocalGeometry:
 
     def project(self, v: np.ndarray) -> np.ndarray:
         """Wᵀ v per row: [B, d] -> [B, k]."""
+        # (batched matmul: numpy's einsum was several times slower for these shapes)
         if self.vectors is not None:
-            return np.einsum("bdk,bd->bk", self.vectors, v)
-        return np.einsum("brk,br->bk", self.coeffs, v @ self.basis)
+            return (v[:, None, :] @ self.vectors)[:, 0]
+        return ((v @ self.basis)[:, None, :] @ self.coeffs)[:, 0]
 
     def lift(self, c: np.ndarray) -> np.ndarray:
         """W c per row: [B, k] -> [B, d]."""
         if self.vectors is not None:
-            return np.einsum("bdk,bk->bd", self.vectors, c)
-        return np.einsum("brk,bk->br", self.coeffs, c) @ self.basis.T
+            return (self.vectors @ c[:, :, None])[..., 0]
+        return (self.coeffs @ c[:, :, None])[..., 0] @ self.basis.T
 
     def hessian_apply(self, v: np.ndarray) -> np.ndarray:
         """H v per row."""
@@ -73,11 +74,11 @@ class LocalGeometry:
 
     def restrict(self, subspace: np.ndarray) -> "LocalGeometry":
         """The metric and gradient seen within span(S) for an orthonormal ``subspace`` S
-        [d, s]: H_S = S Sᵀ H S Sᵀ (eigenpairs from the SVD of Sᵀ W diag(√λ), s × k per
-        point) and S Sᵀ ∇Φ; misfit and q unchanged."""
+        [d, s]: H_S = S Sᵀ H S Sᵀ (eigenpairs from the column space of Sᵀ W diag(√λ),
+        s × k per point) and S Sᵀ ∇Φ; misfit and q unchanged."""
         gradient_map = None
         if self.vectors is not None:
-            sw = np.einsum("ds,bdk->bsk", subspace, self.vectors)        # Sᵀ W [B, s, k]
+            sw = subspace.T @ self.vectors                               # Sᵀ W [B, s, k]
             if self.gradient_map is not None:
                 gradient_map = subspace.T @ self.gradient_map
         else:
@@ -85,10 +86,9 @@ class LocalGeometry:
             sw = sq @ self.coeffs
             if self.gradient_map is not None:
                 gradient_map = sq @ self.gradient_map
-        u, sv, _ = np.linalg.svd(sw * np.sqrt(self.eigenvalues)[:, None, :],
-                                 full_matrices=False)
+        lam, u = _column_space(sw * np.sqrt(self.eigenvalues)[:, None, :])
         return LocalGeometry(self.misfit, self.q, (self.gradient @ subspace) @ subspace.T,
-                             sv * sv, basis=subspace, coeffs=u, gradient_map=gradient_map)
+                             lam, basis=subspace, coeffs=u, gradient_map=gradient_map)
 
     def select(self, mask: np.ndarray, other: "LocalGeometry") -> "LocalGeometry":
         """Rows of self where mask, else of other (the same storage kind)."""
@@ -112,6 +112,26 @@ def laplace_draws(center: Any, vectors: Any, eigenvalues: Any, xi: Any) -> np.nd
     xi = np.atleast_2d(np.asarray(xi, dtype=np.float64))
     shrink = 1.0 / np.sqrt(1.0 + np.asarray(eigenvalues, dtype=np.float64)) - 1.0
     return np.asarray(center, dtype=np.float64) + xi + ((xi @ W) * shrink) @ W.T
+
+
+def _column_space(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(σ² [B, m], U [B, n, m]), m = min(n, k), with a aᵀ = U diag(σ²) Uᵀ for a [B, n, k]:
+    the squared singular values and left singular vectors, from the eigenpairs of the
+    m × m Gram matrix (aᵀa, or a aᵀ when n ≤ k). For the tall batches here that is 2.4–3.7×
+    faster than numpy's SVD ([16, 200, 50]: 5.4 vs 12.8 ms; [16, 4225, 50]: 72 vs 266 ms,
+    one thread), and σ² is needed only to ~1e-12 of the largest (the Gram matrix squares
+    the condition number; the metric's eigenvalues here span 1e5 to 1e-2). Directions with
+    σ² below that come back as σ² = 0 with a zero vector: they add nothing to
+    W diag(λ) Wᵀ, and every formula using W treats them as absent."""
+    n, k = a.shape[-2:]
+    if n <= k:
+        lam, u = np.linalg.eigh(a @ np.swapaxes(a, -1, -2))
+    else:
+        lam, v = np.linalg.eigh(np.swapaxes(a, -1, -2) @ a)
+        u = (a @ v) / np.sqrt(np.where(lam > 0, lam, 1.0))[:, None, :]
+    tol = 1e-12 * np.max(lam, axis=-1, initial=0.0, keepdims=True)
+    keep = lam > np.maximum(tol, 1e-300)
+    return np.where(keep, lam, 0.0), np.where(keep[:, None, :], u, 0.0)
 
 
 def _top(eigenvalues: np.ndarray, vectors: np.ndarray, rank: int | None
@@ -168,11 +188,10 @@ class ReducedGaussNewton:
             jr, q = p.model.reduced_jacobian(m, *self._client)
         q = q.reshape(len(m), -1)
         misfit = p.misfit_from_q(q)
-        # H = Q S Qᵀ with S = (M A)ᵀ (M A), A = J_φ Rᵀ: the eigenpairs of S from the thin
-        # SVD of M A [r_Q, r_M] (rank <= min(r_Q, r_M)).
+        # H = Q S Qᵀ with S = (M A)ᵀ (M A), A = J_φ Rᵀ: the eigenpairs of S are the column
+        # space of (M A)ᵀ [r_M, r_Q] (rank <= min(r_Q, r_M)).
         A = jr @ self.R.T                                            # [B, r_Q, r_M]
-        _, s, vt = np.linalg.svd(self._M @ A, full_matrices=False)
-        lam, E = _top(s * s, vt.transpose(0, 2, 1), self.rank)
+        lam, E = _top(*_column_space(np.swapaxes(self._M @ A, 1, 2)), self.rank)
         # The gradient Q Aᵀ Uᵀ w is linear in w = Γ⁻¹(q − d): keep its map Aᵀ Uᵀ (in Q's
         # coordinates) for residuals other than this q's (matmul: numpy's einsum took 11×
         # longer for [16, 50, 200] × [50, 50]).
@@ -203,7 +222,6 @@ class AdjointGaussNewton:
         jt, q = p.model.vjp(m, cot, return_q=True)                    # [B, d_Q, d_M]
         q = q.reshape(b, -1)
         G = p.prior.apply_sqrt_cov(jt.reshape(b * d_q, -1), transpose=True).reshape(b, d_q, -1)
-        _, s, vt = np.linalg.svd(G, full_matrices=False)              # G = u s vt
-        lam, W = _top(s * s, vt.transpose(0, 2, 1), self.rank)
-        gradient = np.einsum("bqd,bq->bd", G, (q - p.data) / p.noise_std)
+        lam, W = _top(*_column_space(np.swapaxes(G, 1, 2)), self.rank)   # Gᵀ G = W Λ Wᵀ
+        gradient = (((q - p.data) / p.noise_std)[:, None, :] @ G)[:, 0]
         return LocalGeometry(p.misfit_from_q(q), q, gradient, lam, vectors=W)
