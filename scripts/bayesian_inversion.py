@@ -141,7 +141,8 @@ def step_label(kernel):
         return "β = %.3g" % inner.beta
     if inner.subspace is None:
         return "h = %.3g" % inner.h
-    return "h = %.3g / h⊥ = %.3g" % (inner.h, inner.complement_h)
+    return "h = %.3g / h⊥ = %.3g%s" % (inner.h, inner.complement_h,
+                                      ", conditional" if inner.conditional else "")
 
 
 def pde_solves(counts):
@@ -204,11 +205,15 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenval
     SUBSPACE_STEPS in turn and keeps the one with the largest expected squared jump in S
     (jumps measured in the Laplace standard deviations of S's directions,
     Σᵢ (1 + λᵢ)(sᵢᵀΔx)² with ``subspace_eigenvalues`` λ, so that every data-informed
-    direction counts alike)."""
+    direction counts alike). A conditional split mMALA tunes the common step for pCN's
+    acceptance rate instead: its acceptance is the complement's pCN move's (the move in S
+    follows it), and a random-walk move is most efficient near 0.25 (Roberts, Gelman &
+    Gilks 1997; the throw-away probe of docs/bayesian_inversion.md, ninth round, agrees)."""
     split = kind == "mmala" and inner_kernel(kernel).subspace is not None
+    conditional = split and inner_kernel(kernel).conditional
     state, best, wall, k, history = _acceptance_pilot(
-        kernel, state, rng, kind, step0, seconds / 2 if split else seconds,
-        max(min_steps // 2, 4) if split else min_steps)
+        kernel, state, rng, "pcn" if conditional else kind, step0,
+        seconds / 2 if split else seconds, max(min_steps // 2, 4) if split else min_steps)
     if not split:
         return state, best, wall, k, history
     inner = inner_kernel(kernel)
@@ -247,8 +252,8 @@ def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps):
         a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
                  else "accepted"].mean()
         log_s += (a - target) / math.sqrt(k + 1.0)
-        if kind == "pcn":
-            log_s = min(log_s, 0.0)
+        if isinstance(inner_kernel(kernel), bayes.PCN):
+            log_s = min(log_s, 0.0)   # β <= 1
         history.append((math.exp(log_s), float(a)))
         k += 1
     wall = time.perf_counter() - start
@@ -311,6 +316,9 @@ def main():
     p.add_argument("--subspace_rank", type=int, default=10,
                    help="mMALA methods: split proposal with the leading GN eigenvectors at "
                         "the MAP as the subspace (0: one h for every direction)")
+    p.add_argument("--conditional", action="store_true",
+                   help="the DINO mMALA methods' split proposal moves S after the complement, "
+                        "with the geometry at the intermediate point (MMALA conditional)")
     p.add_argument("--prior_directions", type=int, default=5,
                    help="leading prior (KL) directions whose projections ESS is also taken of")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -444,12 +452,13 @@ def run(args, target):
             return bayes.PCN(exact, 0.02), "pcn", 0.02
         if name == "dino_pcn":
             return bayes.PCN(surrogate, 0.02), "pcn", 0.02
+        dino_split = dict(split, conditional=True) if split and args.conditional else split
         if name == "dino_mmala":
-            return (bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), "mmala",
-                    0.1)
+            return (bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **dino_split),
+                    "mmala", 0.1)
         if name in ("da_dino_mmala", "dac_dino_mmala"):
             return (bayes.DelayedAcceptance(
-                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **split), exact,
+                bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=0.1, **dino_split), exact,
                 offset_correction=name == "dac_dino_mmala"), "mmala", 0.1)
         raise ValueError(name)
 

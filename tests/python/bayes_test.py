@@ -169,6 +169,56 @@ class InvarianceTest(unittest.TestCase):
                      - log_q(state, proposal.x))
             np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
 
+    def test_conditional_mmala_ratio_equals_dense_densities(self):
+        # The conditional split (complement first, then mMALA in S from z = (x_S, y⊥)):
+        # its log MH ratio equals the one written with the two conditional Gaussian
+        # densities, N(y⊥; ρ⊥ x⊥, (1−ρ⊥²) I) on the complement and N(y_S; μ(z), (1−ρ²) K(z))
+        # on S, and the proposal carries the states at z and w = (y_S, x⊥).
+        lg = self.lg
+        model = bayes.ReducedBasisModel(
+            lg.V, lg.U, lg.b, lambda z: np.tanh(z @ lg.A.T),
+            lambda z: (1 - np.tanh(z @ lg.A.T) ** 2)[:, :, None] * lg.A[None])
+        problem = bayes.BayesianProblem(model, lg.prior, lg.data, 0.5)
+        extra = np.random.default_rng(6).standard_normal((D_M, 1))
+        S = np.linalg.qr(np.hstack([lg.prior.L.T @ lg.V, extra]))[0][:, :3]
+        C = np.linalg.svd(np.eye(D_M) - S @ S.T)[0][:, :D_M - 3]      # complement basis
+        for geometry in (bayes.ReducedGaussNewton(problem), bayes.AdjointGaussNewton(problem)):
+            kernel = bayes.MMALA(geometry, h=0.7, subspace=S, complement_h=0.05,
+                                 conditional=True)
+            state = kernel.init(np.random.default_rng(1).standard_normal((5, D_M)))
+            proposal, log_ratio = kernel.propose(state, np.random.default_rng(2))
+            x, y = state.x, proposal.x
+            at_z, at_w = proposal.via
+            P = S @ S.T
+            np.testing.assert_allclose(at_z.x, x @ P + y - y @ P, atol=1e-12)
+            np.testing.assert_allclose(at_w.x, y @ P + x - x @ P, atol=1e-12)
+
+            def log_q(origin, target, at):
+                out = []
+                for b in range(len(origin)):
+                    g = at.geometry
+                    W = g.vectors[b] if g.vectors is not None else g.basis @ g.coeffs[b]
+                    lam = g.eigenvalues[b]
+                    K = P - W @ np.diag(lam / (1 + lam)) @ W.T
+                    grad_term = W @ (lam * (W.T @ at.x[b])) - P @ g.gradient[b]
+                    mu = S.T @ (kernel.rho * at.x[b] + (1 - kernel.rho) * K @ grad_term)
+                    cov_s = (1 - kernel.rho ** 2) * S.T @ K @ S
+                    r_s = S.T @ target[b] - mu
+                    r_c = C.T @ (target[b] - kernel.rho_c * origin[b])
+                    out.append(-0.5 * r_s @ np.linalg.solve(cov_s, r_s)
+                               - 0.5 * np.linalg.slogdet(cov_s)[1]
+                               - 0.5 * r_c @ r_c / (1 - kernel.rho_c ** 2)
+                               - 0.5 * (D_M - 3) * np.log(1 - kernel.rho_c ** 2))
+                return np.array(out)
+
+            def log_post(v):
+                return -problem.misfit(v)[0] - 0.5 * np.sum(v * v, axis=1)
+
+            dense = log_post(y) - log_post(x) + log_q(y, x, at_w) - log_q(x, y, at_z)
+            np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
+        with self.assertRaisesRegex(ValueError, "conditional need a subspace"):
+            bayes.MMALA(bayes.ReducedGaussNewton(problem), h=1.0, conditional=True)
+
     def test_laplace_draws(self):
         # With ξ = the identity rows, the draws minus the center are the rows of the
         # symmetric K^{1/2}, whose square is K = (I + W diag(λ) Wᵀ)⁻¹.
@@ -189,18 +239,22 @@ class InvarianceTest(unittest.TestCase):
         for geometry in (bayes.ReducedGaussNewton(lg.problem),
                          bayes.AdjointGaussNewton(bayes.BayesianProblem(
                              bayes.LinearModel(lg.J, lg.b), lg.prior, lg.data, lg.sigma))):
-            kernel = bayes.MMALA(geometry, h=2.0, subspace=subspace, complement_h=0.3)
-            result = self.run_kernel(kernel, chains=64, steps=1000)
-            self.assertEqual(result.acceptance_rate, 1.0)
-            self.assert_posterior(result)
+            for conditional in (False, True):
+                kernel = bayes.MMALA(geometry, h=2.0, subspace=subspace, complement_h=0.3,
+                                     conditional=conditional)
+                result = self.run_kernel(kernel, chains=64, steps=1000)
+                self.assertEqual(result.acceptance_rate, 1.0)
+                self.assert_posterior(result)
         # A subspace that misses data-informed directions: they move with the complement's
         # pCN step, which the data reject at times, and the chain stays exact.
-        kernel = bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0,
-                             subspace=subspace[:, 1:3], complement_h=0.05)
-        result = self.run_kernel(kernel, chains=64, steps=3000)
-        self.assertTrue(0.1 < result.acceptance_rate < 0.9, result.acceptance_rate)
-        self.assert_posterior(result, min_ess=150)
-        with self.assertRaisesRegex(ValueError, "complement_h needs a subspace"):
+        for conditional in (False, True):
+            kernel = bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0,
+                                 subspace=subspace[:, 1:3], complement_h=0.05,
+                                 conditional=conditional)
+            result = self.run_kernel(kernel, chains=64, steps=3000)
+            self.assertTrue(0.1 < result.acceptance_rate < 0.9, result.acceptance_rate)
+            self.assert_posterior(result, min_ess=150)
+        with self.assertRaisesRegex(ValueError, "complement_h and conditional need a subspace"):
             bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0, complement_h=0.1)
         with self.assertRaisesRegex(ValueError, "orthonormal"):
             bayes.MMALA(bayes.ReducedGaussNewton(lg.problem), h=1.0, subspace=2 * subspace)
@@ -254,20 +308,28 @@ class InvarianceTest(unittest.TestCase):
         surrogate = lg.surrogate(0.1)
         subspace = np.linalg.qr(np.hstack([lg.prior.L.T @ lg.V, np.eye(D_M)[:, :1]]))[0]
         rates = {}
-        for split in ({}, {"subspace": subspace, "complement_h": 0.3}):
+        splits = ({}, {"subspace": subspace, "complement_h": 0.3},
+                  {"subspace": subspace, "complement_h": 0.3, "conditional": True})
+        for split in splits:
             for correct in (False, True):
                 kernel = bayes.DelayedAcceptance(
                     bayes.MMALA(bayes.ReducedGaussNewton(surrogate), h=1.0, **split),
                     lg.problem, offset_correction=correct)
                 result = self.run_kernel(kernel)
-                rates[bool(split), correct] = result.stage2_acceptance_rate
+                rates[len(split), correct] = result.stage2_acceptance_rate
                 if correct:
                     self.assert_posterior(result)
+                    # The exact model at the starts and the stage-1 survivors; the
+                    # conditional split's surrogate has two geometry calls per step and an
+                    # Evaluate of the proposals (and of the starts).
+                    conditional = split.get("conditional", False)
                     self.assertEqual(result.counts["evaluate_points"],
-                                     64 + int(result.stage1_accepted.sum()))
-                    self.assertEqual(result.counts["reduced_jacobian_calls"], 1001)
-        for split in (False, True):
-            self.assertGreater(rates[split, True], rates[split, False] + 0.1, rates)
+                                     64 + int(result.stage1_accepted.sum())
+                                     + conditional * 64 * 1001)
+                    self.assertEqual(result.counts["reduced_jacobian_calls"],
+                                     2000 if conditional else 1001)
+        for split in splits:
+            self.assertGreater(rates[len(split), True], rates[len(split), False] + 0.1, rates)
 
     def test_offset_correction_of_a_constant_error_is_exact(self):
         # A surrogate off by a constant: corrected at any point it is the exact model, so
@@ -276,7 +338,10 @@ class InvarianceTest(unittest.TestCase):
         shifted = bayes.BayesianProblem(
             bayes.ReducedBasisModel.linear(lg.V, lg.U, lg.A, lg.b + 0.3), lg.prior, lg.data,
             lg.sigma)
+        subspace = np.linalg.qr(lg.prior.L.T @ lg.V)[0]
         for stage1 in (bayes.MMALA(bayes.ReducedGaussNewton(shifted), h=1.0),
+                       bayes.MMALA(bayes.ReducedGaussNewton(shifted), h=1.0, subspace=subspace,
+                                   complement_h=0.2, conditional=True),
                        bayes.PCN(shifted, beta=0.5)):
             for correct in (False, True):
                 result = self.run_kernel(

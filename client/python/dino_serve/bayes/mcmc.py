@@ -25,6 +25,14 @@ Kernels work in prior-whitened coordinates x (m = m0 + L x), where the prior is 
   the ratio above is unchanged. A nonlinear map forces a small h on every direction the
   proposal moves; the split keeps the small step where the data say little and lets the
   few data-informed directions take large ones.
+  ``conditional``: the complement moves first, and the move in S uses the geometry at the
+  intermediate point z = (x_S, y⊥) — for a posterior concentrated along a curved ridge,
+  the data-informed coordinates follow the complement's move instead of being proposed
+  for where the complement was. The reverse move's S-part uses the geometry at
+  w = (y_S, x⊥); the complement's pCN terms cancel with the prior as before, so
+      log α = Φ(x) − Φ(y) + log q_S(y_S → x_S; w) − log q_S(x_S → y_S; z)
+  with q_S the mMALA density above in S. Per step two geometry calls (at z and w) and
+  one Evaluate (at y).
 * :class:`DelayedAcceptance` — Christen & Fox (2005): stage 1 is a kernel on a surrogate
   problem; a proposal that passes it is accepted with probability
   min(1, exp(−Φ(y) + Φ̃(y) + Φ(x) − Φ̃(x))) on the exact problem, so the chain targets the
@@ -67,9 +75,12 @@ class ChainState:
     exact_misfit: np.ndarray | None = None  # delayed acceptance: the exact Φ(x)
     q: np.ndarray | None = None            # the kernel's model output f(x) [C, d_Q]
     exact_q: np.ndarray | None = None      # delayed acceptance: the exact f(x)
+    offset: np.ndarray | None = None       # with_output: what the target adds to q [C, d_Q]
+    via: tuple | None = None               # a conditional mMALA proposal y: the states at
+    #                                        z = (x_S, y⊥) and w = (y_S, x⊥) (MMALA)
 
     def select(self, mask: np.ndarray, other: "ChainState") -> "ChainState":
-        """Rows of self where mask, else of other."""
+        """Rows of self where mask, else of other (a proposal's ``via`` is dropped)."""
         def pick(a, b):
             if a is None:
                 return None
@@ -78,7 +89,8 @@ class ChainState:
         return ChainState(pick(self.x, other.x), pick(self.misfit, other.misfit), geometry,
                           pick(self.drift, other.drift),
                           pick(self.exact_misfit, other.exact_misfit),
-                          pick(self.q, other.q), pick(self.exact_q, other.exact_q))
+                          pick(self.q, other.q), pick(self.exact_q, other.exact_q),
+                          pick(self.offset, other.offset))
 
 
 class Kernel(abc.ABC):
@@ -104,14 +116,16 @@ class MetropolisKernel(Kernel):
         """The proposed state (its target misfit evaluated)."""
 
     @abc.abstractmethod
-    def log_transition_ratio(self, origin: ChainState, target: ChainState) -> np.ndarray:
-        """log q(target → origin) − log q(origin → target) [C], up to the terms that
-        cancel with the prior's in the Metropolis–Hastings ratio."""
+    def log_transition(self, origin: ChainState, target: ChainState) -> np.ndarray:
+        """log q(origin → target) [C] up to the terms that cancel with the prior's in the
+        Metropolis–Hastings ratio, from what the two states carry about the move (the
+        origin's drift; a conditional mMALA's intermediate states on the proposal)."""
 
     def log_ratio(self, origin: ChainState, target: ChainState) -> np.ndarray:
         """The log Metropolis–Hastings ratio of the move origin → target [C] for the target
         misfits the two states carry."""
-        return origin.misfit - target.misfit + self.log_transition_ratio(origin, target)
+        return (origin.misfit - target.misfit + self.log_transition(target, origin)
+                - self.log_transition(origin, target))
 
     def propose(self, state: ChainState, rng: np.random.Generator
                 ) -> tuple[ChainState, np.ndarray]:
@@ -153,11 +167,12 @@ class PCN(MetropolisKernel):
         misfit, q = self.problem.misfit(y)
         return ChainState(y, misfit, q=q)
 
-    def log_transition_ratio(self, origin, target):
+    def log_transition(self, origin, target):
         return np.zeros(len(origin.x))   # pCN is reversible with respect to the prior
 
     def with_output(self, state, q):
-        return dataclasses.replace(state, misfit=self.problem.misfit_from_q(q))
+        return dataclasses.replace(state, misfit=self.problem.misfit_from_q(q),
+                                   offset=q - state.q)
 
 
 class MMALA(MetropolisKernel):
@@ -166,17 +181,19 @@ class MMALA(MetropolisKernel):
     chain targets ``problem`` (default: the geometry's); when that differs from the
     geometry's problem, each step also evaluates the target's misfit (one more call).
     ``subspace`` S [d, s] (orthonormal columns) and ``complement_h``: the split proposal of
-    the module doc (mMALA with h in span(S), pCN with complement_h outside it)."""
+    the module doc (mMALA with h in span(S), pCN with complement_h outside it);
+    ``conditional``: its S-move after the complement's (module doc)."""
 
     def __init__(self, geometry: Callable[[np.ndarray], LocalGeometry], h: float,
                  problem: BayesianProblem | None = None, subspace: Any = None,
-                 complement_h: float | None = None) -> None:
+                 complement_h: float | None = None, conditional: bool = False) -> None:
         self.geometry = geometry
         self.problem = problem if problem is not None else geometry.problem
         self._same = self.problem is getattr(geometry, "problem", None)
+        self.conditional = bool(conditional)
         if subspace is None:
-            if complement_h is not None:
-                raise ValueError("complement_h needs a subspace")
+            if complement_h is not None or conditional:
+                raise ValueError("complement_h and conditional need a subspace")
             self.subspace = None
         else:
             self.subspace = np.asarray(subspace, dtype=np.float64)
@@ -201,7 +218,7 @@ class MMALA(MetropolisKernel):
         self.scale = math.sqrt(1.0 - self.rho ** 2)   # √(1 − ρ²)
         self.rho_c = (4.0 - complement_h) / (4.0 + complement_h)
         self.scale_c = math.sqrt(1.0 - self.rho_c ** 2)
-        if state is not None:
+        if state is not None and state.geometry is not None:
             state.drift = self._drift(state.x, state.geometry)
 
     def _geometry(self, x: np.ndarray) -> LocalGeometry:
@@ -214,6 +231,9 @@ class MMALA(MetropolisKernel):
 
     def init(self, x):
         x = np.array(x, dtype=np.float64, ndmin=2)
+        if self.conditional:   # its moves use the geometry at intermediate points only
+            misfit, q = self.problem.misfit(x)
+            return ChainState(x, misfit, q=q)
         return self._state(x, self._geometry(x))
 
     def _drift(self, x: np.ndarray, geo: LocalGeometry) -> np.ndarray:
@@ -235,32 +255,72 @@ class MMALA(MetropolisKernel):
                 + np.sum(lam * c * c, axis=1))
         return 0.5 * np.sum(np.log1p(lam), axis=1) - quad / (2.0 * self.scale ** 2)
 
-    def move(self, state, rng):
-        geo = state.geometry
-        xi = rng.standard_normal(state.x.shape)
+    def _noise(self, geo: LocalGeometry, xi: np.ndarray) -> np.ndarray:
+        """K^{1/2} ξ per row, K = (I + H)⁻¹."""
         lam = geo.eigenvalues
-        k_sqrt_xi = xi + geo.lift((1.0 / np.sqrt(1.0 + lam) - 1.0) * geo.project(xi))
+        return xi + geo.lift((1.0 / np.sqrt(1.0 + lam) - 1.0) * geo.project(xi))
+
+    def _in_subspace(self, v: np.ndarray) -> np.ndarray:
+        return (v @ self.subspace) @ self.subspace.T
+
+    def move(self, state, rng):
+        if self.conditional:
+            return self._conditional_move(state, rng)
+        xi = rng.standard_normal(state.x.shape)
+        k_sqrt_xi = self._noise(state.geometry, xi)
         y = self.rho * state.x + state.drift + self.scale * k_sqrt_xi
         if self.subspace is not None and self.complement_h != self.h:
             # Outside span(S), K^{1/2} ξ = ξ: swap the mMALA step for the complement's.
             v = (self.rho_c - self.rho) * state.x + (self.scale_c - self.scale) * xi
-            y += v - (v @ self.subspace) @ self.subspace.T
+            y += v - self._in_subspace(v)
         return self._state(y, self._geometry(y))
 
-    def log_transition_ratio(self, origin, target):
-        return (self._log_transition(target, origin.x)
-                - self._log_transition(origin, target.x))
+    def _conditional_move(self, state: ChainState, rng: np.random.Generator) -> ChainState:
+        """The complement's pCN move, then mMALA in S from z = (x_S, y⊥) (module doc)."""
+        xi = rng.standard_normal(state.x.shape)
+        x_s, xi_s = self._in_subspace(state.x), self._in_subspace(xi)
+        y_c = self.rho_c * (state.x - x_s) + self.scale_c * (xi - xi_s)
+        z = x_s + y_c
+        at_z = self._intermediate(z)
+        if state.offset is not None:   # the target corrected at x: so is the move from x
+            at_z = self.with_output(at_z, at_z.q + state.offset)
+        y_s = self._in_subspace(self.rho * z + at_z.drift
+                                + self.scale * self._noise(at_z.geometry, xi_s))
+        y, w = y_s + y_c, y_s + state.x - x_s
+        # At y only the target's misfit: an Evaluate costs a fraction of a geometry call.
+        misfit, q = self.problem.misfit(y)
+        return ChainState(y, misfit, q=q, via=(at_z, self._intermediate(w)))
+
+    def _intermediate(self, points: np.ndarray) -> ChainState:
+        geo = self._geometry(points)
+        return ChainState(points, geo.misfit, geo, self._drift(points, geo), q=geo.q)
+
+    def log_transition(self, origin, target):
+        if not self.conditional:
+            return self._log_transition(origin, target.x)
+        # The S-move's density from the geometry at the move's intermediate point: the
+        # proposal carries both, (x_S, y⊥) for x → y and (y_S, x⊥) for y → x.
+        if target.via is not None:
+            return self._log_transition(target.via[0], target.x)
+        return self._log_transition(origin.via[1], target.x)
 
     def with_output(self, state, q):
         if not self._same:
             raise ValueError("with_output needs the geometry's problem as the target")
         problem = self.geometry.problem
         misfit = problem.misfit_from_q(q)
-        # A restricted geometry's gradient map is restricted too: the gradient stays in S.
-        gradient = state.geometry.gradient_for(problem.weighted_residual(q))
-        geo = dataclasses.replace(state.geometry, misfit=misfit, gradient=gradient)
-        return dataclasses.replace(state, misfit=misfit, geometry=geo,
-                                   drift=self._drift(state.x, geo))
+        via = state.via
+        if via is not None:   # the intermediate states get the same output correction
+            via = tuple(self.with_output(v, v.q + q - state.q) for v in via)
+        new = dataclasses.replace(state, misfit=misfit, via=via, offset=q - state.q)
+        if state.geometry is not None:
+            # A restricted geometry's gradient map is restricted too: the gradient stays
+            # in S.
+            gradient = state.geometry.gradient_for(problem.weighted_residual(q))
+            new.geometry = dataclasses.replace(state.geometry, misfit=misfit,
+                                               gradient=gradient)
+            new.drift = self._drift(state.x, new.geometry)
+        return new
 
 
 class DelayedAcceptance(Kernel):
@@ -308,7 +368,12 @@ class DelayedAcceptance(Kernel):
                 proposal = kernel.with_output(proposal, q_y_all)
                 from_y = kernel.with_output(state, state.q + q_y_all - proposal.q)
                 log_reverse = np.minimum(0.0, kernel.log_ratio(proposal, from_y))
-                log_ratio2 = (kernel.log_ratio(state, proposal) + log_reverse - log_ratio)[idx]
+                # q(x→y) as proposed, from the surrogate corrected at x; q(y→x) as y would
+                # propose it, corrected at y.
+                log_ratio2 = (state.misfit - proposal.misfit
+                              + kernel.log_transition(proposal, from_y)
+                              - kernel.log_transition(state, at_x) + log_reverse
+                              - log_ratio)[idx]
             else:
                 log_ratio2 = (-exact_y + proposal.misfit[idx]
                               + state.exact_misfit[idx] - state.misfit[idx])
@@ -318,6 +383,8 @@ class DelayedAcceptance(Kernel):
             exact_q[idx[ok]] = q_y[ok]
         new = proposal.select(accepted, state)
         new.exact_misfit, new.exact_q = exact_misfit, exact_q
+        if self.offset_correction:   # (a proposal no chain passed stage 1 with is uncorrected)
+            new.offset = exact_q - new.q
         return new, {"accepted": accepted, "stage1_accepted": stage1}
 
 
