@@ -19,6 +19,9 @@ step-size pilot:
   dac_dino_mmala the same with stage 1 on the DINO corrected by the PDE's error at the
                  current point (offset_correction: no solve more per step)
 
+and, with --methods, pde_mmala_conditional: PDE mMALA with the conditional split proposal
+(--conditional gives it to the three DINO mMALA methods).
+
 Writes <out>/<stage>.npz / .json (a stage that has its file is skipped, so an interrupted run
 continues; a stage cut short continues from <out>/<stage>.partial.*, its checkpoint every
 --checkpoint_seconds), then the table docs/bayesian_inversion_table.md (with --docs) and the
@@ -56,9 +59,13 @@ TRUE_SEED = 9          # SamplePrior seed of the true parameter (training data: 
 NOISE_SEED = 11        # the observation noise
 EXACT, DINO = "poisson_pde", "poisson_dipnet"
 METHODS = ["pde_pcn", "pde_mmala", "dino_pcn", "dino_mmala", "da_dino_mmala", "dac_dino_mmala"]
+# Not run by default: PDE mMALA with the conditional split proposal (two adjoint geometries
+# per step), the PDE's answer to the proposal the DINO methods use with --conditional.
+EXTRA_METHODS = ["pde_mmala_conditional"]
 LABELS = {"reference": "PDE mMALA (reference)", "pde_pcn": "PDE pCN",
           "pde_mmala": "PDE mMALA", "dino_pcn": "DINO pCN", "dino_mmala": "DINO-mMALA",
-          "da_dino_mmala": "DA-DINO-mMALA", "dac_dino_mmala": "DA-DINO-mMALA, corrected"}
+          "da_dino_mmala": "DA-DINO-mMALA", "dac_dino_mmala": "DA-DINO-mMALA, corrected",
+          "pde_mmala_conditional": "PDE mMALA, conditional"}
 TARGET_ACCEPTANCE = {"pcn": 0.25, "mmala": 0.6}
 SUBSPACE_STEPS = [0.25, 0.5, 1.0, 2.0, 4.0]   # split mMALA's candidate h in the subspace
 PARTIAL = ".partial"   # <stage>.partial.npz/.json: the last checkpoint of an unfinished stage
@@ -448,6 +455,9 @@ def run(args, target):
     def kernel_for(name):
         if name in ("reference", "pde_mmala"):
             return bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1, **split), "mmala", 0.1
+        if name == "pde_mmala_conditional" and split:
+            return (bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1,
+                                **dict(split, conditional=True)), "mmala", 0.1)
         if name == "pde_pcn":
             return bayes.PCN(exact, 0.02), "pcn", 0.02
         if name == "dino_pcn":
@@ -626,7 +636,7 @@ def report(args, n_cells):
     c_ref = len(ref[0]["chain_means"])
     se_ref_mean = ref[0]["chain_means"].std(axis=0, ddof=1) / math.sqrt(c_ref)
     se_ref_var = ref[0]["chain_variances"].std(axis=0, ddof=1) / math.sqrt(c_ref)
-    for name in ["reference"] + METHODS + fixed_stages(args.out):
+    for name in ["reference"] + METHODS + EXTRA_METHODS + fixed_stages(args.out):
         stage = load(args.out, name)
         if stage is None:
             continue
