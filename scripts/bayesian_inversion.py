@@ -455,7 +455,9 @@ def run(args, target):
     def kernel_for(name):
         if name in ("reference", "pde_mmala"):
             return bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1, **split), "mmala", 0.1
-        if name == "pde_mmala_conditional" and split:
+        if name == "pde_mmala_conditional":
+            if not split:
+                raise ValueError("pde_mmala_conditional needs --subspace_rank > 0")
             return (bayes.MMALA(bayes.AdjointGaussNewton(exact), h=0.1,
                                 **dict(split, conditional=True)), "mmala", 0.1)
         if name == "pde_pcn":

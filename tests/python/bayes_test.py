@@ -26,6 +26,11 @@ from dino_serve import bayes  # noqa: E402
 D_M, D_Q, R_M, R_Q = 12, 8, 4, 3
 
 
+def log_posterior(problem, x):
+    """log π(x) up to a constant in whitened coordinates (prior N(0, I))."""
+    return -problem.misfit(x)[0] - 0.5 * np.sum(x * x, axis=1)
+
+
 class LinearGaussian:
     """A reduced-basis-shaped linear model f(m) = U A Vᵀ m + b, a dense correlated prior, and
     the closed-form posterior N(mean, cov)."""
@@ -57,6 +62,13 @@ class LinearGaussian:
             self.V, self.U, self.A + perturbation * rng.standard_normal(self.A.shape),
             self.b + perturbation)
         return bayes.BayesianProblem(model, self.prior, self.data, self.sigma)
+
+    def tanh_problem(self, sigma=0.5):
+        """A nonlinear reduced-basis model on the same bases: f(m) = U tanh(A Vᵀm) + b."""
+        model = bayes.ReducedBasisModel(
+            self.V, self.U, self.b, lambda z: np.tanh(z @ self.A.T),
+            lambda z: (1 - np.tanh(z @ self.A.T) ** 2)[:, :, None] * self.A[None])
+        return bayes.BayesianProblem(model, self.prior, self.data, sigma)
 
     def posterior_starts(self, n, seed):
         """Whitened coordinates of n exact posterior draws."""
@@ -126,10 +138,7 @@ class InvarianceTest(unittest.TestCase):
         # (computed in the dimension-robust low-rank form) equals the ratio written with
         # full d_M-dimensional Gaussian proposal densities N(μ(x), (1−ρ²) K(x)).
         lg = self.lg
-        model = bayes.ReducedBasisModel(
-            lg.V, lg.U, lg.b, lambda z: np.tanh(z @ lg.A.T),
-            lambda z: (1 - np.tanh(z @ lg.A.T) ** 2)[:, :, None] * lg.A[None])
-        problem = bayes.BayesianProblem(model, lg.prior, lg.data, 0.5)
+        problem = lg.tanh_problem()
         # With a subspace S that cuts the metric's range (the whitened span of V plus a
         # random direction, then only 3 of those 5 directions) and its own complement step:
         # N(μ(x), Σ(x)) with Σ = (1−ρ²) P K_S P + (1−ρ⊥²)(I − P), P = S Sᵀ, K_S from the
@@ -162,11 +171,8 @@ class InvarianceTest(unittest.TestCase):
                                - 0.5 * np.linalg.slogdet(cov)[1])
                 return np.array(out)
 
-            def log_post(x):
-                return -problem.misfit(x)[0] - 0.5 * np.sum(x * x, axis=1)
-
-            dense = (log_post(proposal.x) - log_post(state.x) + log_q(proposal, state.x)
-                     - log_q(state, proposal.x))
+            dense = (log_posterior(problem, proposal.x) - log_posterior(problem, state.x)
+                     + log_q(proposal, state.x) - log_q(state, proposal.x))
             np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
 
     def test_conditional_mmala_ratio_equals_dense_densities(self):
@@ -175,10 +181,7 @@ class InvarianceTest(unittest.TestCase):
         # densities, N(y⊥; ρ⊥ x⊥, (1−ρ⊥²) I) on the complement and N(y_S; μ(z), (1−ρ²) K(z))
         # on S, and the proposal carries the states at z and w = (y_S, x⊥).
         lg = self.lg
-        model = bayes.ReducedBasisModel(
-            lg.V, lg.U, lg.b, lambda z: np.tanh(z @ lg.A.T),
-            lambda z: (1 - np.tanh(z @ lg.A.T) ** 2)[:, :, None] * lg.A[None])
-        problem = bayes.BayesianProblem(model, lg.prior, lg.data, 0.5)
+        problem = lg.tanh_problem()
         extra = np.random.default_rng(6).standard_normal((D_M, 1))
         S = np.linalg.qr(np.hstack([lg.prior.L.T @ lg.V, extra]))[0][:, :3]
         C = np.linalg.svd(np.eye(D_M) - S @ S.T)[0][:, :D_M - 3]      # complement basis
@@ -211,10 +214,8 @@ class InvarianceTest(unittest.TestCase):
                                - 0.5 * (D_M - 3) * np.log(1 - kernel.rho_c ** 2))
                 return np.array(out)
 
-            def log_post(v):
-                return -problem.misfit(v)[0] - 0.5 * np.sum(v * v, axis=1)
-
-            dense = log_post(y) - log_post(x) + log_q(y, x, at_w) - log_q(x, y, at_z)
+            dense = (log_posterior(problem, y) - log_posterior(problem, x)
+                     + log_q(y, x, at_w) - log_q(x, y, at_z))
             np.testing.assert_allclose(log_ratio, dense, rtol=1e-9, atol=1e-9)
         with self.assertRaisesRegex(ValueError, "conditional need a subspace"):
             bayes.MMALA(bayes.ReducedGaussNewton(problem), h=1.0, conditional=True)
