@@ -75,7 +75,6 @@ class ChainState:
     exact_misfit: np.ndarray | None = None  # delayed acceptance: the exact Φ(x)
     q: np.ndarray | None = None            # the kernel's model output f(x) [C, d_Q]
     exact_q: np.ndarray | None = None      # delayed acceptance: the exact f(x)
-    offset: np.ndarray | None = None       # with_output: what the target adds to q [C, d_Q]
     via: tuple | None = None               # a conditional mMALA proposal y: the states at
     #                                        z = (x_S, y⊥) and w = (y_S, x⊥) (MMALA)
 
@@ -89,8 +88,7 @@ class ChainState:
         return ChainState(pick(self.x, other.x), pick(self.misfit, other.misfit), geometry,
                           pick(self.drift, other.drift),
                           pick(self.exact_misfit, other.exact_misfit),
-                          pick(self.q, other.q), pick(self.exact_q, other.exact_q),
-                          pick(self.offset, other.offset))
+                          pick(self.q, other.q), pick(self.exact_q, other.exact_q))
 
 
 class Kernel(abc.ABC):
@@ -112,8 +110,12 @@ class MetropolisKernel(Kernel):
     """A kernel defined by a proposal and its log acceptance ratio."""
 
     @abc.abstractmethod
-    def move(self, state: ChainState, rng: np.random.Generator) -> ChainState:
-        """The proposed state (its target misfit evaluated)."""
+    def move(self, state: ChainState, rng: np.random.Generator,
+             output_offset: np.ndarray | None = None) -> ChainState:
+        """The proposed state (its target misfit evaluated). ``output_offset`` [C, d_Q]:
+        the target is the model corrected by this much at the states' points (delayed
+        acceptance's offset correction; ``state`` is already corrected): a move that
+        evaluates the model at other points on its way applies it there too."""
 
     @abc.abstractmethod
     def log_transition(self, origin: ChainState, target: ChainState) -> np.ndarray:
@@ -161,7 +163,7 @@ class PCN(MetropolisKernel):
         misfit, q = self.problem.misfit(x)
         return ChainState(x, misfit, q=q)
 
-    def move(self, state, rng):
+    def move(self, state, rng, output_offset=None):
         xi = rng.standard_normal(state.x.shape)
         y = math.sqrt(1.0 - self.beta ** 2) * state.x + self.beta * xi
         misfit, q = self.problem.misfit(y)
@@ -171,8 +173,7 @@ class PCN(MetropolisKernel):
         return np.zeros(len(origin.x))   # pCN is reversible with respect to the prior
 
     def with_output(self, state, q):
-        return dataclasses.replace(state, misfit=self.problem.misfit_from_q(q),
-                                   offset=q - state.q)
+        return dataclasses.replace(state, misfit=self.problem.misfit_from_q(q))
 
 
 class MMALA(MetropolisKernel):
@@ -263,9 +264,9 @@ class MMALA(MetropolisKernel):
     def _in_subspace(self, v: np.ndarray) -> np.ndarray:
         return (v @ self.subspace) @ self.subspace.T
 
-    def move(self, state, rng):
+    def move(self, state, rng, output_offset=None):
         if self.conditional:
-            return self._conditional_move(state, rng)
+            return self._conditional_move(state, rng, output_offset)
         xi = rng.standard_normal(state.x.shape)
         k_sqrt_xi = self._noise(state.geometry, xi)
         y = self.rho * state.x + state.drift + self.scale * k_sqrt_xi
@@ -275,15 +276,15 @@ class MMALA(MetropolisKernel):
             y += v - self._in_subspace(v)
         return self._state(y, self._geometry(y))
 
-    def _conditional_move(self, state: ChainState, rng: np.random.Generator) -> ChainState:
-        """The complement's pCN move, then mMALA in S from z = (x_S, y⊥) (module doc)."""
+    def _conditional_move(self, state: ChainState, rng: np.random.Generator,
+                          output_offset: np.ndarray | None) -> ChainState:
+        """The complement's pCN move, then mMALA in S from z = (x_S, y⊥) (module doc), with
+        the model corrected by ``output_offset`` at z when there is one."""
         xi = rng.standard_normal(state.x.shape)
         x_s, xi_s = self._in_subspace(state.x), self._in_subspace(xi)
         y_c = self.rho_c * (state.x - x_s) + self.scale_c * (xi - xi_s)
         z = x_s + y_c
-        at_z = self._intermediate(z)
-        if state.offset is not None:   # the target corrected at x: so is the move from x
-            at_z = self.with_output(at_z, at_z.q + state.offset)
+        at_z = self._intermediate(z, output_offset)
         y_s = self._in_subspace(self.rho * z + at_z.drift
                                 + self.scale * self._noise(at_z.geometry, xi_s))
         y, w = y_s + y_c, y_s + state.x - x_s
@@ -291,9 +292,15 @@ class MMALA(MetropolisKernel):
         misfit, q = self.problem.misfit(y)
         return ChainState(y, misfit, q=q, via=(at_z, self._intermediate(w)))
 
-    def _intermediate(self, points: np.ndarray) -> ChainState:
+    def _intermediate(self, points: np.ndarray,
+                      output_offset: np.ndarray | None = None) -> ChainState:
+        """The state at intermediate points of a conditional move (geometry and drift)."""
         geo = self._geometry(points)
-        return ChainState(points, geo.misfit, geo, self._drift(points, geo), q=geo.q)
+        state = ChainState(points, geo.misfit, geo, q=geo.q)
+        if output_offset is not None:
+            return self.with_output(state, geo.q + output_offset)
+        state.drift = self._drift(points, geo)
+        return state
 
     def log_transition(self, origin, target):
         if not self.conditional:
@@ -312,7 +319,7 @@ class MMALA(MetropolisKernel):
         via = state.via
         if via is not None:   # the intermediate states get the same output correction
             via = tuple(self.with_output(v, v.q + q - state.q) for v in via)
-        new = dataclasses.replace(state, misfit=misfit, via=via, offset=q - state.q)
+        new = dataclasses.replace(state, misfit=misfit, via=via)
         if state.geometry is not None:
             # A restricted geometry's gradient map is restricted too: the gradient stays
             # in S.
@@ -347,8 +354,9 @@ class DelayedAcceptance(Kernel):
         kernel = self.kernel
         if self.offset_correction:
             # α₁(x→y) on the surrogate corrected at x (state is, so state.misfit = Φ(x)).
-            proposal = kernel.move(state, rng)
-            at_x = kernel.with_output(proposal, proposal.q + state.exact_q - state.q)
+            offset = state.exact_q - state.q
+            proposal = kernel.move(state, rng, offset)
+            at_x = kernel.with_output(proposal, proposal.q + offset)
             log_ratio = np.minimum(0.0, kernel.log_ratio(state, at_x))
         else:
             proposal, log_ratio = kernel.propose(state, rng)
@@ -383,8 +391,6 @@ class DelayedAcceptance(Kernel):
             exact_q[idx[ok]] = q_y[ok]
         new = proposal.select(accepted, state)
         new.exact_misfit, new.exact_q = exact_misfit, exact_q
-        if self.offset_correction:   # (a proposal no chain passed stage 1 with is uncorrected)
-            new.offset = exact_q - new.q
         return new, {"accepted": accepted, "stage1_accepted": stage1}
 
 
