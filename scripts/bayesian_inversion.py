@@ -215,17 +215,22 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenval
     direction counts alike). A conditional split mMALA tunes the common step for pCN's
     acceptance rate instead: its acceptance is the complement's pCN move's (the move in S
     follows it), and a random-walk move is most efficient near 0.25 (Roberts, Gelman &
-    Gilks 1997; the throw-away probe of docs/bayesian_inversion.md, ninth round, agrees)."""
+    Gilks 1997; the throw-away probe of docs/bayesian_inversion.md, ninth round, agrees).
+    Its pilot has three parts: the common step, then h by ESJD, then h⊥ once more for 0.25
+    at that h — the move in S, drawn for where the complement went, rejects some of the
+    proposals the common step's acceptance counted (h = 4: 0.46 at the common step's h⊥),
+    so the complement can take a larger step (tenth round)."""
     split = kind == "mmala" and inner_kernel(kernel).subspace is not None
     conditional = split and inner_kernel(kernel).conditional
+    parts = 3 if conditional else 2 if split else 1
     state, best, wall, k, history = _acceptance_pilot(
         kernel, state, rng, "pcn" if conditional else kind, step0,
-        seconds / 2 if split else seconds, max(min_steps // 2, 4) if split else min_steps)
+        seconds / parts, max(min_steps // parts, 4) if split else min_steps)
     if not split:
         return state, best, wall, k, history
     inner = inner_kernel(kernel)
     S, weights = inner.subspace, np.sqrt(1.0 + np.asarray(subspace_eigenvalues))
-    slice_seconds = seconds / 2 / len(SUBSPACE_STEPS)
+    slice_seconds = seconds / parts / len(SUBSPACE_STEPS)
     esjd = []
     for h_s in SUBSPACE_STEPS:
         set_step(kernel, state, h_s, best)
@@ -243,18 +248,33 @@ def pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_eigenval
     log("pilot: subspace steps %s, ESJD %s -> h = %g, h⊥ = %.3g"
         % (SUBSPACE_STEPS, np.array2string(np.array(esjd), precision=3), h_s, best))
     set_step(kernel, state, h_s, best)
+    if conditional:
+        state, best, wall_c, k_c, history_c = _acceptance_pilot(
+            kernel, state, rng, "pcn", best, seconds / parts, max(min_steps // parts, 4),
+            subspace_step=h_s)
+        log("pilot: at h = %g, h⊥ = %.3g" % (h_s, best))
+        wall, k, history = wall + wall_c, k + k_c, history + history_c
     return state, h_s, wall, k, history
 
 
-def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps):
+def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps, subspace_step=None):
+    """The stochastic approximation of pilot() on the common step or, with ``subspace_step``
+    h (a split mMALA), on the complement's h⊥ at that fixed h. Returns the state, the
+    tuned step, the wall time, the steps and the (step, acceptance) history."""
     from dino_serve import bayes
     target = TARGET_ACCEPTANCE[kind]
     log_s = math.log(step0)
     history = []
     start = time.perf_counter()
     k = 0
+
+    def use(s, state):
+        if subspace_step is None:
+            set_step(kernel, state, s)
+        else:
+            set_step(kernel, state, subspace_step, s)
     while time.perf_counter() - start < seconds or k < min_steps:
-        set_step(kernel, state, math.exp(log_s))
+        use(math.exp(log_s), state)
         state, info = kernel.step(state, rng)
         a = info["stage1_accepted" if isinstance(kernel, bayes.DelayedAcceptance)
                  else "accepted"].mean()
@@ -266,7 +286,7 @@ def _acceptance_pilot(kernel, state, rng, kind, step0, seconds, min_steps):
     wall = time.perf_counter() - start
     steps = np.array([h[0] for h in history])
     best = float(np.exp(np.mean(np.log(steps[len(steps) // 2:]))))
-    set_step(kernel, state, best)
+    use(best, state)
     return state, best, wall, k, history
 
 
@@ -315,7 +335,9 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="the started server's --threads")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--budget_seconds", type=float, default=180.0, help="per method")
-    p.add_argument("--reference_seconds", type=float, default=600.0)
+    p.add_argument("--reference_seconds", type=float, default=600.0,
+                   help="the long PDE reference chain; 0: none in this invocation (the "
+                        "table's errors against it wait for one run or copied in later)")
     p.add_argument("--pilot_seconds", type=float, default=30.0, help="per method, also burn-in")
     p.add_argument("--directions", type=int, default=10,
                    help="leading GN eigenvectors at the MAP whose projections ESS is taken of")
@@ -474,7 +496,10 @@ def run(args, target):
                 offset_correction=name == "dac_dino_mmala"), "mmala", 0.1)
         raise ValueError(name)
 
-    names = ["reference"] + [m for m in args.methods.split(",") if m]
+    # --reference_seconds 0: the methods alone; a reference run later (or elsewhere and
+    # copied in) enters the table when the report is made again.
+    names = (["reference"] if args.reference_seconds > 0 else []) + [
+        m for m in args.methods.split(",") if m]
     fixed = [f.split("=") for f in args.fixed_steps.split(",") if f]
     names += ["%s@%s" % (m, v) for m, v in fixed]
     for i, name in enumerate(names):
@@ -633,11 +658,13 @@ def report(args, n_cells):
     cost = load(args.out, "training_cost")[1]
     ref = load(args.out, "reference")
     results = {}
-    ref_mean = ref[0]["chain_means"].mean(axis=0)
-    ref_var = ref[0]["chain_variances"].mean(axis=0)
-    c_ref = len(ref[0]["chain_means"])
-    se_ref_mean = ref[0]["chain_means"].std(axis=0, ddof=1) / math.sqrt(c_ref)
-    se_ref_var = ref[0]["chain_variances"].std(axis=0, ddof=1) / math.sqrt(c_ref)
+    if ref is not None:
+        ref_mean = ref[0]["chain_means"].mean(axis=0)
+        ref_var = ref[0]["chain_variances"].mean(axis=0)
+        c_ref = len(ref[0]["chain_means"])
+        se_ref_mean = ref[0]["chain_means"].std(axis=0, ddof=1) / math.sqrt(c_ref)
+        se_ref_var = ref[0]["chain_variances"].std(axis=0, ddof=1) / math.sqrt(c_ref)
+        norm_mean, norm_var = np.linalg.norm(ref_mean), np.linalg.norm(ref_var)
     for name in ["reference"] + METHODS + EXTRA_METHODS + fixed_stages(args.out):
         stage = load(args.out, name)
         if stage is None:
@@ -646,8 +673,12 @@ def report(args, n_cells):
         z, misfit = a["z"], a["misfit"]
         ess_dir = np.atleast_1d(bayes.ess(z))
         ess_misfit = float(bayes.ess(misfit))
-        all_ess = np.append(ess_dir, ess_misfit)
-        all_ess = all_ess[np.isfinite(all_ess)]
+        all_ess = finite_ess(ess_dir, ess_misfit)
+        # How much the min ESS moves with the draw of chains: each half of them on its own
+        # (doubled, so that it estimates the whole run's), for the speed-ups' spread.
+        half = len(z) // 2
+        ess_min_halves = [2.0 * finite_ess(bayes.ess(z[h]), bayes.ess(misfit[h])).min()
+                          for h in (slice(0, half), slice(half, None))] if half >= 2 else []
         wall = i["wall"]
         fwd, lin = pde_solves(i["counts"]["exact"])
         cm, cv = a["chain_means"], a["chain_variances"]
@@ -655,7 +686,6 @@ def report(args, n_cells):
         mean, var = cm.mean(axis=0), cv.mean(axis=0)
         se_mean = cm.std(axis=0, ddof=1) / math.sqrt(c)
         se_var = cv.std(axis=0, ddof=1) / math.sqrt(c)
-        norm_mean, norm_var = np.linalg.norm(ref_mean), np.linalg.norm(ref_var)
         if "z_prior" in a and a["z_prior"].shape[-1]:
             ess_prior = np.atleast_1d(bayes.ess(a["z_prior"]))
             ess_prior_min = float(np.nanmin(ess_prior))
@@ -668,6 +698,7 @@ def report(args, n_cells):
              "ess_prior": ess_prior.tolist(), "ess_prior_min": ess_prior_min,
              "wall": wall, "chains": c, "acceptance": float(a["accepted"].mean()),
              "ess_min": float(all_ess.min()), "ess_median": float(np.median(all_ess)),
+             "ess_min_halves": [float(e) for e in ess_min_halves],
              "ess_directions": ess_dir.tolist(), "ess_misfit": ess_misfit,
              "ess_prior_per_s_min": ess_prior_min / wall,
              "rhat_max": float(np.nanmax(np.append(np.atleast_1d(bayes.split_rhat(z)),
@@ -682,7 +713,7 @@ def report(args, n_cells):
         r["ess_per_s_median"] = r["ess_median"] / wall
         r["ess_per_solve_min"] = r["ess_min"] / r["pde_solves"] if r["pde_solves"] else None
         r["seconds_to_100"] = 100.0 / r["ess_per_s_min"] if r["ess_min"] > 0 else float("inf")
-        if name != "reference":
+        if name != "reference" and ref is not None:
             r["mean_rel_error"] = float(np.linalg.norm(mean - ref_mean) / norm_mean)
             r["mean_mc_error"] = float(np.sqrt(np.sum(se_mean ** 2 + se_ref_mean ** 2))
                                        / norm_mean)
@@ -696,6 +727,11 @@ def report(args, n_cells):
             if base in results:
                 b = results[base]
                 r["speedup_vs_" + base] = r["ess_per_s_min"] / b["ess_per_s_min"]
+                if r["ess_min_halves"] and b["ess_min_halves"]:
+                    # Half against half (first with first, second with second).
+                    r["speedup_halves_vs_" + base] = [
+                        (e / r["wall"]) / (f / b["wall"])
+                        for e, f in zip(r["ess_min_halves"], b["ess_min_halves"])]
                 if "dino" in name:
                     gain = 1.0 / b["ess_per_s_min"] - 1.0 / r["ess_per_s_min"]
                     r["break_even_ess_vs_" + base] = train / gain if gain > 0 else float("inf")
@@ -711,6 +747,12 @@ def report(args, n_cells):
         with open(os.path.join(args.docs, "bayesian_inversion_table.md"), "w") as f:
             f.write(table)
         plots(args, results, data_a["m_true"], n_cells)
+
+
+def finite_ess(ess_directions, ess_misfit):
+    """The ESS of the directions and of the misfit, without those of constant quantities."""
+    all_ess = np.append(np.atleast_1d(ess_directions), ess_misfit)
+    return all_ess[np.isfinite(all_ess)]
 
 
 def fixed_stages(out):
@@ -737,7 +779,8 @@ def make_table(results, cost, data_i, map_i):
     lines = ["| method | step | chains × steps | acceptance | ESS min / median | "
              "ESS/s min / median | ESS min, prior directions (per s) | "
              "PDE solves (fwd + adj) | ESS per 1000 PDE solves | "
-             "s to 100 ESS | speed-up vs PDE mMALA / pCN | rel. error mean (MC) | "
+             "s to 100 ESS | speed-up vs PDE mMALA / pCN [each half of the chains] | "
+             "rel. error mean (MC) | "
              "rel. error variance (MC) | max split-R̂ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
              "| ---: | ---: |"]
@@ -746,7 +789,10 @@ def make_table(results, cost, data_i, map_i):
         if "stage1_acceptance" in r:
             acc += " (stage 1 %s, stage 2 %s)" % (fmt(r["stage1_acceptance"], 2),
                                                   fmt(r["stage2_acceptance"], 2))
-        sp = "%s / %s" % (fmt(r.get("speedup_vs_pde_mmala")), fmt(r.get("speedup_vs_pde_pcn")))
+        sp = " / ".join(
+            fmt(r.get("speedup_vs_" + b)) + (" [%s]" % ", ".join(
+                fmt(x, 2) for x in r["speedup_halves_vs_" + b])
+                if "speedup_halves_vs_" + b in r else "") for b in ("pde_mmala", "pde_pcn"))
         per_solve = (fmt(1000 * r["ess_per_solve_min"]) if r["ess_per_solve_min"] is not None
                      else "no PDE solve")
         err_m = ("%s (%s)" % (fmt(r["mean_rel_error"], 2), fmt(r["mean_mc_error"], 2))
