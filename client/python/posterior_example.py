@@ -35,7 +35,7 @@ def main():
                    help="mMALA step in the data-informed subspace (docs/bayesian_inversion.md)")
     p.add_argument("--complement_h", type=float, default=0.085,
                    help="pCN step outside it (both: the experiment's pilot for DA-DINO-mMALA, "
-                        "tenth round: 0.084 and 0.088 in two runs)")
+                        "tenth round: 0.084, 0.088 and 0.090 in three runs)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     bayes.set_blas_threads(1)  # small batched SVDs: faster on one thread (bayes/threads.py)
